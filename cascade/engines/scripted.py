@@ -1,0 +1,72 @@
+"""A scripted engine: answers decided by a function, for unit tests of routing logic and for
+overhead benchmarks only. Never evidence of quality, never the demo."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cascade.engines.base import EngineError
+from cascade.schemas import Generation, Query
+
+
+@dataclass(frozen=True)
+class ScriptedReply:
+    """What the scripted model says: text and one logprob per token (top-k derived if absent)."""
+
+    text: str
+    logprobs: Sequence[float]
+    top_logprobs: np.ndarray | None = None
+
+
+def echo_reply(query: Query) -> ScriptedReply:
+    """Repeat the question's first word with probability 0.9 per token."""
+    return ScriptedReply(text=query.question.split()[0], logprobs=[float(np.log(0.9))])
+
+
+@dataclass
+class ScriptedEngine:
+    """Replies from ``script``; ``delay_s`` and ``failure`` simulate slow and failing pools."""
+
+    model: str
+    script: Callable[[Query], ScriptedReply] = echo_reply
+    delay_s: float = 0.0
+    failure: Exception | None = None
+    calls: list[list[str]] = field(default_factory=list)
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    def health(self) -> dict[str, object]:
+        return {"engine": "scripted", "model": self.model, "ready": self.failure is None}
+
+    async def generate(self, queries: Sequence[Query]) -> list[Generation]:
+        self.calls.append([q.id for q in queries])
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if self.failure is not None:
+            raise EngineError(f"{self.model}: {self.failure}") from self.failure
+        return [self._generation(q, self.script(q)) for q in queries]
+
+    def _generation(self, query: Query, reply: ScriptedReply) -> Generation:
+        logprobs = np.asarray(reply.logprobs, np.float32)
+        top = reply.top_logprobs
+        if top is None:
+            runner_up = np.log1p(-np.exp(logprobs) + 1e-9)[:, None]
+            top = np.concatenate([logprobs[:, None], runner_up], axis=1)
+        return Generation(
+            model=self.model,
+            text=reply.text,
+            token_ids=np.arange(len(logprobs)),
+            token_logprobs=logprobs,
+            top_logprobs=top,
+            finish_reason="stop",
+            prompt_tokens=len(query.question.split()) + sum(len(c.split()) for c in query.context),
+            completion_tokens=len(logprobs),
+        )

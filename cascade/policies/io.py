@@ -1,0 +1,61 @@
+"""Policy files: JSON documents tagged by ``kind``, loaded with errors that name the problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+from pydantic import Field, TypeAdapter, ValidationError
+
+from cascade.policies.accept import AcceptAllPolicy
+from cascade.policies.logistic import LogisticPolicy
+from cascade.policies.threshold import PRESETS, ThresholdPolicy
+
+PolicySpec = Annotated[ThresholdPolicy | LogisticPolicy | AcceptAllPolicy, Field(discriminator="kind")]
+_ADAPTER: TypeAdapter[ThresholdPolicy | LogisticPolicy | AcceptAllPolicy] = TypeAdapter(PolicySpec)
+
+
+class PolicyFileError(ValueError):
+    """A policy file is missing, not JSON, or not a valid policy."""
+
+
+def parse_policy(document: object, source: str = "policy") -> ThresholdPolicy | LogisticPolicy | AcceptAllPolicy:
+    """Validate a decoded policy document."""
+    try:
+        return _ADAPTER.validate_python(document)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in error.errors()
+        )
+        raise PolicyFileError(f"{source} is not a valid policy: {problems}") from None
+
+
+def load_policy(path: str | Path) -> ThresholdPolicy | LogisticPolicy | AcceptAllPolicy:
+    """Load a policy file; raises PolicyFileError naming the file and the problem."""
+    file = Path(path)
+    try:
+        raw = file.read_bytes()
+    except FileNotFoundError:
+        raise PolicyFileError(f"policy file {file} does not exist") from None
+    except OSError as error:
+        raise PolicyFileError(f"policy file {file} cannot be read: {error.strerror}") from None
+    try:
+        document = orjson.loads(raw)
+    except orjson.JSONDecodeError as error:
+        raise PolicyFileError(f"policy file {file} is not valid JSON: {error}") from None
+    return parse_policy(document, f"policy file {file}")
+
+
+def save_policy(policy: ThresholdPolicy | LogisticPolicy | AcceptAllPolicy, path: str | Path) -> None:
+    """Write a policy as indented JSON."""
+    Path(path).write_bytes(orjson.dumps(policy.model_dump(mode="json"), option=orjson.OPT_INDENT_2))
+
+
+def resolve_policy(name_or_path: str) -> ThresholdPolicy | LogisticPolicy | AcceptAllPolicy:
+    """A preset name (v1, v2, v3, accept) or the path of a policy file."""
+    if name_or_path in PRESETS:
+        return PRESETS[name_or_path]
+    if name_or_path == "accept":
+        return AcceptAllPolicy()
+    return load_policy(name_or_path)

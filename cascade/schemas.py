@@ -1,0 +1,194 @@
+"""Data contracts of the routing core: queries in, generations from engines, routed answers out."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    field_validator,
+    model_validator,
+)
+
+
+def _float_array(value: Any) -> np.ndarray:
+    array = np.asarray(value, dtype=np.float32)
+    if array.ndim == 0:
+        raise ValueError("expected a sequence of numbers, got a scalar")
+    return array
+
+
+def _int_array(value: Any) -> np.ndarray:
+    array = np.asarray(value, dtype=np.int64)
+    if array.ndim != 1:
+        raise ValueError("expected a flat sequence of token ids")
+    return array
+
+
+FloatArray = Annotated[
+    np.ndarray, PlainValidator(_float_array), PlainSerializer(lambda a: a.tolist(), return_type=list)
+]
+IntArray = Annotated[
+    np.ndarray, PlainValidator(_int_array), PlainSerializer(lambda a: a.tolist(), return_type=list)
+]
+
+Role = Literal["system", "user", "assistant"]
+FinishReason = Literal["stop", "length", "error"]
+Decision = Literal["accept", "escalate"]
+
+
+class Message(BaseModel):
+    """One chat message (OpenAI shape)."""
+
+    role: Role
+    content: str
+
+
+class GenerationParams(BaseModel):
+    """Sampling parameters sent to every tier; greedy by default so that signals are stable."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_tokens: int = Field(default=32, ge=1, le=4096)
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    stop: list[str] = Field(default_factory=list)
+    top_logprobs: int = Field(default=20, ge=0, le=20)
+    seed: int | None = None
+
+
+class Query(BaseModel):
+    """A request to answer: chat messages or a bare prompt, optional context documents."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    tenant: str = "default"
+    messages: list[Message] | None = None
+    prompt: str | None = None
+    context: list[str] = Field(default_factory=list)
+    params: GenerationParams = Field(default_factory=GenerationParams)
+
+    @model_validator(mode="after")
+    def _has_question(self) -> Query:
+        if (self.messages is None) == (self.prompt is None):
+            raise ValueError("a query needs exactly one of 'messages' or 'prompt'")
+        if self.prompt is not None and not self.prompt.strip():
+            raise ValueError("'prompt' is empty: there is no question to answer")
+        if self.messages is not None:
+            users = [m for m in self.messages if m.role == "user"]
+            if not users or not users[-1].content.strip():
+                raise ValueError("'messages' has no non-empty user message: there is no question")
+        return self
+
+    @property
+    def question(self) -> str:
+        """The user's question: the prompt, or the content of the last user message."""
+        if self.prompt is not None:
+            return self.prompt
+        assert self.messages is not None
+        return next(m.content for m in reversed(self.messages) if m.role == "user")
+
+
+class Generation(BaseModel):
+    """What one engine produced for one query, with per-token log-probabilities.
+
+    ``top_logprobs`` has shape (tokens, k), sorted descending, padded with -inf where an engine
+    returned fewer than k alternatives. ``entropy`` is the full-vocabulary entropy per token (nats)
+    where the engine can compute it, else None and signals estimate it from the top-k.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    model: str
+    text: str
+    token_ids: IntArray
+    token_logprobs: FloatArray
+    top_logprobs: FloatArray
+    entropy: FloatArray | None = None
+    finish_reason: FinishReason
+    prompt_tokens: int = Field(ge=0)
+    completion_tokens: int = Field(ge=0)
+    prompt_ms: float = 0.0
+    decode_ms: float = 0.0
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _two_dimensional(cls, value: np.ndarray) -> np.ndarray:
+        if value.ndim == 1 and value.size == 0:
+            return value.reshape(0, 0)
+        if value.ndim != 2:
+            raise ValueError("top_logprobs must have shape (tokens, k)")
+        return value
+
+    @model_validator(mode="after")
+    def _lengths_agree(self) -> Generation:
+        n = len(self.token_logprobs)
+        if len(self.token_ids) != n or self.top_logprobs.shape[0] != n:
+            raise ValueError(
+                f"token_ids ({len(self.token_ids)}), token_logprobs ({n}) and top_logprobs "
+                f"({self.top_logprobs.shape[0]}) must have one entry per generated token"
+            )
+        if self.entropy is not None and len(self.entropy) != n:
+            raise ValueError(f"entropy has {len(self.entropy)} entries for {n} tokens")
+        return self
+
+
+class Signals(BaseModel):
+    """Confidence signals of one answer (see ``cascade.signals`` for definitions)."""
+
+    n_tokens: int
+    n_words: int
+    mean_logprob: float
+    min_logprob: float
+    mean_entropy: float
+    max_entropy: float
+    first_token_margin: float
+
+
+class StageLatency(BaseModel):
+    """Milliseconds spent in one stage of routing."""
+
+    stage: str
+    ms: float
+
+
+class TierAttempt(BaseModel):
+    """One tier an answer passed through, with what it cost."""
+
+    tier: str
+    model: str
+    decision: Decision | None
+    confidence: float | None
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+    error: str | None = None
+
+
+class RoutedAnswer(BaseModel):
+    """The answer returned to the caller, with the full routing record."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    request_id: str
+    tenant: str
+    answer: str
+    tier: str
+    model: str
+    confidence: float | None
+    signals: Signals | None
+    reason: str
+    cost: float
+    degraded: bool = False
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    attempts: list[TierAttempt]
+    latency: list[StageLatency]

@@ -1,0 +1,69 @@
+"""The command line as a user runs it: real processes, the embedded CPU models, real data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CONTEXT = "The Normans gave their name to Normandy, a region in France."
+
+
+def cascade(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cascade", *args], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **(env or {})})
+
+
+def test_ask_prints_the_answer_with_its_routing() -> None:
+    result = cascade("ask", "In what country is Normandy located?", "--context", CONTEXT, "--json")
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert answer["tier"] in {"small", "large"} and answer["answer"]
+    assert set(answer["signals"]) >= {"n_words", "mean_entropy", "mean_logprob", "first_token_margin"}
+    assert answer["cost"] == pytest.approx(sum(a["cost"] for a in answer["attempts"]))
+    human = cascade("ask", "In what country is Normandy located?", "--context", CONTEXT)
+    assert human.returncode == 0 and "confidence" in human.stdout and "reason" in human.stdout
+
+
+def test_demo_json_summary(data_dir: Path) -> None:
+    result = cascade("demo", "--n", "4", "--json", "--data-dir", str(data_dir))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["n"] == 4
+    assert set(summary["exact_match"]) == set(summary["cost"]) == {"small", "large", "routed"}
+    assert 0.0 <= summary["escalation_rate"] <= 1.0
+    cost = summary["cost"]
+    assert cost["small"] <= cost["routed"] <= cost["small"] + cost["large"] + 1e-12
+    if summary["escalation_rate"] == 0:
+        assert cost["routed"] == pytest.approx(cost["small"])
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("ask", "   "), "'prompt' is empty"),
+    (("ask", "q", "--config", "/nonexistent/cascade.yaml"), "config file /nonexistent/cascade.yaml does not exist"),
+    (("demo", "--n", "1", "--data-dir", "/nonexistent"), "does not exist"),
+])
+def test_bad_input_gets_one_clear_line(args: tuple[str, ...], message: str) -> None:
+    result = cascade(*args)
+    assert result.returncode == 2
+    assert message in " ".join(result.stderr.split()) and "Traceback" not in result.stderr
+
+
+def test_bad_model_path_and_policy_file_are_named(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.json"
+    policy.write_text('{"kind": "logistic"')
+    for tiers, message in [
+        (f"[{{name: small, engine: {{kind: llamacpp, model: {tmp_path}/nope.gguf}}, policy: accept}}]",
+         "nope.gguf does not exist"),
+        (f"[{{name: small, engine: {{kind: scripted, model: s}}, policy: {policy}}}, "
+         "{name: large, engine: {kind: scripted, model: l}}]", "is not valid JSON"),
+    ]:
+        config = tmp_path / "cascade.yaml"
+        config.write_text(f"tiers: {tiers}\n")
+        result = cascade("ask", "anything", "--config", str(config))
+        assert result.returncode == 2, result.stderr
+        assert message in " ".join(result.stderr.split())

