@@ -131,6 +131,27 @@ def demo(
         out.print(f"{name:>7}: exact match {em[name]:.3f}  cost ${cost[name]:.8f}")
 
 
+@app.command()
+@clear_errors
+def routerbench(
+    train: Annotated[list[Path], typer.Option("--train", help="RouterBench CSV to train on (repeatable)")],
+    test: Annotated[list[Path], typer.Option("--test", help="RouterBench CSV to test on (repeatable)")],
+    out_dir: Annotated[Path, typer.Option("--out", help="folder for summary.json, summary.md and plots")],
+    seed: Annotated[int, typer.Option(help="seed of the random and learned routers")] = 0,
+) -> None:
+    """Pre-generation routers (random, kNN, MLP regression, ranking, oracle) swept over the budget."""
+    from pipelines.routerbench import write_report
+
+    summary = write_report(train, test, out_dir, seed)
+    routers = summary["routers"]
+    assert isinstance(routers, dict)
+    for name, figures in routers.items():
+        qnc = "never" if figures["qnc"] is None else f"{figures['qnc']:.3f}"
+        out.print(f"{name:>15}: AIQ {figures['aiq']:.4f}  QNC {qnc}  RCI {figures['rci']:.3f}  "
+                  f"peak quality {figures['peak_quality']:.3f}")
+    out.print(f"wrote {out_dir}/summary.json, summary.md, cost_quality.png, model_shares.png")
+
+
 def main() -> None:
     """Entry point for ``python -m cascade``."""
     app()

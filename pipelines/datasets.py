@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import csv
 import os
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 
 SQUAD_V2_SUBSET = Path("squad_v2") / "dev-v2.0-subset.json"
+HOTPOTQA_SUBSET = Path("hotpotqa") / "dev-distractor-400.jsonl"
+ROUTELLM_GSM8K = Path("routellm") / "gsm8k_responses.csv"
 DEFAULT_DATA_DIR = Path("../shared/data")
 
 
@@ -81,3 +86,135 @@ def load_squad(path: str | Path | None = None, *, unanswerable: bool = True,
         if limit is not None and len(records) >= limit:
             break
     return records
+
+
+def _hotpot_record(item: dict[str, Any]) -> QARecord:
+    if "question_text" in item:  # IRCoT's jsonl layout, as in ../shared/data
+        context = tuple(f"{c['title']}: {c['paragraph_text']}" for c in item["contexts"])
+        answers = tuple(dict.fromkeys(span for a in item["answers_objects"] for span in a["spans"]))
+        return QARecord(id=str(item["question_id"]), question=item["question_text"], context=context,
+                        answers=answers, dataset="hotpotqa")
+    context = tuple(f"{title}: {''.join(sentences)}" for title, sentences in item["context"])  # official JSON
+    return QARecord(id=str(item["_id"]), question=item["question"], context=context, answers=(item["answer"],),
+                    dataset="hotpotqa")
+
+
+def load_hotpotqa(path: str | Path | None = None, *, limit: int | None = None) -> list[QARecord]:
+    """HotpotQA distractor questions, each with its ten titled paragraphs as context documents.
+
+    Reads the IRCoT-format jsonl in ``../shared/data`` or the official ``hotpot_dev_distractor`` JSON.
+    """
+    file = Path(path) if path is not None else data_dir() / HOTPOTQA_SUBSET
+    if file.is_dir():
+        file = file / HOTPOTQA_SUBSET
+    if not file.is_file():
+        raise DatasetError(f"dataset file {file} does not exist (set --data-dir or CASCADE_DATA_DIR)")
+    raw = file.read_bytes()
+    try:
+        items = (orjson.loads(raw) if raw.lstrip().startswith(b"[")
+                 else [orjson.loads(line) for line in raw.splitlines() if line.strip()])
+    except orjson.JSONDecodeError as error:
+        raise DatasetError(f"{file} is neither HotpotQA JSON nor JSON lines: {error}") from None
+    records = []
+    for number, item in enumerate(items[:limit] if limit is not None else items, start=1):
+        try:
+            records.append(_hotpot_record(item))
+        except (KeyError, TypeError, ValueError) as error:
+            raise DatasetError(f"{file}: record {number} is not a HotpotQA question: missing {error}") from None
+    return records
+
+
+def load_qa(dataset: str, directory: str | Path | None = None, *, limit: int | None = None) -> list[QARecord]:
+    """One of the QA evaluation sets by name: squad, squad_v2 or hotpotqa."""
+    root = data_dir(directory)
+    if dataset == "squad":
+        return load_squad(root / SQUAD_V2_SUBSET, unanswerable=False, limit=limit)
+    if dataset == "squad_v2":
+        return load_squad(root / SQUAD_V2_SUBSET, limit=limit)
+    if dataset == "hotpotqa":
+        return load_hotpotqa(root / HOTPOTQA_SUBSET, limit=limit)
+    raise DatasetError(f"unknown dataset {dataset!r}; choose squad, squad_v2 or hotpotqa")
+
+
+@dataclass(frozen=True)
+class OutcomeTable:
+    """Per-prompt outcomes of several models: score (1 = correct) and dollar cost of each."""
+
+    prompts: tuple[str, ...]
+    models: tuple[str, ...]
+    scores: np.ndarray  # (prompts, models)
+    costs: np.ndarray | None  # (prompts, models) dollars, None where the source has no costs
+    groups: tuple[str, ...]  # benchmark each prompt comes from
+    dropped: int = 0  # prompts left out because a model's score or cost was missing
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    csv.field_size_limit(sys.maxsize)
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            return list(reader.fieldnames or []), list(reader)
+    except FileNotFoundError:
+        raise DatasetError(f"dataset file {path} does not exist (set --data-dir or CASCADE_DATA_DIR)") from None
+
+
+def _numbers(rows: list[dict[str, str]], columns: Sequence[str], path: Path) -> np.ndarray:
+    """A float matrix of the columns; empty cells become NaN, anything else unparseable is an error."""
+    try:
+        values = [[float(row[c]) if row[c].strip() else np.nan for c in columns] for row in rows]
+    except KeyError as error:
+        raise DatasetError(f"{path}: column {error} is missing") from None
+    except ValueError as error:
+        raise DatasetError(f"{path}: a score or cost is not a number ({error})") from None
+    return np.array(values, np.float64).reshape(len(rows), len(columns))
+
+
+def load_routerbench(paths: Sequence[str | Path]) -> OutcomeTable:
+    """RouterBench outcome CSVs (score, ``<model>|model_response``, ``<model>|total_cost`` columns),
+    concatenated; every file must cover the same models. Prompts where some model has no score or
+    cost (the published ARC-Challenge tables have a few) are left out and counted in ``dropped``."""
+    if not paths:
+        raise DatasetError("no RouterBench files given")
+    tables = []
+    for path in map(Path, paths):
+        header, rows = _read_csv(path)
+        models = tuple(c.removesuffix("|total_cost") for c in header if c.endswith("|total_cost"))
+        if not models or "prompt" not in header:
+            raise DatasetError(f"{path} is not a RouterBench table: no 'prompt' or '<model>|total_cost' columns")
+        tables.append((path, models, rows))
+    models = tables[0][1]
+    for path, other, _ in tables[1:]:
+        if set(other) != set(models):
+            raise DatasetError(f"{path} covers models {sorted(other)}, expected {sorted(models)}")
+    rows = [row for _, _, table_rows in tables for row in table_rows]
+    path = tables[0][0]
+    scores = _numbers(rows, models, path)
+    costs = _numbers(rows, [f"{m}|total_cost" for m in models], path)
+    complete = ~(np.isnan(scores).any(axis=1) | np.isnan(costs).any(axis=1))
+    return OutcomeTable(
+        prompts=tuple(row["prompt"] for row, keep in zip(rows, complete, strict=True) if keep),
+        models=models,
+        scores=scores[complete],
+        costs=costs[complete],
+        groups=tuple(row.get("eval_name", "") for row, keep in zip(rows, complete, strict=True) if keep),
+        dropped=int((~complete).sum()),
+    )
+
+
+def load_routellm_gsm8k(path: str | Path | None = None) -> OutcomeTable:
+    """RouteLLM's GSM8K outcomes: correctness of Mixtral-8x7B and GPT-4-1106 per prompt (no costs)."""
+    file = Path(path) if path is not None else data_dir() / ROUTELLM_GSM8K
+    header, rows = _read_csv(file)
+    models = tuple(c for c in header if c != "prompt" and not c.endswith("_response"))
+    if "prompt" not in header or not models:
+        raise DatasetError(f"{file} is not RouteLLM's outcome table: no 'prompt' or model columns")
+    try:
+        scores = np.array([[row[m].strip().lower() == "true" for m in models] for row in rows], np.float64)
+    except (KeyError, AttributeError) as error:
+        raise DatasetError(f"{file}: a correctness value is missing ({error})") from None
+    return OutcomeTable(prompts=tuple(r["prompt"] for r in rows), models=models,
+                        scores=scores.reshape(len(rows), len(models)), costs=None,
+                        groups=("gsm8k",) * len(rows))
