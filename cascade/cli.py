@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import orjson
 import typer
@@ -20,6 +20,9 @@ from cascade.engines.base import EngineError
 from cascade.policies import PolicyFileError
 from cascade.router import AllTiersFailedError
 from cascade.schemas import Query, RoutedAnswer
+
+if TYPE_CHECKING:
+    from pipelines.outcomes import Outcomes
 
 app = typer.Typer(help="cascade: answer with a small model, escalate to a large one only when needed.",
                   no_args_is_help=True, add_completion=False)
@@ -129,6 +132,79 @@ def demo(
     out.print(f"escalation rate {summary['escalation_rate']:.0%}")
     for name in ("small", "large", "routed"):
         out.print(f"{name:>7}: exact match {em[name]:.3f}  cost ${cost[name]:.8f}")
+
+
+@app.command()
+@clear_errors
+def calibrate(
+    dataset: Annotated[str, typer.Option("--dataset", help="squad, squad_v2 or hotpotqa")],
+    out_file: Annotated[Path, typer.Option("--out", help="JSON-lines records; an existing file is resumed")],
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="first N questions")] = None,
+    samples: Annotated[int, typer.Option(help="sampled small-model answers per question (self-consistency)")] = 0,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", envvar="CASCADE_DATA_DIR")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Run every tier on each question and record answers, signals, correctness, tokens, latency, cost."""
+    from rich.progress import Progress
+
+    from pipelines.calibrate import calibrate as run_calibration
+    from pipelines.datasets import load_qa
+
+    settings = load_settings(config)
+    records = load_qa(dataset, data_dir or settings.data_dir, limit=limit)
+    with Progress(console=err) as progress:
+        task = progress.add_task(f"calibrating {dataset}", total=len(records))
+        written = asyncio.run(run_calibration(settings, records, out_file, samples=samples,
+                                              on_progress=lambda done: progress.update(task, completed=done)))
+    skipped = sum(r.error is not None for r in written)
+    out.print(f"{len(written)} records in {out_file} ({skipped} skipped: prompt longer than a model's context)")
+
+
+def _outcomes(records: Path, label: str) -> Outcomes:
+    from pipelines.calibrate import read_records
+    from pipelines.outcomes import outcomes_of
+
+    if label not in {"exact_match", "f1"}:
+        raise ValueError(f"--label must be exact_match or f1, not {label!r}")
+    if not records.is_file():
+        raise ValueError(f"records file {records} does not exist")
+    return outcomes_of(read_records(records), label)
+
+
+@app.command()
+@clear_errors
+def fit(
+    records: Annotated[Path, typer.Option("--records", help="calibration records (JSON lines)")],
+    policy: Annotated[str, typer.Option("--policy", help="logistic or threshold")],
+    out_file: Annotated[Path, typer.Option("--out", help="policy file to write")],
+    target: Annotated[float, typer.Option(help="routed quality to keep, as a share of large-only")] = 0.97,
+    label: Annotated[str, typer.Option(help="exact_match or f1")] = "exact_match",
+) -> None:
+    """Fit a routing policy on calibration records (cross-validated) and save it for the router."""
+    from cascade.policies import save_policy
+    from pipelines.fit import fit_logistic, fit_threshold
+
+    if policy not in {"logistic", "threshold"}:
+        raise ValueError(f"--policy must be logistic or threshold, not {policy!r}")
+    outcomes = _outcomes(records, label)
+    fitted, report = (fit_logistic if policy == "logistic" else fit_threshold)(outcomes, target)
+    save_policy(fitted, out_file)
+    out.print(f"wrote {out_file}: {orjson.dumps(report).decode()}")
+
+
+@app.command()
+@clear_errors
+def evaluate(
+    records: Annotated[Path, typer.Option("--records", help="calibration records (JSON lines)")],
+    out_dir: Annotated[Path, typer.Option("--out", help="folder for summary.json, summary.md and plots")],
+    policy: Annotated[list[Path] | None, typer.Option("--policy", help="policy file (repeatable)")] = None,
+    label: Annotated[str, typer.Option(help="exact_match or f1")] = "exact_match",
+) -> None:
+    """Cost–quality curves of policies against small-only, large-only and the v1/v2/v3 presets."""
+    from pipelines.evaluate import markdown, write_evaluation
+
+    summary = write_evaluation(_outcomes(records, label), policy or [], out_dir)
+    out.print(markdown(summary))
 
 
 @app.command()

@@ -210,7 +210,7 @@ class LlamaCppEngine:
         scaled = log_softmax(logprobs / temperature)
         order = np.argsort(-scaled)
         probs = np.exp(scaled[order])
-        keep = int(np.searchsorted(np.cumsum(probs), top_p) + 1)
+        keep = min(int(np.searchsorted(np.cumsum(probs), top_p) + 1), len(probs))
         kept = probs[:keep] / probs[:keep].sum()
         return int(order[rng.choice(keep, p=kept)])
 

@@ -1,0 +1,81 @@
+"""``cascade fit``: learn a routing policy from calibration records.
+
+The policy predicts whether the small tier's answer is right. Logistic: regularization chosen by
+5-fold cross-validated AUROC; the probability threshold is the one that escalates least while the
+routed quality (on out-of-fold predictions) stays at ``target`` × large-only quality. Threshold:
+a grid search over the seed project's three rules against the same target.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from cascade.policies import LogisticPolicy, ThresholdPolicy, ThresholdRule
+from pipelines.metrics import auroc
+from pipelines.outcomes import Outcomes
+
+REGULARIZATION = (0.01, 0.1, 1.0, 10.0)
+WORDS = (2, 3, 5, 8, 10, 15, 1_000)
+ENTROPY = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 100.0)
+LOGPROB = (-0.1, -0.2, -0.3, -0.45, -0.6, -0.8, -1.0, -1.5, -100.0)
+
+
+def cheapest_meeting(qualities: np.ndarray, escalations: np.ndarray, needed: float) -> int | None:
+    """Index of the option with the lowest escalation rate whose quality is at least ``needed``."""
+    meeting = np.flatnonzero(qualities >= needed - 1e-12)
+    if not meeting.size:
+        return None
+    return int(meeting[np.lexsort((-qualities[meeting], escalations[meeting]))[0]])
+
+
+def _out_of_fold(outcomes: Outcomes, regularization: float, folds: int = 5, seed: int = 0) -> np.ndarray:
+    from sklearn.model_selection import StratifiedKFold
+
+    labels = outcomes.small_correct > 0.5
+    probability = np.zeros(len(outcomes))
+    splitter = StratifiedKFold(n_splits=min(folds, int(labels.sum()), int((~labels).sum())), shuffle=True,
+                               random_state=seed)
+    for train, held_out in splitter.split(outcomes.signals.values, labels):
+        policy = LogisticPolicy.fit(outcomes.signals.take(train), labels[train], regularization=regularization)
+        probability[held_out] = policy.probability(outcomes.signals.take(held_out))
+    return probability
+
+
+def fit_logistic(outcomes: Outcomes, target: float = 0.97) -> tuple[LogisticPolicy, dict[str, object]]:
+    """A logistic policy and its cross-validation report."""
+    labels = outcomes.small_correct > 0.5
+    if labels.all() or not labels.any():
+        raise ValueError("cannot fit: the small tier's answers are all right or all wrong in these records")
+    scored = {c: _out_of_fold(outcomes, c) for c in REGULARIZATION}
+    areas = {c: auroc(p, labels) or 0.5 for c, p in scored.items()}
+    best = max(areas, key=lambda c: areas[c])
+    thresholds = np.linspace(0.0, 1.0, 201)
+    options = np.array([outcomes.route(scored[best] < t) for t in thresholds])
+    large_quality = float(outcomes.large_correct.mean())
+    chosen = cheapest_meeting(options[:, 0], options[:, 2], target * large_quality)
+    threshold = float(thresholds[chosen]) if chosen is not None else 1.0
+    policy = LogisticPolicy.fit(outcomes.signals, labels, regularization=best, threshold=threshold,
+                                name="logistic-fitted")
+    report = {"cv_auroc": {str(c): a for c, a in areas.items()}, "regularization": best, "threshold": threshold,
+              "target": target, "target_met": chosen is not None, "n": len(outcomes)}
+    return policy, report
+
+
+def fit_threshold(outcomes: Outcomes, target: float = 0.97) -> tuple[ThresholdPolicy, dict[str, object]]:
+    """Grid search over (words, mean entropy, mean logprob) any-of rules."""
+    words, entropy, logprob = (outcomes.signals.column(n) for n in ("n_words", "mean_entropy", "mean_logprob"))
+    grid = list(itertools.product(WORDS, ENTROPY, LOGPROB))
+    options = np.array([outcomes.route((words > w) | (entropy > e) | (logprob < lp)) for w, e, lp in grid])
+    large_quality = float(outcomes.large_correct.mean())
+    chosen = cheapest_meeting(options[:, 0], options[:, 2], target * large_quality)
+    w, e, lp = grid[chosen] if chosen is not None else (0, 0.0, 0.0)
+    policy = ThresholdPolicy(name="threshold-fitted", rules=(
+        ThresholdRule(signal="n_words", op=">", value=w),
+        ThresholdRule(signal="mean_entropy", op=">", value=e),
+        ThresholdRule(signal="mean_logprob", op="<", value=lp),
+    ))
+    report: dict[str, object] = {"grid_size": len(grid), "target": target, "target_met": chosen is not None,
+                                 "n": len(outcomes), "words": w, "mean_entropy": e, "mean_logprob": lp}
+    return policy, report

@@ -1,0 +1,95 @@
+"""calibrate on real models and data (resumable), and the fit → evaluate round trip through the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+from cascade.config import load_settings
+from cascade.policies import LogisticPolicy, load_policy
+from cascade.schemas import Signals
+from pipelines.calibrate import CalibrationRecord, TierOutcome, calibrate, read_records
+from pipelines.datasets import load_qa
+
+
+async def test_calibrate_records_every_tier_and_resumes(data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "records.jsonl"
+    settings = load_settings()
+    questions = load_qa("squad_v2", data_dir, limit=3)
+    first = await calibrate(settings, questions[:2], out, samples=1)
+    assert [r.id for r in first] == [q.id for q in questions[:2]]
+    resumed = await calibrate(settings, questions, out, samples=1)
+    assert [r.id for r in resumed] == [q.id for q in questions], "resumed without redoing finished questions"
+    assert len(out.read_bytes().splitlines()) == 3
+    for record in resumed:
+        assert [t.tier for t in record.tiers] == ["small", "large"]
+        assert all(t.cost > 0 and t.prompt_tokens > 0 and t.exact_match in (0.0, 1.0) for t in record.tiers)
+        assert len(record.samples) == 1 and record.sample_tokens > 0
+    assert resumed[0].tiers[1].answer == "France" and resumed[0].tiers[1].exact_match == 1.0
+
+
+def synthetic_records(n: int, seed: int = 0) -> list[CalibrationRecord]:
+    """Records whose small answer is right more often when its mean logprob is high."""
+    rng = np.random.default_rng(seed)
+    records = []
+    for i in range(n):
+        logprob = rng.uniform(-2.0, 0.0)
+        small_right = rng.uniform() < 1 / (1 + np.exp(-(4 * logprob + 3)))
+        signals = Signals(n_tokens=3, n_words=int(rng.integers(1, 12)), mean_logprob=logprob, min_logprob=logprob - 1,
+                          mean_entropy=float(rng.uniform(0, 3)), max_entropy=3.0, first_token_margin=1.0)
+        tiers = [TierOutcome(tier=t, model=t, answer="a", signals=signals, exact_match=float(right), f1=float(right),
+                             prompt_tokens=100, completion_tokens=3, latency_ms=1.0, cost=cost)
+                 for t, right, cost in (("small", small_right, 1e-5), ("large", rng.uniform() < 0.8, 1e-4))]
+        records.append(CalibrationRecord(id=str(i), dataset="squad", question="q", answers=["a"], tiers=tiers,
+                                         samples=["a", "b"] if small_right else ["b", "c"], sample_tokens=200))
+    return records
+
+
+def cascade(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cascade", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_fit_then_evaluate_round_trip(tmp_path: Path) -> None:
+    records = tmp_path / "records.jsonl"
+    records.write_bytes(b"".join(orjson.dumps(r.model_dump(mode="json")) + b"\n" for r in synthetic_records(400)))
+    assert len(read_records(records)) == 400
+    logistic, threshold = tmp_path / "logistic.json", tmp_path / "threshold.json"
+    for kind, path in (("logistic", logistic), ("threshold", threshold)):
+        result = cascade("fit", "--records", str(records), "--policy", kind, "--out", str(path))
+        assert result.returncode == 0, result.stderr
+    fitted = load_policy(logistic)
+    assert isinstance(fitted, LogisticPolicy)
+    assert dict(zip(fitted.features, fitted.coef, strict=True))["mean_logprob"] > 0
+
+    out = tmp_path / "evaluation"
+    result = cascade("evaluate", "--records", str(records), "--policy", str(logistic), "--policy", str(threshold),
+                     "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["curves"]) == {"logistic-fitted", "threshold-fitted", "v1", "v2", "v3"}
+    assert len(summary["curves"]["logistic-fitted"]["points"]) == 101
+    assert summary["signal_auroc"]["mean_logprob"] > 0.7
+    assert summary["self_consistency"]["auroc"] == 1.0
+    large = summary["baselines"]["large_only"]["quality"]
+    for curve in summary["curves"].values():
+        reduction = curve["reduction_of_large_calls"]["at_97pct"]
+        if reduction is not None:
+            kept = [p for p in curve["points"] if p["quality"] >= 0.97 * large - 1e-12]
+            assert reduction == max(1 - p["escalation_rate"] for p in kept)
+    assert (out / "cost_quality.png").stat().st_size and (out / "reliability.png").stat().st_size
+    assert "| v1 |" in (out / "summary.md").read_text()
+
+
+def test_fit_refuses_records_of_one_class(tmp_path: Path) -> None:
+    records = tmp_path / "records.jsonl"
+    one_class = synthetic_records(20)
+    for record in one_class:
+        record.tiers[0].exact_match = 1.0
+    records.write_bytes(b"".join(orjson.dumps(r.model_dump(mode="json")) + b"\n" for r in one_class))
+    result = cascade("fit", "--records", str(records), "--policy", "logistic", "--out", str(tmp_path / "p.json"))
+    assert result.returncode == 2 and "all right or all wrong" in result.stderr
