@@ -56,7 +56,7 @@ def clear_errors(command: F) -> F:
 async def _route(settings_path: Path | None, queries: list[Query]) -> list[RoutedAnswer]:
     from cascade.factory import build_router
 
-    router = build_router(load_settings(settings_path))
+    router = build_router(load_settings(settings_path), with_redis=True)
     await router.start()
     try:
         return await router.route(queries)
@@ -226,6 +226,68 @@ def routerbench(
         out.print(f"{name:>15}: AIQ {figures['aiq']:.4f}  QNC {qnc}  RCI {figures['rci']:.3f}  "
                   f"peak quality {figures['peak_quality']:.3f}")
     out.print(f"wrote {out_dir}/summary.json, summary.md, cost_quality.png, model_shares.png")
+
+
+redis_app = typer.Typer(help="The local Redis (vector search) for the embedded default.", no_args_is_help=True)
+app.add_typer(redis_app, name="redis")
+PortOption = Annotated[int | None, typer.Option("--port", help="default: redis_port from the settings (6390)")]
+
+
+def _local_redis(port: int | None, data_dir: Path | None = None) -> Any:
+    from cascade.local_redis import LocalRedis
+
+    return LocalRedis(port=port or load_settings().redis_port, data_dir=data_dir)
+
+
+@redis_app.command("start")
+@clear_errors
+def redis_start(port: PortOption = None,
+                data_dir: Annotated[Path | None, typer.Option(help="persist here (default: no persistence)")] = None,
+                ) -> None:
+    """Start a local Redis with search and JSON modules on 127.0.0.1 (no-op if one answers)."""
+    out.print(_local_redis(port, data_dir).start())
+
+
+@redis_app.command("stop")
+@clear_errors
+def redis_stop(port: PortOption = None) -> None:
+    """Stop the local Redis started by `cascade redis start`."""
+    out.print("stopped" if _local_redis(port).stop() else "not running")
+
+
+@redis_app.command("status")
+@clear_errors
+def redis_status(port: PortOption = None) -> None:
+    """Whether the local Redis answers, its PID and log file."""
+    out.print(orjson.dumps(_local_redis(port).status()).decode())
+
+
+thresholds_app = typer.Typer(help="Online threshold control.", no_args_is_help=True)
+app.add_typer(thresholds_app, name="thresholds")
+
+
+@thresholds_app.command("run")
+@clear_errors
+def thresholds_run(
+    target: Annotated[str, typer.Option(help="escalation_budget or quality")] = "escalation_budget",
+    value: Annotated[float, typer.Option(help="max escalation rate, or min precision of accepted answers")] = 0.3,
+    tier: Annotated[str, typer.Option(help="the tier whose threshold is controlled")] = "small",
+    config: ConfigOption = None,
+) -> None:
+    """Consume the feedback stream and keep one threshold per tenant for the tier (Ctrl-C stops)."""
+    from cascade.factory import resolve_redis
+    from cascade.thresholds import ControllerConfig, ThresholdController, ThresholdTarget
+
+    settings = load_settings(config)
+    url = resolve_redis(settings.model_copy(update={"redis_required": True}))
+    assert url is not None
+    target_spec = ThresholdTarget.model_validate({"kind": target, "value": value, "tier": tier})
+    controller = ThresholdController(url, ControllerConfig(target=target_spec, stream=settings.feedback.stream))
+    err.print(f"controlling {tier} thresholds towards {target} {value} on {url}")
+    try:
+        asyncio.run(controller.run())
+    except KeyboardInterrupt:
+        err.print("stopped")
 
 
 def main() -> None:

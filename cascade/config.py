@@ -17,7 +17,9 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from cascade.cache import CacheConfig
 from cascade.costs import ModelPrice
+from cascade.feedback import FeedbackConfig
 from cascade.schemas import GenerationParams
 
 
@@ -91,6 +93,12 @@ class CascadeSettings(BaseSettings):
     tiers: list[TierConfig] = Field(default_factory=embedded_tiers, min_length=1)
     generation: GenerationParams = Field(default_factory=lambda: GenerationParams(max_tokens=24))
     data_dir: Path = Path("../shared/data")
+    redis_url: str | None = Field(default=None, description="none: a local Redis is started on redis_port")
+    redis_port: int = Field(default=6390, ge=1, le=65535)
+    redis_required: bool = Field(default=False, description="fail at start when Redis or its search module is missing")
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
+    live_thresholds: bool = Field(default=True, description="apply thresholds set by the online controller")
 
     @classmethod
     def settings_customise_sources(

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
+import redis
+
 from cascade.config import CascadeSettings, EngineConfig
 from cascade.engines.base import Engine
 from cascade.policies import resolve_policy
 from cascade.router import Router, Tier
+
+log = logging.getLogger(__name__)
 
 
 def build_engine(config: EngineConfig) -> Engine:
@@ -31,10 +37,38 @@ def build_engine(config: EngineConfig) -> Engine:
     return ScriptedEngine(config.model)
 
 
-def build_router(settings: CascadeSettings) -> Router:
-    """A router with one tier per configured tier, in order, small to large."""
-    return Router([
-        Tier(name=t.name, engine=build_engine(t.engine), policy=resolve_policy(t.policy), price=t.price,
-             timeout_s=t.timeout_s)
-        for t in settings.tiers
-    ])
+def resolve_redis(settings: CascadeSettings) -> str | None:
+    """The Redis to use: the configured URL, else a local one (started if none answers). None when
+    Redis cannot be had and is not required: the router then runs without cache and feedback."""
+    from cascade.local_redis import LocalRedis, RedisSearchMissingError, require_search
+
+    try:
+        url = settings.redis_url or LocalRedis(port=settings.redis_port).start()
+        if settings.cache.enabled:
+            require_search(url)
+        return url
+    except (RedisSearchMissingError, OSError, RuntimeError, redis.RedisError) as error:
+        if settings.redis_required:
+            raise
+        log.warning("running without Redis (no cache, no feedback log): %s", error)
+        return None
+
+
+def build_router(settings: CascadeSettings, *, with_redis: bool = False) -> Router:
+    """A router with one tier per configured tier, in order, small to large; ``with_redis`` adds the
+    semantic cache, the feedback log and live thresholds."""
+    tiers = [Tier(name=t.name, engine=build_engine(t.engine), policy=resolve_policy(t.policy), price=t.price,
+                  timeout_s=t.timeout_s) for t in settings.tiers]
+    url = resolve_redis(settings) if with_redis else None
+    if url is None:
+        return Router(tiers)
+    from cascade.cache import SemanticCache
+    from cascade.feedback import FeedbackLog
+    from cascade.thresholds import LiveThresholds
+
+    return Router(
+        tiers,
+        cache=SemanticCache(url, settings.cache) if settings.cache.enabled else None,
+        feedback=FeedbackLog(url, settings.feedback),
+        thresholds=LiveThresholds(url) if settings.live_thresholds else None,
+    )

@@ -16,11 +16,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cascade.cache import SemanticCache
 from cascade.costs import ModelPrice, total_cost
 from cascade.engines.base import Engine, PromptTooLongError
+from cascade.feedback import FeedbackLog, decision_record
 from cascade.policies import CascadePolicy, Policy
 from cascade.schemas import Generation, Query, RoutedAnswer, Signals, StageLatency, TierAttempt
-from cascade.signals import signals_of
+from cascade.signals import SignalBatch, signals_of
+from cascade.thresholds import LiveThresholds
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +73,8 @@ class Trail:
 class Router:
     """Routes batches of queries through ``tiers`` (ordered small to large)."""
 
-    def __init__(self, tiers: Sequence[Tier]) -> None:
+    def __init__(self, tiers: Sequence[Tier], *, cache: SemanticCache | None = None,
+                 feedback: FeedbackLog | None = None, thresholds: LiveThresholds | None = None) -> None:
         if not tiers:
             raise ValueError("a router needs at least one tier")
         names = [t.name for t in tiers]
@@ -78,6 +82,9 @@ class Router:
             raise ValueError(f"tier names must be unique, got {names}")
         self.tiers = list(tiers)
         self.cascade = CascadePolicy([t.policy for t in tiers])
+        self.cache = cache
+        self.feedback = feedback
+        self.thresholds = thresholds
 
     async def start(self) -> None:
         """Load every tier's engine."""
@@ -85,18 +92,37 @@ class Router:
             await tier.engine.start()
 
     async def close(self) -> None:
-        """Release every tier's engine."""
+        """Release every tier's engine and the Redis clients (flushing buffered feedback first)."""
         for tier in self.tiers:
             await tier.engine.close()
+        if self.feedback is not None:
+            await self.feedback.flush()
+        for client in (self.cache, self.feedback, self.thresholds):
+            if client is not None:
+                await client.close()
 
     async def route(self, queries: Sequence[Query]) -> list[RoutedAnswer]:
-        """Answer a batch: first tier batched, escalations concurrently, one answer per query."""
-        trails = await self.first_pass(queries)
-        return list(await asyncio.gather(*(self.finish(t) for t in trails)))
+        """Answer a batch: cache lookup, first tier batched, escalations concurrently, one answer per
+        query; then one cache store and one feedback append for the batch."""
+        lookup = await self.cache.lookup(queries) if self.cache is not None and queries else None
+        answers: list[RoutedAnswer | None] = list(lookup.hits) if lookup else [None] * len(queries)
+        misses = [i for i, answer in enumerate(answers) if answer is None]
+        trails = await self.first_pass([queries[i] for i in misses])
+        routed = await asyncio.gather(*(self.finish(t) for t in trails))
+        for i, answer in zip(misses, routed, strict=True):
+            answers[i] = answer
+        final = [a for a in answers if a is not None]
+        if self.cache is not None and lookup is not None and misses:
+            await self.cache.store([queries[i] for i in misses], routed, lookup.vectors[misses], self.tiers[-1].name)
+        if self.feedback is not None:
+            await self.feedback.append([decision_record(a, cache_hit=a.cache_hit) for a in final])
+        return final
 
     async def first_pass(self, queries: Sequence[Query], start_tier: int = 0) -> list[Trail]:
         """One batched call to ``start_tier``; accepted trails are done, the rest await ``finish``."""
         trails = [Trail(q, start_tier) for q in queries]
+        if self.thresholds is not None:
+            await self.thresholds.refresh()
         if trails:
             await self._run_tier(trails, start_tier)
         return trails
@@ -143,6 +169,7 @@ class Router:
         scoring_started = time.perf_counter()
         signals = signals_of(generations)
         decision = self.cascade.decide(index, signals)
+        escalate, live = self._live_decision(trails, index, decision.confidence, decision.escalate)
         prompt_tokens = np.fromiter((g.prompt_tokens for g in generations), np.int64, len(generations))
         completion_tokens = np.fromiter((g.completion_tokens for g in generations), np.int64, len(generations))
         seconds = np.fromiter(((g.prompt_ms + g.decode_ms) / 1000 for g in generations), np.float64,
@@ -150,20 +177,35 @@ class Router:
         costs = tier.price.cost(prompt_tokens, completion_tokens, seconds)
         scored_ms = (time.perf_counter() - scoring_started) * 1000
         for i, (trail, generation) in enumerate(zip(trails, generations, strict=True)):
-            escalate = bool(decision.escalate[i])
             confidence = float(decision.confidence[i])
             trail.latency.append(StageLatency(stage=f"tier:{tier.name}", ms=generated_ms))
             trail.latency.append(StageLatency(stage=f"score:{tier.name}", ms=scored_ms))
             trail.attempts.append(TierAttempt(
-                tier=tier.name, model=generation.model, decision="escalate" if escalate else "accept",
+                tier=tier.name, model=generation.model, decision="escalate" if escalate[i] else "accept",
                 confidence=confidence, prompt_tokens=int(prompt_tokens[i]),
                 completion_tokens=int(completion_tokens[i]), cost=float(costs[i])))
-            trail.reasons.append(self.cascade.explain(index, signals, i, escalate))
+            trail.reasons.append(self._explain(index, signals, i, bool(escalate[i]), live[i]))
             trail.best = _Answered(tier, generation, signals.row(i), confidence)
-            if escalate:
+            if escalate[i]:
                 trail.next_tier = index + 1
             else:
                 trail.result = self._answer(trail, degraded=False)
+
+    def _live_decision(self, trails: list[Trail], index: int, confidence: np.ndarray,
+                       escalate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Where a live threshold is set for (tenant, tier), escalate when confidence is below it."""
+        live = np.full(len(trails), np.nan)
+        if self.thresholds is None or index == len(self.tiers) - 1:
+            return escalate, live
+        live = self.thresholds.for_tier([t.query.tenant for t in trails], self.tiers[index].name)
+        controlled = ~np.isnan(live)
+        return np.where(controlled, confidence < np.where(controlled, live, 0.0), escalate), live
+
+    def _explain(self, index: int, signals: SignalBatch, i: int, escalate: bool, live: float) -> str:
+        if np.isnan(live):
+            return self.cascade.explain(index, signals, i, escalate)
+        verb, relation = ("escalated", "<") if escalate else ("accepted", ">=")
+        return f"{verb}: confidence {relation} live threshold {live:.3f} for {self.tiers[index].name}"
 
     def _fallback(self, trail: Trail) -> RoutedAnswer:
         if trail.best is None:

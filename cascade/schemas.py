@@ -187,6 +187,7 @@ class RoutedAnswer(BaseModel):
     reason: str
     cost: float
     degraded: bool = False
+    cache_hit: bool = False
     finish_reason: FinishReason
     prompt_tokens: int
     completion_tokens: int

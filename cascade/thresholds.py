@@ -1,0 +1,239 @@
+"""Online threshold control: one confidence threshold per tenant and tier, kept in Redis.
+
+A live threshold t for (tenant, tier) replaces that tier's policy decision with "escalate when
+confidence < t". The controller reads the feedback stream through a consumer group (at-least-once;
+a record id already processed is skipped, so redelivery is harmless) and moves each threshold
+towards the value that meets its target:
+
+- ``escalation_budget``: at most ``value`` of queries escalate — the ``value`` quantile of recent
+  first-tier confidences;
+- ``quality``: the estimated precision of accepted small answers (from user labels and shadow
+  checks) is at least ``value`` — the lowest threshold whose labelled answers above it are that
+  precise.
+
+Moves are bounded (``max_step``), need ``min_samples`` records, and are skipped inside the
+``hysteresis`` band. Routers re-read the thresholds every ``refresh_s`` seconds (≤ 5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import orjson
+import redis.asyncio as aioredis
+from pydantic import BaseModel, Field
+from redis.exceptions import RedisError, ResponseError
+
+log = logging.getLogger(__name__)
+THRESHOLDS_KEY = "cascade:thresholds"
+
+
+class ThresholdTarget(BaseModel):
+    """What the controller aims for, for one tier."""
+
+    kind: Literal["escalation_budget", "quality"]
+    value: float = Field(ge=0.0, le=1.0)
+    tier: str = "small"
+
+
+class ControllerConfig(BaseModel):
+    """Controller settings."""
+
+    target: ThresholdTarget
+    stream: str = "cascade:feedback"
+    group: str = "cascade-thresholds"
+    consumer: str = "controller"
+    key: str = THRESHOLDS_KEY
+    initial: float = Field(default=0.5, ge=0.0, le=1.0)
+    max_step: float = Field(default=0.05, gt=0.0, le=1.0)
+    min_samples: int = Field(default=50, ge=1)
+    hysteresis: float = Field(default=0.01, ge=0.0)
+    window: int = Field(default=2000, ge=10)
+
+
+def field_name(tenant: str, tier: str) -> str:
+    return f"{tenant}|{tier}"
+
+
+def budget_threshold(confidence: np.ndarray, budget: float) -> float:
+    """The threshold at which a share ``budget`` of these confidences falls below it."""
+    return float(np.quantile(confidence, budget, method="lower")) if budget < 1 else 1.0
+
+
+def quality_threshold(confidence: np.ndarray, correct: np.ndarray, target: float, min_samples: int) -> float | None:
+    """The lowest threshold whose accepted answers (confidence ≥ it) are right at least ``target`` of the
+    time, counting only thresholds with ``min_samples`` labelled answers above; None if none is."""
+    order = np.argsort(-confidence)
+    hits = np.cumsum(correct[order])
+    counts = np.arange(1, len(order) + 1)
+    ok = (hits / counts >= target) & (counts >= min_samples)
+    if not ok.any():
+        return None
+    return float(confidence[order][np.flatnonzero(ok)[-1]])
+
+
+@dataclass
+class _TenantWindow:
+    confidences: deque[float]
+    labelled: deque[tuple[float, float]]
+
+
+@dataclass
+class ThresholdController:
+    """Consumes the feedback stream and keeps the thresholds in Redis; call ``step`` repeatedly."""
+
+    redis_url: str
+    config: ControllerConfig
+    windows: dict[str, _TenantWindow] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._client = aioredis.Redis.from_url(self.redis_url)
+        self._seen: deque[str] = deque(maxlen=self.config.window * 4)
+        self._seen_set: set[str] = set()
+        self._decisions: dict[str, tuple[str, float]] = {}
+        self._group_ready = False
+
+    def _window(self, tenant: str) -> _TenantWindow:
+        if tenant not in self.windows:
+            size = self.config.window
+            self.windows[tenant] = _TenantWindow(deque(maxlen=size), deque(maxlen=size))
+        return self.windows[tenant]
+
+    async def _ensure_group(self) -> None:
+        if self._group_ready:
+            return
+        try:
+            await self._client.xgroup_create(self.config.stream, self.config.group, id="0", mkstream=True)
+        except ResponseError as error:
+            if "BUSYGROUP" not in str(error):
+                raise
+        self._group_ready = True
+
+    def _remember(self, entry_id: str) -> bool:
+        """False if this record id was processed before (redelivery)."""
+        if entry_id in self._seen_set:
+            return False
+        if len(self._seen) == self._seen.maxlen:
+            self._seen_set.discard(self._seen[0])
+        self._seen.append(entry_id)
+        self._seen_set.add(entry_id)
+        return True
+
+    def observe(self, entry_id: str, record: dict[str, Any]) -> None:
+        """Fold one stream record into the windows (idempotent by id)."""
+        if not self._remember(entry_id):
+            return
+        tier = self.config.target.tier
+        if record.get("kind") == "decision" and record.get("first_tier") == tier and not record.get("cache_hit"):
+            confidence = record.get("first_confidence")
+            if confidence is None:
+                return
+            window = self._window(record["tenant"])
+            window.confidences.append(float(confidence))
+            if record.get("tier") == tier:
+                self._decisions[record["request_id"]] = (record["tenant"], float(confidence))
+                if len(self._decisions) > self.config.window * 4:
+                    self._decisions.pop(next(iter(self._decisions)))
+        elif record.get("kind") == "outcome" and record.get("request_id") in self._decisions:
+            tenant, confidence = self._decisions[record["request_id"]]
+            label = record["correct"] if record.get("correct") is not None else (record.get("score") or 0) >= 0.5
+            self._window(tenant).labelled.append((confidence, float(label)))
+
+    def proposal(self, tenant: str) -> float | None:
+        """Where this tenant's threshold should go, or None without enough evidence."""
+        window, target = self._window(tenant), self.config.target
+        if target.kind == "escalation_budget":
+            if len(window.confidences) < self.config.min_samples:
+                return None
+            return budget_threshold(np.array(window.confidences), target.value)
+        if len(window.labelled) < self.config.min_samples:
+            return None
+        labelled = np.array(window.labelled)
+        return quality_threshold(labelled[:, 0], labelled[:, 1], target.value, self.config.min_samples)
+
+    async def step(self, count: int = 5000, block_ms: int | None = None) -> dict[str, float]:
+        """Read what is new on the stream, move thresholds, acknowledge; returns the thresholds moved."""
+        await self._ensure_group()
+        response = await self._client.xreadgroup(self.config.group, self.config.consumer,
+                                                 {self.config.stream: ">"}, count=count, block=block_ms)
+        ids = []
+        for _, entries in response or []:
+            for entry_id, fields in entries:
+                self.observe(entry_id.decode(), orjson.loads(fields[b"data"]))
+                ids.append(entry_id)
+        moved = await self._move()
+        if ids:
+            await self._client.xack(self.config.stream, self.config.group, *ids)
+        return moved
+
+    async def _move(self) -> dict[str, float]:
+        tier, moved = self.config.target.tier, {}
+        current = await self._client.hgetall(self.config.key)  # type: ignore[misc]  # redis-py types sync|async
+        for tenant in self.windows:
+            goal = self.proposal(tenant)
+            if goal is None:
+                continue
+            name = field_name(tenant, tier)
+            value = float(current.get(name.encode(), self.config.initial))
+            if abs(goal - value) <= self.config.hysteresis:
+                continue
+            moved[name] = float(np.clip(value + np.clip(goal - value, -self.config.max_step, self.config.max_step),
+                                        0.0, 1.0))
+        if moved:
+            await self._client.hset(self.config.key, mapping=moved)  # type: ignore[misc]
+        return moved
+
+    async def run(self, interval_s: float = 1.0) -> None:
+        """Step forever (``cascade thresholds run``)."""
+        while True:
+            try:
+                moved = await self.step(block_ms=int(interval_s * 1000))
+                if moved:
+                    log.info("thresholds moved: %s", moved)
+            except (RedisError, OSError) as error:
+                log.warning("threshold controller cannot reach Redis, retrying: %s", error)
+                self._group_ready = False
+                await asyncio.sleep(interval_s)
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+@dataclass
+class LiveThresholds:
+    """The router's view of the thresholds, re-read at most every ``refresh_s`` seconds."""
+
+    redis_url: str
+    key: str = THRESHOLDS_KEY
+    refresh_s: float = 2.0
+    values: dict[str, float] = field(default_factory=dict)
+    _read_at: float = float("-inf")
+
+    def __post_init__(self) -> None:
+        self._client = aioredis.Redis.from_url(self.redis_url, socket_connect_timeout=1, socket_timeout=1)
+
+    async def refresh(self, force: bool = False) -> None:
+        """Re-read the thresholds when due; on a Redis fault keep the last values."""
+        if not force and time.monotonic() - self._read_at < self.refresh_s:
+            return
+        self._read_at = time.monotonic()
+        try:
+            raw = await self._client.hgetall(self.key)  # type: ignore[misc]
+        except (RedisError, OSError) as error:
+            log.warning("live thresholds unreachable, keeping the last values: %s", error)
+            return
+        self.values = {k.decode(): float(v) for k, v in raw.items()}
+
+    def for_tier(self, tenants: Sequence[str], tier: str) -> np.ndarray:
+        """(len(tenants),) threshold per query; NaN where none is set."""
+        return np.array([self.values.get(field_name(t, tier), np.nan) for t in tenants], np.float64)
+
+    async def close(self) -> None:
+        await self._client.aclose()

@@ -1,0 +1,232 @@
+"""Semantic cache, feedback log and threshold control against a real Redis started by the launcher."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+
+from cascade.cache import CacheConfig, SemanticCache
+from cascade.embeddings import MiniLMEmbedder
+from cascade.engines.scripted import ScriptedEngine
+from cascade.feedback import FeedbackConfig, FeedbackLog, outcome_record
+from cascade.local_redis import LocalRedis, has_search
+from cascade.policies import PRESETS, AcceptAllPolicy
+from cascade.router import Router, Tier
+from cascade.schemas import Query
+from cascade.thresholds import (
+    ControllerConfig,
+    LiveThresholds,
+    ThresholdController,
+    ThresholdTarget,
+    field_name,
+)
+from tests.conftest import free_port
+from tests.test_router import large_script, small_script
+
+PARIS = "The capital of France is Paris."
+
+
+@pytest.fixture(scope="module")
+def local_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedis]:
+    server = LocalRedis(port=free_port(), state_dir=tmp_path_factory.mktemp("redis-state"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def embedder() -> MiniLMEmbedder:
+    return MiniLMEmbedder()
+
+
+@pytest.fixture
+async def cache(local_redis: LocalRedis, embedder: MiniLMEmbedder, request: pytest.FixtureRequest,
+                ) -> AsyncIterator[SemanticCache]:
+    config = CacheConfig(index_name=f"test-{request.node.name[:40]}", ttl_s=60)
+    semantic = SemanticCache(local_redis.url, config, embedder)
+    yield semantic
+    await semantic.close()
+
+
+def two_tier_router(**services: object) -> Router:
+    return Router([Tier("small", ScriptedEngine("small-model", small_script), PRESETS["v1"]),
+                   Tier("large", ScriptedEngine("large-model", large_script), AcceptAllPolicy())],
+                  **services)  # type: ignore[arg-type]
+
+
+def test_launcher_loads_search_and_stops_cleanly(tmp_path: Path) -> None:
+    server = LocalRedis(port=free_port(), state_dir=tmp_path)
+    url = server.start()
+    assert server.start() == url, "a second start finds the running server"
+    assert has_search(redis.Redis.from_url(url)) and server.pid() is not None
+    assert server.stop() and not server.answering() and server.pid() is None
+    assert not server.stop()
+
+
+async def test_paraphrase_hits_and_unrelated_question_misses(cache: SemanticCache) -> None:
+    router = two_tier_router(cache=cache)
+    [first] = await router.route([Query(prompt="easy: what is the capital of France?", context=[PARIS])])
+    assert not first.cache_hit
+    answers = await router.route([Query(prompt="easy: which city is the capital of France?", context=[PARIS]),
+                                  Query(prompt="easy: how tall is Mount Everest?", context=[PARIS])])
+    assert answers[0].cache_hit and answers[0].answer == first.answer and answers[0].cost == 0.0
+    assert not answers[1].cache_hit
+    assert cache.stats.hits == 1 and cache.stats.misses == 2
+
+
+async def test_tenants_never_see_each_others_entries(cache: SemanticCache) -> None:
+    router = two_tier_router(cache=cache)
+    query = {"prompt": "hard: what is the capital of France?", "context": [PARIS]}
+    await router.route([Query(tenant="tenant-a", **query)])  # type: ignore[arg-type]
+    [other] = await router.route([Query(tenant="tenant-b", **query)])  # type: ignore[arg-type]
+    [same] = await router.route([Query(tenant="tenant-a", **query)])  # type: ignore[arg-type]
+    assert not other.cache_hit and same.cache_hit
+
+
+async def test_same_question_with_another_context_misses(cache: SemanticCache) -> None:
+    router = two_tier_router(cache=cache)
+    await router.route([Query(prompt="hard: what is the capital?", context=[PARIS])])
+    [other_document] = await router.route([Query(prompt="hard: what is the capital?",
+                                                 context=["The capital of Italy is Rome."])])
+    [other_params] = await router.route([Query(prompt="hard: what is the capital?", context=[PARIS],
+                                               params={"max_tokens": 5})])  # type: ignore[arg-type]
+    assert not other_document.cache_hit and not other_params.cache_hit
+
+
+async def test_entries_expire(local_redis: LocalRedis, embedder: MiniLMEmbedder) -> None:
+    cache = SemanticCache(local_redis.url, CacheConfig(index_name="test-ttl", ttl_s=1), embedder)
+    router = two_tier_router(cache=cache)
+    query = Query(prompt="hard: when does this expire?", context=[PARIS])
+    await router.route([query])
+    assert (await router.route([query]))[0].cache_hit
+    await asyncio.sleep(2.5)
+    assert not (await router.route([query]))[0].cache_hit
+    await cache.close()
+
+
+async def test_only_last_tier_or_confident_small_answers_are_stored(cache: SemanticCache) -> None:
+    cache.config.min_small_confidence = 0.99
+    router = two_tier_router(cache=cache)
+    answers = await router.route([Query(prompt="easy: small answers this", context=[PARIS]),
+                                  Query(prompt="hard: large answers this", context=[PARIS])])
+    assert [a.tier for a in answers] == ["small", "large"] and answers[0].confidence < 0.99  # type: ignore[operator]
+    assert cache.stats.stores == 1
+
+
+async def test_feedback_records_round_trip(local_redis: LocalRedis) -> None:
+    log = FeedbackLog(local_redis.url, FeedbackConfig(stream="test:feedback-roundtrip"))
+    router = two_tier_router(feedback=log)
+    answers = await router.route([Query(prompt=f"{'easy' if i % 2 else 'hard'} question {i}") for i in range(4)])
+    await log.append([outcome_record(answers[0].request_id, "default", correct=True)])
+    records = [r for _, r in await log.read_all()]
+    decisions = [r for r in records if r["kind"] == "decision"]
+    assert [d["request_id"] for d in decisions] == [a.request_id for a in answers]
+    assert {d["decision"] for d in decisions} == {"accept", "escalate"}
+    assert all(set(d) >= {"tenant", "signals", "tier", "model", "cost", "latency_ms", "cache_hit"} for d in decisions)
+    assert records[-1] == outcome_record(answers[0].request_id, "default", correct=True)
+    await log.close()
+
+
+async def synthetic_decisions(log: FeedbackLog, n: int, seed: int, labelled: bool = False) -> None:
+    rng = np.random.default_rng(seed)
+    confidence = rng.uniform(size=n)
+    records = [{"kind": "decision", "request_id": f"r{seed}-{i}", "tenant": "acme", "first_tier": "small",
+                "tier": "small", "first_confidence": float(c), "cache_hit": False} for i, c in enumerate(confidence)]
+    if labelled:
+        records += [outcome_record(f"r{seed}-{i}", "acme", correct=bool(rng.uniform() < c), source="shadow")
+                    for i, c in enumerate(confidence)]
+    await log.append(records)
+
+
+async def run_controller(controller: ThresholdController, steps: int) -> float:
+    for _ in range(steps):
+        await controller.step()
+    value = redis.Redis.from_url(controller.redis_url).hget(controller.config.key, field_name("acme", "small"))
+    assert value is not None
+    return float(value)
+
+
+async def test_controller_converges_to_an_escalation_budget(local_redis: LocalRedis) -> None:
+    stream, key = "test:feedback-budget", "test:thresholds-budget"
+    log = FeedbackLog(local_redis.url, FeedbackConfig(stream=stream))
+    config = ControllerConfig(target=ThresholdTarget(kind="escalation_budget", value=0.3), stream=stream, key=key,
+                              max_step=0.05, min_samples=200)
+    controller = ThresholdController(local_redis.url, config)
+    await synthetic_decisions(log, 2000, seed=1)
+    first = await run_controller(controller, 1)
+    assert first == pytest.approx(0.45), "one bounded step from the initial 0.5 towards the budget"
+    for batch in range(2, 8):
+        await synthetic_decisions(log, 300, seed=batch)
+        threshold = await run_controller(controller, 1)
+    assert threshold == pytest.approx(0.3, abs=0.03), "uniform confidences: a 30% budget means threshold 0.3"
+    live = LiveThresholds(local_redis.url, key=key)
+    await live.refresh(force=True)
+    assert live.for_tier(["acme", "other"], "small")[0] == pytest.approx(threshold)
+    assert np.isnan(live.for_tier(["other"], "small")[0])
+    await asyncio.gather(log.close(), controller.close(), live.close())
+
+
+async def test_controller_converges_to_a_quality_target(local_redis: LocalRedis) -> None:
+    stream, key = "test:feedback-quality", "test:thresholds-quality"
+    log = FeedbackLog(local_redis.url, FeedbackConfig(stream=stream))
+    config = ControllerConfig(target=ThresholdTarget(kind="quality", value=0.8), stream=stream, key=key,
+                              max_step=0.05, min_samples=100)
+    controller = ThresholdController(local_redis.url, config)
+    await synthetic_decisions(log, 2000, seed=11, labelled=True)
+    threshold = await run_controller(controller, 6)
+    # P(correct | c) = c on uniform c: precision above t is (1 + t) / 2, so 0.8 needs t = 0.6.
+    assert threshold == pytest.approx(0.6, abs=0.05)
+    await asyncio.gather(log.close(), controller.close())
+
+
+async def test_controller_ignores_redelivered_records(local_redis: LocalRedis) -> None:
+    config = ControllerConfig(target=ThresholdTarget(kind="escalation_budget", value=0.3), min_samples=1)
+    controller = ThresholdController(local_redis.url, config)
+    record = {"kind": "decision", "request_id": "x", "tenant": "t", "first_tier": "small", "tier": "small",
+              "first_confidence": 0.4}
+    controller.observe("1-0", record)
+    controller.observe("1-0", record)
+    assert list(controller.windows["t"].confidences) == [0.4]
+    await controller.close()
+
+
+async def test_routers_apply_live_thresholds_within_seconds(local_redis: LocalRedis) -> None:
+    key = "test:thresholds-live"
+    live = LiveThresholds(local_redis.url, key=key, refresh_s=0.2)
+    router = two_tier_router(thresholds=live)
+    easy = [Query(tenant=t, prompt="easy: what is it?") for t in ("strict", "relaxed")]
+    assert [a.tier for a in await router.route(easy)] == ["small", "small"]
+    redis.Redis.from_url(local_redis.url).hset(key, field_name("strict", "small"), 0.999)
+    await asyncio.sleep(0.3)
+    strict, relaxed = await router.route(easy)
+    assert strict.tier == "large" and "live threshold 0.999" in strict.reason
+    assert relaxed.tier == "small"
+    await live.close()
+
+
+async def test_redis_down_mid_run_loses_no_request_and_buffers_feedback(tmp_path: Path,
+                                                                        embedder: MiniLMEmbedder) -> None:
+    server = LocalRedis(port=free_port(), state_dir=tmp_path, data_dir=tmp_path / "data")
+    server.start()
+    log = FeedbackLog(server.url, FeedbackConfig(stream="test:feedback-faults"))
+    cache = SemanticCache(server.url, CacheConfig(index_name="test-faults"), embedder)
+    router = two_tier_router(cache=cache, feedback=log)
+    batches = [[Query(prompt=f"easy batch {b} question {i}") for i in range(3)] for b in range(3)]
+    assert len(await router.route(batches[0])) == 3
+    server.stop()
+    answers = await router.route(batches[1])
+    assert len(answers) == 3 and all(a.answer for a in answers), "no request fails while Redis is down"
+    assert log.buffered == 3 and cache.stats.errors >= 1
+    server.start()
+    again = await router.route(batches[0] + batches[2])
+    assert log.buffered == 0
+    assert all(a.cache_hit for a in again[:3]), "the cache is back (data kept in the data directory)"
+    recorded = [r["request_id"] for _, r in await log.read_all()]
+    assert recorded == [q.id for q in batches[0] + batches[1] + batches[0] + batches[2]]
+    await router.close()
+    server.stop()
