@@ -46,9 +46,14 @@ def scope_of(query: Query) -> str:
     return hashlib.sha256(orjson.dumps(material, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
 
 
-def _tag(value: str) -> str:
+def tag_value(value: str) -> str:
     """A tag value safe for a RediSearch tag filter (hex digests and tenant ids)."""
     return hashlib.sha256(value.encode()).hexdigest()[:24]
+
+
+def entry_tags(query: Query) -> dict[str, str]:
+    """The exact-match tags an entry carries and a lookup filters on."""
+    return {"tenant": tag_value(query.tenant), "scope": tag_value(scope_of(query))}
 
 
 @dataclass
@@ -97,7 +102,8 @@ class SemanticCache:
         self._index = AsyncSearchIndex(schema, redis_url=self.redis_url)
         self._ready = False
 
-    async def _ensure_index(self) -> None:
+    async def ensure_index(self) -> None:
+        """Create the index if it does not exist."""
         if not self._ready:
             await self._index.create(overwrite=False)
             self._ready = True
@@ -108,25 +114,29 @@ class SemanticCache:
 
     async def lookup(self, queries: Sequence[Query]) -> CacheLookup:
         """The cached answer for each query, or None; all misses if Redis fails."""
+        vectors = self.embed(queries)
+        return CacheLookup(await self.search(queries, vectors), vectors)
+
+    async def search(self, queries: Sequence[Query], vectors: np.ndarray) -> list[RoutedAnswer | None]:
+        """Look up already-embedded questions in one pipeline round trip."""
         from redisvl.query import VectorQuery
         from redisvl.query.filter import Tag
 
-        vectors = self.embed(queries)
         misses: list[RoutedAnswer | None] = [None] * len(queries)
         try:
-            await self._ensure_index()
+            await self.ensure_index()
             searches = [
                 VectorQuery(vector=vector.tobytes(), vector_field_name="embedding", num_results=1,
                             return_fields=["answer", "created"],
-                            filter_expression=(Tag("tenant") == _tag(q.tenant)) & (Tag("scope") == _tag(scope_of(q))))
-                for q, vector in zip(queries, vectors, strict=True)
+                            filter_expression=(Tag("tenant") == tags["tenant"]) & (Tag("scope") == tags["scope"]))
+                for tags, vector in zip(map(entry_tags, queries), vectors, strict=True)
             ]
             results = await self._index.batch_query(searches, batch_size=max(len(searches), 1))
         except Exception as error:  # Redis down or misconfigured: serve without the cache
             self.stats.errors += 1
             self._ready = False  # a restarted Redis may have lost the index
             log.warning("semantic cache lookup failed, serving without it: %s", error)
-            return CacheLookup(misses, vectors)
+            return misses
         hits: list[RoutedAnswer | None] = []
         for query, found in zip(queries, results, strict=True):
             best = found[0] if found else None
@@ -140,7 +150,7 @@ class SemanticCache:
                 hits.append(None)
         self.stats.hits += sum(h is not None for h in hits)
         self.stats.misses += sum(h is None for h in hits)
-        return CacheLookup(hits, vectors)
+        return hits
 
     def storable(self, answer: RoutedAnswer, last_tier: str) -> bool:
         """Answers of the last tier, or small-model answers confident enough; never degraded ones."""
@@ -156,12 +166,12 @@ class SemanticCache:
             return 0
         now = time.time()
         records = [{
-            "tenant": _tag(queries[i].tenant), "scope": _tag(scope_of(queries[i])), "question": queries[i].question,
-            "answer": answers[i].model_dump_json(), "created": now,
+            **entry_tags(queries[i]), "question": queries[i].question, "answer": answers[i].model_dump_json(),
+            "created": now,
             "embedding": np.asarray(vectors[i], np.float32).tobytes(),
         } for i in chosen]
         try:
-            await self._ensure_index()
+            await self.ensure_index()
             await self._index.load(records, ttl=self.config.ttl_s, batch_size=len(records))
         except Exception as error:
             self.stats.errors += 1
