@@ -99,6 +99,8 @@ class CascadeSettings(BaseSettings):
     cache: CacheConfig = Field(default_factory=CacheConfig)
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
     live_thresholds: bool = Field(default=True, description="apply thresholds set by the online controller")
+    shadow_fraction: float = Field(default=0.0, ge=0.0, le=1.0,
+                                   description="share of accepted small answers also sent to the large tier")
 
     @classmethod
     def settings_customise_sources(

@@ -71,4 +71,5 @@ def build_router(settings: CascadeSettings, *, with_redis: bool = False) -> Rout
         cache=SemanticCache(url, settings.cache) if settings.cache.enabled else None,
         feedback=FeedbackLog(url, settings.feedback),
         thresholds=LiveThresholds(url) if settings.live_thresholds else None,
+        shadow_fraction=settings.shadow_fraction,
     )

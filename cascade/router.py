@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cascade.answers import token_f1
 from cascade.cache import SemanticCache
 from cascade.costs import ModelPrice, total_cost
 from cascade.engines.base import Engine, PromptTooLongError
-from cascade.feedback import FeedbackLog, decision_record
+from cascade.feedback import FeedbackLog, decision_record, outcome_record
 from cascade.policies import CascadePolicy, Policy
 from cascade.schemas import Generation, Query, RoutedAnswer, Signals, StageLatency, TierAttempt
 from cascade.signals import SignalBatch, signals_of
@@ -74,7 +75,8 @@ class Router:
     """Routes batches of queries through ``tiers`` (ordered small to large)."""
 
     def __init__(self, tiers: Sequence[Tier], *, cache: SemanticCache | None = None,
-                 feedback: FeedbackLog | None = None, thresholds: LiveThresholds | None = None) -> None:
+                 feedback: FeedbackLog | None = None, thresholds: LiveThresholds | None = None,
+                 shadow_fraction: float = 0.0, seed: int = 0) -> None:
         if not tiers:
             raise ValueError("a router needs at least one tier")
         names = [t.name for t in tiers]
@@ -85,6 +87,11 @@ class Router:
         self.cache = cache
         self.feedback = feedback
         self.thresholds = thresholds
+        if not 0.0 <= shadow_fraction <= 1.0:
+            raise ValueError(f"shadow_fraction must be within [0, 1], got {shadow_fraction}")
+        self.shadow_fraction = shadow_fraction
+        self._rng = np.random.default_rng(seed)
+        self._shadows: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """Load every tier's engine."""
@@ -93,6 +100,7 @@ class Router:
 
     async def close(self) -> None:
         """Release every tier's engine and the Redis clients (flushing buffered feedback first)."""
+        await self.drain()
         for tier in self.tiers:
             await tier.engine.close()
         if self.feedback is not None:
@@ -116,7 +124,37 @@ class Router:
             await self.cache.store([queries[i] for i in misses], routed, lookup.vectors[misses], self.tiers[-1].name)
         if self.feedback is not None:
             await self.feedback.append([decision_record(a, cache_hit=a.cache_hit) for a in final])
+            self._start_shadow_checks(queries, final)
         return final
+
+    def _start_shadow_checks(self, queries: Sequence[Query], answers: Sequence[RoutedAnswer]) -> None:
+        """Send a random share of accepted first-tier answers to the last tier, off the request path."""
+        if self.shadow_fraction <= 0 or len(self.tiers) < 2:
+            return
+        first = self.tiers[0].name
+        accepted = np.array([a.tier == first and len(a.attempts) == 1 for a in answers], bool)
+        chosen = np.flatnonzero(accepted & (self._rng.random(len(answers)) < self.shadow_fraction))
+        if chosen.size:
+            task = asyncio.create_task(self._shadow([queries[i] for i in chosen], [answers[i] for i in chosen]))
+            self._shadows.add(task)
+            task.add_done_callback(self._shadows.discard)
+
+    async def _shadow(self, queries: list[Query], answers: list[RoutedAnswer]) -> None:
+        """Agreement (token F1) between the small answer and the large model's is an implicit label."""
+        assert self.feedback is not None
+        try:
+            generations = await self._generate(self.tiers[-1], queries)
+        except Exception as error:
+            log.warning("shadow check failed for %d answers: %s", len(queries), error)
+            return
+        await self.feedback.append([
+            outcome_record(a.request_id, a.tenant, score=token_f1(a.answer, [g.text]), source="shadow")
+            for a, g in zip(answers, generations, strict=True)])
+
+    async def drain(self) -> None:
+        """Wait for the shadow checks under way."""
+        if self._shadows:
+            await asyncio.gather(*self._shadows)
 
     async def first_pass(self, queries: Sequence[Query], start_tier: int = 0) -> list[Trail]:
         """One batched call to ``start_tier``; accepted trails are done, the rest await ``finish``."""

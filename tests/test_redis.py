@@ -132,6 +132,22 @@ async def test_feedback_records_round_trip(local_redis: LocalRedis) -> None:
     await log.close()
 
 
+async def test_shadow_checks_log_agreement_as_implicit_labels(local_redis: LocalRedis) -> None:
+    log = FeedbackLog(local_redis.url, FeedbackConfig(stream="test:feedback-shadow"))
+    large = ScriptedEngine("large-model", large_script)
+    router = Router([Tier("small", ScriptedEngine("small-model", small_script), PRESETS["v1"]),
+                     Tier("large", large, AcceptAllPolicy())], feedback=log, shadow_fraction=1.0)
+    answers = await router.route([Query(prompt=f"easy question {i}") for i in range(3)]
+                                 + [Query(prompt="hard question")])
+    await router.drain()
+    outcomes = [r for _, r in await log.read_all() if r["kind"] == "outcome"]
+    accepted = [a.request_id for a in answers if a.tier == "small"]
+    assert sorted(o["request_id"] for o in outcomes) == sorted(accepted) and len(accepted) == 3
+    assert all(o["source"] == "shadow" and o["score"] == 0.0 for o in outcomes), "Paris vs Lyon: no overlap"
+    assert len(large.calls) == 2, "one escalation, then one batched shadow call off the request path"
+    await log.close()
+
+
 async def synthetic_decisions(log: FeedbackLog, n: int, seed: int, labelled: bool = False) -> None:
     rng = np.random.default_rng(seed)
     confidence = rng.uniform(size=n)
