@@ -140,6 +140,7 @@ def calibrate(
     dataset: Annotated[str, typer.Option("--dataset", help="squad, squad_v2 or hotpotqa")],
     out_file: Annotated[Path, typer.Option("--out", help="JSON-lines records; an existing file is resumed")],
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="first N questions")] = None,
+    offset: Annotated[int, typer.Option("--offset", min=0, help="skip the first questions (to split a run)")] = 0,
     samples: Annotated[int, typer.Option(help="sampled small-model answers per question (self-consistency)")] = 0,
     data_dir: Annotated[Path | None, typer.Option("--data-dir", envvar="CASCADE_DATA_DIR")] = None,
     config: ConfigOption = None,
@@ -151,7 +152,7 @@ def calibrate(
     from pipelines.datasets import load_qa
 
     settings = load_settings(config)
-    records = load_qa(dataset, data_dir or settings.data_dir, limit=limit)
+    records = load_qa(dataset, data_dir or settings.data_dir, limit=None if limit is None else offset + limit)[offset:]
     with Progress(console=err) as progress:
         task = progress.add_task(f"calibrating {dataset}", total=len(records))
         written = asyncio.run(run_calibration(settings, records, out_file, samples=samples,
@@ -188,7 +189,7 @@ def fit(
         raise ValueError(f"--policy must be logistic or threshold, not {policy!r}")
     outcomes = _outcomes(records, label)
     fitted, report = (fit_logistic if policy == "logistic" else fit_threshold)(outcomes, target)
-    save_policy(fitted, out_file)
+    save_policy(fitted.model_copy(update={"name": out_file.stem}), out_file)
     out.print(f"wrote {out_file}: {orjson.dumps(report).decode()}")
 
 

@@ -71,8 +71,8 @@ def test_fit_then_evaluate_round_trip(tmp_path: Path) -> None:
                      "--out", str(out))
     assert result.returncode == 0, result.stderr
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["curves"]) == {"logistic-fitted", "threshold-fitted", "v1", "v2", "v3"}
-    assert len(summary["curves"]["logistic-fitted"]["points"]) == 101
+    assert set(summary["curves"]) == {"logistic", "threshold", "v1", "v2", "v3"}, "policies named by their file"
+    assert len(summary["curves"]["logistic"]["points"]) == 101
     assert summary["signal_auroc"]["mean_logprob"] > 0.7
     assert summary["self_consistency"]["auroc"] == 1.0
     large = summary["baselines"]["large_only"]["quality"]
