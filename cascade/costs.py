@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from cascade.schemas import TierAttempt
+from cascade.schemas import Generation, TierAttempt
 
 
 class ModelPrice(BaseModel):
@@ -30,6 +30,14 @@ class ModelPrice(BaseModel):
         tokens = (np.asarray(prompt_tokens, np.float64) * self.input_per_million
                   + np.asarray(completion_tokens, np.float64) * self.output_per_million) / 1e6
         return tokens + np.asarray(seconds, np.float64) * self.per_gpu_second * self.gpus
+
+    def cost_of(self, generations: Sequence[Generation]) -> np.ndarray:
+        """Dollars for each generation of a batch, from its token counts and engine time."""
+        count = len(generations)
+        prompt = np.fromiter((g.prompt_tokens for g in generations), np.int64, count)
+        completion = np.fromiter((g.completion_tokens for g in generations), np.int64, count)
+        seconds = np.fromiter(((g.prompt_ms + g.decode_ms) / 1000 for g in generations), np.float64, count)
+        return self.cost(prompt, completion, seconds)
 
 
 FREE = ModelPrice()

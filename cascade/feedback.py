@@ -30,7 +30,7 @@ class FeedbackConfig(BaseModel):
     buffer_size: int = Field(default=10_000, ge=1, description="records kept in memory while Redis is down")
 
 
-def decision_record(answer: RoutedAnswer, cache_hit: bool = False) -> dict[str, Any]:
+def decision_record(answer: RoutedAnswer) -> dict[str, Any]:
     """The stream entry of one routing decision."""
     first = answer.attempts[0] if answer.attempts else None
     return {
@@ -39,7 +39,7 @@ def decision_record(answer: RoutedAnswer, cache_hit: bool = False) -> dict[str, 
         "first_tier": first.tier if first else answer.tier,
         "first_confidence": first.confidence if first else answer.confidence,
         "confidence": answer.confidence, "signals": answer.signals.model_dump() if answer.signals else None,
-        "cost": answer.cost, "latency_ms": sum(s.ms for s in answer.latency), "cache_hit": cache_hit,
+        "cost": answer.cost, "latency_ms": sum(s.ms for s in answer.latency), "cache_hit": answer.cache_hit,
         "degraded": answer.degraded,
     }
 

@@ -123,7 +123,7 @@ class Router:
         if self.cache is not None and lookup is not None and misses:
             await self.cache.store([queries[i] for i in misses], routed, lookup.vectors[misses], self.tiers[-1].name)
         if self.feedback is not None:
-            await self.feedback.append([decision_record(a, cache_hit=a.cache_hit) for a in final])
+            await self.feedback.append([decision_record(a) for a in final])
             self._start_shadow_checks(queries, final)
         return final
 
@@ -208,11 +208,7 @@ class Router:
         signals = signals_of(generations)
         decision = self.cascade.decide(index, signals)
         escalate, live = self._live_decision(trails, index, decision.confidence, decision.escalate)
-        prompt_tokens = np.fromiter((g.prompt_tokens for g in generations), np.int64, len(generations))
-        completion_tokens = np.fromiter((g.completion_tokens for g in generations), np.int64, len(generations))
-        seconds = np.fromiter(((g.prompt_ms + g.decode_ms) / 1000 for g in generations), np.float64,
-                              len(generations))
-        costs = tier.price.cost(prompt_tokens, completion_tokens, seconds)
+        costs = tier.price.cost_of(generations)
         scored_ms = (time.perf_counter() - scoring_started) * 1000
         for i, (trail, generation) in enumerate(zip(trails, generations, strict=True)):
             confidence = float(decision.confidence[i])
@@ -220,8 +216,8 @@ class Router:
             trail.latency.append(StageLatency(stage=f"score:{tier.name}", ms=scored_ms))
             trail.attempts.append(TierAttempt(
                 tier=tier.name, model=generation.model, decision="escalate" if escalate[i] else "accept",
-                confidence=confidence, prompt_tokens=int(prompt_tokens[i]),
-                completion_tokens=int(completion_tokens[i]), cost=float(costs[i])))
+                confidence=confidence, prompt_tokens=generation.prompt_tokens,
+                completion_tokens=generation.completion_tokens, cost=float(costs[i])))
             trail.reasons.append(self._explain(index, signals, i, bool(escalate[i]), live[i]))
             trail.best = _Answered(tier, generation, signals.row(i), confidence)
             if escalate[i]:

@@ -70,13 +70,12 @@ def read_records(path: Path) -> list[CalibrationRecord]:
 
 
 def _outcome(tier: Tier, generation: Generation, signals: Signals, gold: Sequence[str]) -> TierOutcome:
-    seconds = (generation.prompt_ms + generation.decode_ms) / 1000
     return TierOutcome(
         tier=tier.name, model=generation.model, answer=generation.text, signals=signals,
         exact_match=exact_match(generation.text, gold), f1=token_f1(generation.text, gold),
         prompt_tokens=generation.prompt_tokens, completion_tokens=generation.completion_tokens,
         latency_ms=generation.prompt_ms + generation.decode_ms,
-        cost=float(tier.price.cost(generation.prompt_tokens, generation.completion_tokens, seconds)),
+        cost=float(tier.price.cost_of([generation])[0]),
     )
 
 

@@ -58,10 +58,7 @@ async def _run_last_tier(tier: Tier, queries: list[Query]) -> tuple[list[str], l
     if not queries:
         return [], []
     generations = await tier.engine.generate(queries)
-    costs = tier.price.cost(np.array([g.prompt_tokens for g in generations]),
-                            np.array([g.completion_tokens for g in generations]),
-                            np.array([(g.prompt_ms + g.decode_ms) / 1000 for g in generations]))
-    return [g.text for g in generations], [float(c) for c in costs]
+    return [g.text for g in generations], tier.price.cost_of(generations).tolist()
 
 
 async def _demo_chunk(router: Router, records: Sequence[QARecord], settings: CascadeSettings) -> list[DemoRow]:

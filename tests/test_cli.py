@@ -44,6 +44,7 @@ def test_demo_json_summary(data_dir: Path) -> None:
 
 @pytest.mark.parametrize(("args", "message"), [
     (("ask", "   "), "'prompt' is empty"),
+    (("ask", "word " * 3000), "exceeds the model's context window of 2048 tokens"),
     (("ask", "q", "--config", "/nonexistent/cascade.yaml"), "config file /nonexistent/cascade.yaml does not exist"),
     (("demo", "--n", "1", "--data-dir", "/nonexistent"), "does not exist"),
 ])
