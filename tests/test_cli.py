@@ -6,9 +6,13 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from cascade.local_redis import LocalRedis
+from tests.conftest import free_port
 
 CONTEXT = "The Normans gave their name to Normandy, a region in France."
 
@@ -18,15 +22,24 @@ def cascade(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
                           env={**os.environ, **(env or {})})
 
 
-def test_ask_prints_the_answer_with_its_routing() -> None:
-    result = cascade("ask", "In what country is Normandy located?", "--context", CONTEXT, "--json")
+@pytest.fixture
+def redis_port(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """`cascade ask` starts a local Redis when none answers: give it its own port, stop it after."""
+    port = free_port()
+    yield {"CASCADE_REDIS_PORT": str(port)}
+    LocalRedis(port=port).stop()
+
+
+def test_ask_prints_the_answer_with_its_routing(redis_port: dict[str, str]) -> None:
+    result = cascade("ask", "In what country is Normandy located?", "--context", CONTEXT, "--json", env=redis_port)
     assert result.returncode == 0, result.stderr
     answer = json.loads(result.stdout)
-    assert answer["tier"] in {"small", "large"} and answer["answer"]
+    assert answer["tier"] in {"small", "large"} and answer["answer"] and not answer["cache_hit"]
     assert set(answer["signals"]) >= {"n_words", "mean_entropy", "mean_logprob", "first_token_margin"}
     assert answer["cost"] == pytest.approx(sum(a["cost"] for a in answer["attempts"]))
-    human = cascade("ask", "In what country is Normandy located?", "--context", CONTEXT)
+    human = cascade("ask", "Which country is Normandy in?", "--context", CONTEXT, env=redis_port)
     assert human.returncode == 0 and "confidence" in human.stdout and "reason" in human.stdout
+    assert "cache hit" in human.stdout, "the paraphrase is answered from the semantic cache"
 
 
 def test_demo_json_summary(data_dir: Path) -> None:
@@ -48,13 +61,13 @@ def test_demo_json_summary(data_dir: Path) -> None:
     (("ask", "q", "--config", "/nonexistent/cascade.yaml"), "config file /nonexistent/cascade.yaml does not exist"),
     (("demo", "--n", "1", "--data-dir", "/nonexistent"), "does not exist"),
 ])
-def test_bad_input_gets_one_clear_line(args: tuple[str, ...], message: str) -> None:
-    result = cascade(*args)
+def test_bad_input_gets_one_clear_line(args: tuple[str, ...], message: str, redis_port: dict[str, str]) -> None:
+    result = cascade(*args, env=redis_port)
     assert result.returncode == 2
     assert message in " ".join(result.stderr.split()) and "Traceback" not in result.stderr
 
 
-def test_bad_model_path_and_policy_file_are_named(tmp_path: Path) -> None:
+def test_bad_model_path_and_policy_file_are_named(tmp_path: Path, redis_port: dict[str, str]) -> None:
     policy = tmp_path / "policy.json"
     policy.write_text('{"kind": "logistic"')
     for tiers, message in [
@@ -65,6 +78,6 @@ def test_bad_model_path_and_policy_file_are_named(tmp_path: Path) -> None:
     ]:
         config = tmp_path / "cascade.yaml"
         config.write_text(f"tiers: {tiers}\n")
-        result = cascade("ask", "anything", "--config", str(config))
+        result = cascade("ask", "anything", "--config", str(config), env=redis_port)
         assert result.returncode == 2, result.stderr
         assert message in " ".join(result.stderr.split())
