@@ -8,8 +8,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cascade.cache import CacheConfig
 from cascade.config import CascadeSettings
 from cascade.factory import build_router
+from cascade.feedback import decision_record
 from cascade.router import Router, Tier
 from cascade.schemas import Query, RoutedAnswer
 from pipelines.datasets import QARecord
@@ -71,6 +73,8 @@ async def _demo_chunk(router: Router, records: Sequence[QARecord], settings: Cas
     texts, costs = await _run_last_tier(last, [queries[i] for i in missing])
     large = {i: (a.answer, a.attempts[-1].cost) for i, a in enumerate(routed) if i not in missing}
     large.update(zip(missing, zip(texts, costs, strict=True), strict=True))
+    if router.feedback is not None:
+        await router.feedback.append([decision_record(a) for a in routed])
     return [DemoRow(record, small[i][0], large[i][0], routed[i], small[i][1], large[i][1])
             for i, record in enumerate(records)]
 
@@ -78,8 +82,12 @@ async def _demo_chunk(router: Router, records: Sequence[QARecord], settings: Cas
 async def run_demo(settings: CascadeSettings, records: Sequence[QARecord], *, chunk_size: int = 4,
                    on_progress: Callable[[int], None] = lambda done: None) -> list[DemoRow]:
     """Route every record in chunks (each chunk one batched first pass); also run the last tier on
-    the questions the router did not send there, for the large-only baseline."""
-    router = build_router(settings)
+    the questions the router did not send there, for the large-only baseline.
+
+    Decisions go to the feedback log (a local Redis is started if none is configured). The semantic
+    cache stays off here: a second demo run would otherwise measure the cache, not the tiers.
+    """
+    router = build_router(settings.model_copy(update={"cache": CacheConfig(enabled=False)}), with_redis=True)
     await router.start()
     rows: list[DemoRow] = []
     try:

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from cascade.local_redis import LocalRedis
 from tests.conftest import free_port
@@ -42,8 +43,8 @@ def test_ask_prints_the_answer_with_its_routing(redis_port: dict[str, str]) -> N
     assert "cache hit" in human.stdout, "the paraphrase is answered from the semantic cache"
 
 
-def test_demo_json_summary(data_dir: Path) -> None:
-    result = cascade("demo", "--n", "4", "--json", "--data-dir", str(data_dir))
+def test_demo_json_summary(data_dir: Path, redis_port: dict[str, str]) -> None:
+    result = cascade("demo", "--n", "4", "--json", "--data-dir", str(data_dir), env=redis_port)
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["n"] == 4
@@ -53,6 +54,8 @@ def test_demo_json_summary(data_dir: Path) -> None:
     assert cost["small"] <= cost["routed"] <= cost["small"] + cost["large"] + 1e-12
     if summary["escalation_rate"] == 0:
         assert cost["routed"] == pytest.approx(cost["small"])
+    stream = redis.Redis(port=int(redis_port["CASCADE_REDIS_PORT"])).xlen("cascade:feedback")
+    assert stream == 4, "every routing decision of the demo reaches the feedback log"
 
 
 @pytest.mark.parametrize(("args", "message"), [
