@@ -41,13 +41,15 @@ def clear_errors(command: F) -> F:
     """Turn the errors a user can cause into one line on stderr and exit code 2, not a traceback."""
     @wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from cascade.local_redis import RedisSearchMissingError
         from pipelines.datasets import DatasetError
 
         try:
             return command(*args, **kwargs)
         except ValidationError as error:
             err.print(f"[red]error:[/red] {_validation_message(error)}")
-        except (ConfigError, PolicyFileError, EngineError, DatasetError, AllTiersFailedError, ValueError) as error:
+        except (ConfigError, PolicyFileError, EngineError, DatasetError, AllTiersFailedError, RedisSearchMissingError,
+                FileNotFoundError, ValueError) as error:
             err.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2)
     return wrapper  # type: ignore[return-value]
@@ -280,8 +282,7 @@ def thresholds_run(
     from cascade.thresholds import ControllerConfig, ThresholdController, ThresholdTarget
 
     settings = load_settings(config)
-    url = resolve_redis(settings.model_copy(update={"redis_required": True}))
-    assert url is not None
+    url = resolve_redis(settings)
     target_spec = ThresholdTarget.model_validate({"kind": target, "value": value, "tier": tier})
     controller = ThresholdController(url, ControllerConfig(target=target_spec, stream=settings.feedback.stream))
     err.print(f"controlling {tier} thresholds towards {target} {value} on {url}")

@@ -95,7 +95,6 @@ class CascadeSettings(BaseSettings):
     data_dir: Path = Path("../shared/data")
     redis_url: str | None = Field(default=None, description="none: a local Redis is started on redis_port")
     redis_port: int = Field(default=6390, ge=1, le=65535)
-    redis_required: bool = Field(default=False, description="fail at start when Redis or its search module is missing")
     cache: CacheConfig = Field(default_factory=CacheConfig)
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
     live_thresholds: bool = Field(default=True, description="apply thresholds set by the online controller")

@@ -37,21 +37,22 @@ def build_engine(config: EngineConfig) -> Engine:
     return ScriptedEngine(config.model)
 
 
-def resolve_redis(settings: CascadeSettings) -> str | None:
-    """The Redis to use: the configured URL, else a local one (started if none answers). None when
-    Redis cannot be had and is not required: the router then runs without cache and feedback."""
-    from cascade.local_redis import LocalRedis, RedisSearchMissingError, require_search
+def resolve_redis(settings: CascadeSettings) -> str:
+    """The Redis to use: the configured URL, else a local one on ``redis_port`` (started if none answers).
 
-    try:
-        url = settings.redis_url or LocalRedis(port=settings.redis_port).start()
-        if settings.cache.enabled:
+    With the cache on, a Redis that answers but has no search module stops start-up with a message
+    saying so (set ``cache.enabled: false`` to run without the cache). A Redis that does not answer
+    yet is not fatal: the router serves without the cache and buffers feedback until it returns.
+    """
+    from cascade.local_redis import LocalRedis, require_search
+
+    url = settings.redis_url or LocalRedis(port=settings.redis_port).start()
+    if settings.cache.enabled:
+        try:
             require_search(url)
-        return url
-    except (RedisSearchMissingError, OSError, RuntimeError, redis.RedisError) as error:
-        if settings.redis_required:
-            raise
-        log.warning("running without Redis (no cache, no feedback log): %s", error)
-        return None
+        except (redis.RedisError, OSError) as error:
+            log.warning("Redis at %s does not answer; serving without the cache until it does: %s", url, error)
+    return url
 
 
 def build_router(settings: CascadeSettings, *, with_redis: bool = False) -> Router:
@@ -59,9 +60,9 @@ def build_router(settings: CascadeSettings, *, with_redis: bool = False) -> Rout
     semantic cache, the feedback log and live thresholds."""
     tiers = [Tier(name=t.name, engine=build_engine(t.engine), policy=resolve_policy(t.policy), price=t.price,
                   timeout_s=t.timeout_s) for t in settings.tiers]
-    url = resolve_redis(settings) if with_redis else None
-    if url is None:
+    if not with_redis:
         return Router(tiers)
+    url = resolve_redis(settings)
     from cascade.cache import SemanticCache
     from cascade.feedback import FeedbackLog
     from cascade.thresholds import LiveThresholds

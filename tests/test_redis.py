@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -11,10 +12,12 @@ import pytest
 import redis
 
 from cascade.cache import CacheConfig, SemanticCache
+from cascade.config import CascadeSettings, load_settings
 from cascade.embeddings import MiniLMEmbedder
 from cascade.engines.scripted import ScriptedEngine
+from cascade.factory import build_router
 from cascade.feedback import FeedbackConfig, FeedbackLog, outcome_record
-from cascade.local_redis import LocalRedis, has_search
+from cascade.local_redis import LocalRedis, RedisSearchMissingError, has_search, server_binary
 from cascade.policies import PRESETS, AcceptAllPolicy
 from cascade.router import Router, Tier
 from cascade.schemas import Query
@@ -66,6 +69,37 @@ def test_launcher_loads_search_and_stops_cleanly(tmp_path: Path) -> None:
     assert has_search(redis.Redis.from_url(url)) and server.pid() is not None
     assert server.stop() and not server.answering() and server.pid() is None
     assert not server.stop()
+
+
+def scripted_settings(redis_url: str) -> CascadeSettings:
+    return load_settings(redis_url=redis_url, tiers=[
+        {"name": "small", "engine": {"kind": "scripted", "model": "s"}, "policy": "v1"},
+        {"name": "large", "engine": {"kind": "scripted", "model": "l"}}])
+
+
+def test_a_redis_without_search_stops_start_up_with_a_message(tmp_path: Path) -> None:
+    port = free_port()
+    plain = subprocess.Popen([str(server_binary()), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                              "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    try:
+        LocalRedis(port=port).start()  # answers already: the launcher leaves it as it is
+        url = f"redis://127.0.0.1:{port}/0"
+        with pytest.raises(RedisSearchMissingError, match="has no search module"):
+            build_router(scripted_settings(url), with_redis=True)
+        without_cache = scripted_settings(url).model_copy(update={"cache": CacheConfig(enabled=False)})
+        assert build_router(without_cache, with_redis=True).cache is None
+    finally:
+        plain.terminate()
+        plain.wait()
+
+
+async def test_redis_unreachable_at_start_still_serves(embedder: MiniLMEmbedder) -> None:
+    router = build_router(scripted_settings(f"redis://127.0.0.1:{free_port()}/0"), with_redis=True)
+    assert router.cache is not None and router.feedback is not None
+    router.cache.embedder = embedder
+    answers = await router.route([Query(prompt=f"easy question {i}") for i in range(3)])
+    assert len(answers) == 3 and not any(a.cache_hit for a in answers)
+    assert router.feedback.buffered == 3
 
 
 async def test_paraphrase_hits_and_unrelated_question_misses(cache: SemanticCache) -> None:
