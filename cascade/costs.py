@@ -40,25 +40,6 @@ class ModelPrice(BaseModel):
         return self.cost(prompt, completion, seconds)
 
 
-FREE = ModelPrice()
-
-
-class PriceTable(BaseModel):
-    """Prices keyed by model name; a model not in the table is an error, not free."""
-
-    model_config = ConfigDict(frozen=True)
-
-    prices: dict[str, ModelPrice] = Field(default_factory=dict)
-
-    def price_of(self, model: str) -> ModelPrice:
-        """The price of a model, or a KeyError naming the models that have one."""
-        try:
-            return self.prices[model]
-        except KeyError:
-            known = ", ".join(sorted(self.prices)) or "none"
-            raise KeyError(f"no price for model {model!r}; priced models: {known}") from None
-
-
 def total_cost(attempts: Iterable[TierAttempt]) -> float:
     """What an answer cost: every tier it passed through, including rejected answers."""
     return float(sum(a.cost for a in attempts))

@@ -117,10 +117,6 @@ class LlamaCppEngine:
         await self.start()
         return await asyncio.to_thread(self._generate_all, list(queries))
 
-    def count_prompt_tokens(self, query: Query) -> int:
-        """Tokens the rendered prompt takes (the model must be started)."""
-        return len(self._tokenize(query)[0])
-
     def _generate_all(self, queries: list[Query]) -> list[Generation]:
         with self._lock:
             return [self._generate_one(q) for q in queries]
