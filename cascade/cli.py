@@ -163,7 +163,11 @@ def calibrate(
     out.print(f"{len(written)} records in {out_file} ({skipped} skipped: prompt longer than a model's context)")
 
 
-def _outcomes(records: Path, label: str) -> Outcomes:
+RowsOption = Annotated[str | None, typer.Option(
+    "--rows", help="a slice of the records, START:STOP (e.g. :200 to fit, 200: to evaluate on the rest)")]
+
+
+def _outcomes(records: Path, label: str, rows: str | None = None) -> Outcomes:
     from pipelines.calibrate import read_records
     from pipelines.outcomes import outcomes_of
 
@@ -171,7 +175,12 @@ def _outcomes(records: Path, label: str) -> Outcomes:
         raise ValueError(f"--label must be exact_match or f1, not {label!r}")
     if not records.is_file():
         raise ValueError(f"records file {records} does not exist")
-    return outcomes_of(read_records(records), label)
+    start, _, stop = (rows or ":").partition(":")
+    try:
+        chosen = slice(int(start) if start else None, int(stop) if stop else None)
+    except ValueError:
+        raise ValueError(f"--rows must look like START:STOP, not {rows!r}") from None
+    return outcomes_of(read_records(records)[chosen], label)
 
 
 @app.command()
@@ -182,6 +191,7 @@ def fit(
     out_file: Annotated[Path, typer.Option("--out", help="policy file to write")],
     target: Annotated[float, typer.Option(help="routed quality to keep, as a share of large-only")] = 0.97,
     label: Annotated[str, typer.Option(help="exact_match or f1")] = "exact_match",
+    rows: RowsOption = None,
 ) -> None:
     """Fit a routing policy on calibration records (cross-validated) and save it for the router."""
     from cascade.policies import save_policy
@@ -189,7 +199,7 @@ def fit(
 
     if policy not in {"logistic", "threshold"}:
         raise ValueError(f"--policy must be logistic or threshold, not {policy!r}")
-    outcomes = _outcomes(records, label)
+    outcomes = _outcomes(records, label, rows)
     fitted, report = (fit_logistic if policy == "logistic" else fit_threshold)(outcomes, target)
     save_policy(fitted.model_copy(update={"name": out_file.stem}), out_file)
     out.print(f"wrote {out_file}: {orjson.dumps(report).decode()}")
@@ -202,11 +212,12 @@ def evaluate(
     out_dir: Annotated[Path, typer.Option("--out", help="folder for summary.json, summary.md and plots")],
     policy: Annotated[list[Path] | None, typer.Option("--policy", help="policy file (repeatable)")] = None,
     label: Annotated[str, typer.Option(help="exact_match or f1")] = "exact_match",
+    rows: RowsOption = None,
 ) -> None:
     """Cost–quality curves of policies against small-only, large-only and the v1/v2/v3 presets."""
     from pipelines.evaluate import markdown, write_evaluation
 
-    summary = write_evaluation(_outcomes(records, label), policy or [], out_dir)
+    summary = write_evaluation(_outcomes(records, label, rows), policy or [], out_dir)
     out.print(markdown(summary))
 
 

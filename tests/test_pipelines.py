@@ -84,6 +84,14 @@ def test_fit_then_evaluate_round_trip(tmp_path: Path) -> None:
     assert (out / "cost_quality.png").stat().st_size and (out / "reliability.png").stat().st_size
     assert "| v1 |" in (out / "summary.md").read_text()
 
+    held_out = tmp_path / "held-out"
+    result = cascade("evaluate", "--records", str(records), "--rows", "300:", "--policy", str(logistic),
+                     "--out", str(held_out))
+    assert result.returncode == 0, result.stderr
+    assert json.loads((held_out / "summary.json").read_text())["n"] == 100
+    bad = cascade("evaluate", "--records", str(records), "--rows", "half", "--out", str(held_out))
+    assert bad.returncode == 2 and "--rows must look like START:STOP" in bad.stderr
+
 
 def test_fit_refuses_records_of_one_class(tmp_path: Path) -> None:
     records = tmp_path / "records.jsonl"
