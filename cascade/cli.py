@@ -17,6 +17,7 @@ from rich.table import Table
 
 from cascade.config import ConfigError, load_settings
 from cascade.engines.base import EngineError
+from cascade.errors import validation_summary
 from cascade.policies import PolicyFileError
 from cascade.router import AllTiersFailedError
 from cascade.schemas import Query, RoutedAnswer
@@ -33,10 +34,6 @@ ConfigOption = Annotated[Path | None, typer.Option("--config", help="YAML settin
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _validation_message(error: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'query'}: {e['msg']}" for e in error.errors())
-
-
 def clear_errors(command: F) -> F:
     """Turn the errors a user can cause into one line on stderr and exit code 2, not a traceback."""
     @wraps(command)
@@ -47,7 +44,7 @@ def clear_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except ValidationError as error:
-            err.print(f"[red]error:[/red] {_validation_message(error)}")
+            err.print(f"[red]error:[/red] {validation_summary(error, root='query')}")
         except (ConfigError, PolicyFileError, EngineError, DatasetError, AllTiersFailedError, RedisSearchMissingError,
                 FileNotFoundError, ValueError) as error:
             err.print(f"[red]error:[/red] {error}")

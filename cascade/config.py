@@ -19,6 +19,7 @@ from pydantic_settings import (
 
 from cascade.cache import CacheConfig
 from cascade.costs import ModelPrice
+from cascade.errors import validation_summary
 from cascade.feedback import FeedbackConfig
 from cascade.schemas import GenerationParams
 
@@ -128,6 +129,5 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> CascadeSe
     try:
         return _FromFile(**overrides)
     except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors())
         source = f"config file {path}" if path else "configuration"
-        raise ConfigError(f"{source} is invalid: {problems}") from None
+        raise ConfigError(f"{source} is invalid: {validation_summary(error)}") from None

@@ -8,6 +8,7 @@ from typing import Annotated
 import orjson
 from pydantic import Field, TypeAdapter, ValidationError
 
+from cascade.errors import validation_summary
 from cascade.policies.accept import AcceptAllPolicy
 from cascade.policies.logistic import LogisticPolicy
 from cascade.policies.threshold import PRESETS, ThresholdPolicy
@@ -25,10 +26,7 @@ def parse_policy(document: object, source: str = "policy") -> ThresholdPolicy | 
     try:
         return _ADAPTER.validate_python(document)
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in error.errors()
-        )
-        raise PolicyFileError(f"{source} is not a valid policy: {problems}") from None
+        raise PolicyFileError(f"{source} is not a valid policy: {validation_summary(error)}") from None
 
 
 def load_policy(path: str | Path) -> ThresholdPolicy | LogisticPolicy | AcceptAllPolicy:
