@@ -201,12 +201,17 @@ async def run_controller(controller: ThresholdController, steps: int) -> float:
     return float(value)
 
 
+def controlled_stream(url: str, name: str, target: ThresholdTarget,
+                      min_samples: int) -> tuple[FeedbackLog, ThresholdController]:
+    """A feedback stream of its own and a controller (max step 0.05) reading it."""
+    stream, key = f"test:feedback-{name}", f"test:thresholds-{name}"
+    config = ControllerConfig(target=target, stream=stream, key=key, max_step=0.05, min_samples=min_samples)
+    return FeedbackLog(url, FeedbackConfig(stream=stream)), ThresholdController(url, config)
+
+
 async def test_controller_converges_to_an_escalation_budget(local_redis: LocalRedis) -> None:
-    stream, key = "test:feedback-budget", "test:thresholds-budget"
-    log = FeedbackLog(local_redis.url, FeedbackConfig(stream=stream))
-    config = ControllerConfig(target=ThresholdTarget(kind="escalation_budget", value=0.3), stream=stream, key=key,
-                              max_step=0.05, min_samples=200)
-    controller = ThresholdController(local_redis.url, config)
+    log, controller = controlled_stream(local_redis.url, "budget", ThresholdTarget(kind="escalation_budget", value=0.3),
+                                        min_samples=200)
     await synthetic_decisions(log, 2000, seed=1)
     first = await run_controller(controller, 1)
     assert first == pytest.approx(0.45), "one bounded step from the initial 0.5 towards the budget"
@@ -214,7 +219,7 @@ async def test_controller_converges_to_an_escalation_budget(local_redis: LocalRe
         await synthetic_decisions(log, 300, seed=batch)
         threshold = await run_controller(controller, 1)
     assert threshold == pytest.approx(0.3, abs=0.03), "uniform confidences: a 30% budget means threshold 0.3"
-    live = LiveThresholds(local_redis.url, key=key)
+    live = LiveThresholds(local_redis.url, key=controller.config.key)
     await live.refresh(force=True)
     assert live.for_tier(["acme", "other"], "small")[0] == pytest.approx(threshold)
     assert np.isnan(live.for_tier(["other"], "small")[0])
@@ -222,11 +227,8 @@ async def test_controller_converges_to_an_escalation_budget(local_redis: LocalRe
 
 
 async def test_controller_converges_to_a_quality_target(local_redis: LocalRedis) -> None:
-    stream, key = "test:feedback-quality", "test:thresholds-quality"
-    log = FeedbackLog(local_redis.url, FeedbackConfig(stream=stream))
-    config = ControllerConfig(target=ThresholdTarget(kind="quality", value=0.8), stream=stream, key=key,
-                              max_step=0.05, min_samples=100)
-    controller = ThresholdController(local_redis.url, config)
+    log, controller = controlled_stream(local_redis.url, "quality", ThresholdTarget(kind="quality", value=0.8),
+                                        min_samples=100)
     await synthetic_decisions(log, 2000, seed=11, labelled=True)
     threshold = await run_controller(controller, 6)
     # P(correct | c) = c on uniform c: precision above t is (1 + t) / 2, so 0.8 needs t = 0.6.
