@@ -160,6 +160,8 @@ def calibrate(
     out.print(f"{len(written)} records in {out_file} ({skipped} skipped: prompt longer than a model's context)")
 
 
+RecordsOption = Annotated[Path, typer.Option("--records", help="calibration records (JSON lines)")]
+LabelOption = Annotated[str, typer.Option(help="exact_match or f1")]
 RowsOption = Annotated[str | None, typer.Option(
     "--rows", help="a slice of the records, START:STOP (e.g. :200 to fit, 200: to evaluate on the rest)")]
 
@@ -183,11 +185,11 @@ def _outcomes(records: Path, label: str, rows: str | None = None) -> Outcomes:
 @app.command()
 @clear_errors
 def fit(
-    records: Annotated[Path, typer.Option("--records", help="calibration records (JSON lines)")],
+    records: RecordsOption,
     policy: Annotated[str, typer.Option("--policy", help="logistic or threshold")],
     out_file: Annotated[Path, typer.Option("--out", help="policy file to write")],
     target: Annotated[float, typer.Option(help="routed quality to keep, as a share of large-only")] = 0.97,
-    label: Annotated[str, typer.Option(help="exact_match or f1")] = "exact_match",
+    label: LabelOption = "exact_match",
     rows: RowsOption = None,
 ) -> None:
     """Fit a routing policy on calibration records (cross-validated) and save it for the router."""
@@ -205,10 +207,10 @@ def fit(
 @app.command()
 @clear_errors
 def evaluate(
-    records: Annotated[Path, typer.Option("--records", help="calibration records (JSON lines)")],
+    records: RecordsOption,
     out_dir: Annotated[Path, typer.Option("--out", help="folder for summary.json, summary.md and plots")],
     policy: Annotated[list[Path] | None, typer.Option("--policy", help="policy file (repeatable)")] = None,
-    label: Annotated[str, typer.Option(help="exact_match or f1")] = "exact_match",
+    label: LabelOption = "exact_match",
     rows: RowsOption = None,
 ) -> None:
     """Cost–quality curves of policies against small-only, large-only and the v1/v2/v3 presets."""

@@ -106,4 +106,6 @@ class FeedbackLog:
         return [(entry_id.decode(), orjson.loads(fields[b"data"])) for entry_id, fields in entries]
 
     async def close(self) -> None:
+        """Try once more to write what is buffered, then disconnect."""
+        await self.flush()
         await self._client.aclose()

@@ -103,8 +103,6 @@ class Router:
         await self.drain()
         for tier in self.tiers:
             await tier.engine.close()
-        if self.feedback is not None:
-            await self.feedback.flush()
         for client in (self.cache, self.feedback, self.thresholds):
             if client is not None:
                 await client.close()
