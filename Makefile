@@ -37,6 +37,7 @@ lint: setup
 bench: setup
 	$(BIN)/python -m tests.benchmarks.bench_signals
 	$(BIN)/python -m tests.benchmarks.bench_cache
+	$(BIN)/python -m tests.benchmarks.bench_serve
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

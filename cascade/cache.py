@@ -10,6 +10,7 @@ and a counter; they never fail a request.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -114,7 +115,7 @@ class SemanticCache:
 
     async def lookup(self, queries: Sequence[Query]) -> CacheLookup:
         """The cached answer for each query, or None; all misses if Redis fails."""
-        vectors = self.embed(queries)
+        vectors = await asyncio.to_thread(self.embed, queries)
         return CacheLookup(await self.search(queries, vectors), vectors)
 
     async def search(self, queries: Sequence[Query], vectors: np.ndarray) -> list[RoutedAnswer | None]:

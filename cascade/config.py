@@ -36,7 +36,8 @@ class EngineConfig(BaseModel):
     stop: list[str] = Field(default_factory=list, description="stop strings added to every request")
     context_window: int = Field(default=2048, ge=64)
     threads: int = Field(default=1, ge=1)
-    engine_args: dict[str, Any] = Field(default_factory=dict, description="vLLM AsyncEngineArgs")
+    engine_args: dict[str, Any] = Field(default_factory=dict,
+                                        description="vLLM AsyncEngineArgs, or a scripted engine's ScriptedArgs")
     base_url: str | None = None
     api_key: str | None = None
     timeout_s: float = Field(default=60.0, gt=0)
@@ -49,16 +50,98 @@ class EngineConfig(BaseModel):
         return self
 
 
-class TierConfig(BaseModel):
-    """One tier: its engine, its price, and the policy that judges its answers."""
+class DeploymentOptions(BaseModel):
+    """Ray Serve options of one deployment, passed through to ``Deployment.options``.
+
+    On CPU keep ``num_cpus`` fractional; a GPU pool sets ``ray_actor_options: {num_gpus: 1}`` and an
+    ``accelerator_type``. ``autoscaling_config`` takes Ray Serve's keys (min_replicas, max_replicas,
+    target_ongoing_requests, upscale_delay_s, ...); without it ``num_replicas`` is fixed.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str
+    num_replicas: int | None = Field(default=None, ge=1)
+    autoscaling_config: dict[str, Any] | None = Field(
+        default_factory=lambda: {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 8})
+    max_ongoing_requests: int = Field(default=64, ge=1)
+    ray_actor_options: dict[str, Any] = Field(default_factory=lambda: {"num_cpus": 0.5})
+    health_check_period_s: float = Field(default=10.0, gt=0)
+    logging_config: dict[str, Any] | None = Field(
+        default=None, description="Serve LoggingConfig, e.g. {enable_access_log: false} under heavy load")
+
+    @model_validator(mode="after")
+    def _replicas_or_autoscaling(self) -> DeploymentOptions:
+        if self.num_replicas is not None:
+            self.autoscaling_config = None
+        return self
+
+    def serve_options(self) -> dict[str, Any]:
+        """The keyword arguments of ``Deployment.options``."""
+        return self.model_dump(exclude_none=True)
+
+
+class TierConfig(BaseModel):
+    """One tier: its engine, its price, the policy that judges its answers, and its Serve pool."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     engine: EngineConfig
     policy: str = Field(default="v1", description="preset (v1, v2, v3, accept) or policy file path")
     price: ModelPrice = Field(default_factory=ModelPrice)
     timeout_s: float | None = Field(default=None, gt=0)
+    deployment: DeploymentOptions = Field(default_factory=DeploymentOptions)
+
+
+class RoutingProfile(BaseModel):
+    """What a tenant's plan allows: the highest tier, its own threshold, and debug overrides."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_tier: str | None = Field(default=None, description="highest tier this plan reaches; none: all")
+    threshold: float | None = Field(default=None, ge=0.0, le=1.0,
+                                    description="escalate below this confidence instead of the tier policy")
+    allow_overrides: bool = Field(default=False, description="requests may force a tier or set a threshold")
+
+
+class TenantConfig(BaseModel):
+    """A tenant: its API keys and the routing profile its plan gets."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    api_keys: list[str] = Field(default_factory=list)
+    profile: str = "default"
+
+
+class ServerConfig(BaseModel):
+    """The HTTP router: address, request batching, tenants and the ingress deployment."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    max_batch_size: int = Field(default=16, ge=1)
+    batch_wait_timeout_s: float = Field(default=0.01, ge=0.0)
+    max_concurrent_batches: int = Field(default=4, ge=1)
+    max_prompt_chars: int = Field(default=32_000, ge=1, description="longer prompts are refused with 413")
+    max_tokens_limit: int = Field(default=1024, ge=1, description="largest max_tokens a request may ask for")
+    use_redis: bool = Field(default=True, description="semantic cache, feedback log and live thresholds")
+    tenants: dict[str, TenantConfig] = Field(
+        default_factory=dict, description="no tenants: every request is the 'default' tenant, no key needed")
+    profiles: dict[str, RoutingProfile] = Field(
+        default_factory=lambda: {"default": RoutingProfile(allow_overrides=True)})
+    ingress: DeploymentOptions = Field(default_factory=lambda: DeploymentOptions(
+        num_replicas=1, max_ongoing_requests=512, ray_actor_options={"num_cpus": 0.25}))
+
+    @model_validator(mode="after")
+    def _profiles_exist(self) -> ServerConfig:
+        missing = {t.profile for t in self.tenants.values()} - set(self.profiles)
+        if missing:
+            raise ValueError(f"tenants use undefined profiles {sorted(missing)}; defined: {sorted(self.profiles)}")
+        keys = [k for t in self.tenants.values() for k in t.api_keys]
+        if len(keys) != len(set(keys)):
+            raise ValueError("an API key is listed for more than one tenant")
+        return self
 
 
 def embedded_tiers() -> list[TierConfig]:
@@ -101,6 +184,17 @@ class CascadeSettings(BaseSettings):
     live_thresholds: bool = Field(default=True, description="apply thresholds set by the online controller")
     shadow_fraction: float = Field(default=0.0, ge=0.0, le=1.0,
                                    description="share of accepted small answers also sent to the large tier")
+    server: ServerConfig = Field(default_factory=ServerConfig)
+
+    @model_validator(mode="after")
+    def _profile_tiers_exist(self) -> CascadeSettings:
+        names = [t.name for t in self.tiers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tier names must be unique, got {names}")
+        for name, profile in self.server.profiles.items():
+            if profile.max_tier is not None and profile.max_tier not in names:
+                raise ValueError(f"profile {name!r} caps at tier {profile.max_tier!r}, which is not one of {names}")
+        return self
 
     @classmethod
     def settings_customise_sources(

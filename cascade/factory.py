@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 import redis
 
@@ -34,7 +35,7 @@ def build_engine(config: EngineConfig) -> Engine:
                             timeout_s=config.timeout_s, max_retries=config.max_retries)
     from cascade.engines.scripted import ScriptedEngine
 
-    return ScriptedEngine(config.model)
+    return ScriptedEngine.from_args(config.model, config.engine_args)
 
 
 def resolve_redis(settings: CascadeSettings) -> str:
@@ -55,10 +56,13 @@ def resolve_redis(settings: CascadeSettings) -> str:
     return url
 
 
-def build_router(settings: CascadeSettings, *, with_redis: bool = False) -> Router:
+def build_router(settings: CascadeSettings, *, with_redis: bool = False,
+                 engines: Mapping[str, Engine] | None = None) -> Router:
     """A router with one tier per configured tier, in order, small to large; ``with_redis`` adds the
-    semantic cache, the feedback log and live thresholds."""
-    tiers = [Tier(name=t.name, engine=build_engine(t.engine), policy=resolve_policy(t.policy), price=t.price,
+    semantic cache, the feedback log and live thresholds. ``engines`` replaces the engines the
+    configuration names (the Serve ingress passes its pool handles)."""
+    engines = engines or {t.name: build_engine(t.engine) for t in settings.tiers}
+    tiers = [Tier(name=t.name, engine=engines[t.name], policy=resolve_policy(t.policy), price=t.price,
                   timeout_s=t.timeout_s) for t in settings.tiers]
     if not with_redis:
         return Router(tiers)

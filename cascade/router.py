@@ -1,9 +1,14 @@
 """The routing core: a batch goes through the tiers, small to large, decided by vectorized policies.
 
-``first_pass`` makes one batched call to the first tier and decides for the whole batch at once;
-``finish`` takes one query the rest of the way. A server returns accepted answers straight after
-``first_pass`` and lets each escalated request await its own ``finish``, so no answer waits for
-another request's escalation. ``route`` composes the two for in-process use.
+``begin`` looks the batch up in the cache and makes one batched call to the first tier for the
+misses, deciding for the whole batch at once; ``finish`` takes one query the rest of the way;
+``record`` stores answers in the cache and appends the decisions to the feedback log. A server
+returns accepted answers straight after ``begin`` and lets each escalated request await its own
+``finish``, so no answer waits for another request's escalation. ``route`` composes the three for
+in-process use.
+
+Each query's ``routing`` controls (a tenant plan's highest tier, a forced tier, a threshold) are
+honoured here, so that the server only translates plans and requests into them.
 """
 
 from __future__ import annotations
@@ -31,6 +36,10 @@ log = logging.getLogger(__name__)
 
 class AllTiersFailedError(RuntimeError):
     """No tier could answer a query."""
+
+
+class UnknownTierError(ValueError):
+    """A routing control names a tier the router does not have."""
 
 
 @dataclass
@@ -65,6 +74,9 @@ class Trail:
     reasons: list[str] = field(default_factory=list)
     best: _Answered | None = None
     result: RoutedAnswer | None = None
+    batch_size: int = 1
+    vector: np.ndarray | None = None
+    rejected: PromptTooLongError | None = None
 
     @property
     def done(self) -> bool:
@@ -83,6 +95,7 @@ class Router:
         if len(set(names)) != len(names):
             raise ValueError(f"tier names must be unique, got {names}")
         self.tiers = list(tiers)
+        self._index = {name: i for i, name in enumerate(names)}
         self.cascade = CascadePolicy([t.policy for t in tiers])
         self.cache = cache
         self.feedback = feedback
@@ -107,23 +120,60 @@ class Router:
             if client is not None:
                 await client.close()
 
+    def tier_index(self, name: str) -> int:
+        """Position of the tier called ``name``."""
+        try:
+            return self._index[name]
+        except KeyError:
+            raise UnknownTierError(f"unknown tier {name!r}; tiers are {list(self._index)}") from None
+
+    def check_controls(self, query: Query) -> None:
+        """Raise ``UnknownTierError`` if the query's routing controls name a tier that does not exist."""
+        for name in (query.routing.force_tier, query.routing.max_tier):
+            if name is not None:
+                self.tier_index(name)
+
     async def route(self, queries: Sequence[Query]) -> list[RoutedAnswer]:
         """Answer a batch: cache lookup, first tier batched, escalations concurrently, one answer per
         query; then one cache store and one feedback append for the batch."""
+        trails = await self.begin(queries)
+        answers = await asyncio.gather(*(self.finish(t) for t in trails))
+        await self.record(trails)
+        return list(answers)
+
+    async def begin(self, queries: Sequence[Query]) -> list[Trail]:
+        """Cache lookup for the batch, then one first-tier call for the misses; hits come back done.
+        A query forcing a tier is never answered from the cache (its answer is still stored)."""
+        for query in queries:
+            self.check_controls(query)
         lookup = await self.cache.lookup(queries) if self.cache is not None and queries else None
-        answers: list[RoutedAnswer | None] = list(lookup.hits) if lookup else [None] * len(queries)
-        misses = [i for i, answer in enumerate(answers) if answer is None]
-        trails = await self.first_pass([queries[i] for i in misses])
-        routed = await asyncio.gather(*(self.finish(t) for t in trails))
-        for i, answer in zip(misses, routed, strict=True):
-            answers[i] = answer
-        final = [a for a in answers if a is not None]
-        if self.cache is not None and lookup is not None and misses:
-            await self.cache.store([queries[i] for i in misses], routed, lookup.vectors[misses], self.tiers[-1].name)
-        if self.feedback is not None:
-            await self.feedback.append([decision_record(a) for a in final])
-            self._start_shadow_checks(queries, final)
-        return final
+        if lookup is None:
+            return await self.first_pass(queries)
+        forced = [q.routing.force_tier is not None for q in queries]
+        hits = [None if f else hit for f, hit in zip(forced, lookup.hits, strict=True)]
+        misses = [i for i, hit in enumerate(hits) if hit is None]
+        passed = iter(await self.first_pass([queries[i] for i in misses], batch_size=len(queries)))
+        trails: list[Trail] = []
+        for i, (query, hit) in enumerate(zip(queries, hits, strict=True)):
+            if hit is None:
+                trail = next(passed)
+                trail.vector = lookup.vectors[i]
+            else:
+                trail = Trail(query, len(self.tiers), result=hit.model_copy(update={"batch_size": len(queries)}))
+            trails.append(trail)
+        return trails
+
+    async def record(self, trails: Sequence[Trail]) -> None:
+        """One cache store for the fresh answers and one feedback append for all finished trails."""
+        done = [t for t in trails if t.result is not None]
+        fresh = [t for t in done if t.vector is not None]
+        if self.cache is not None and fresh:
+            await self.cache.store([t.query for t in fresh], [t.result for t in fresh if t.result is not None],
+                                   np.stack([t.vector for t in fresh if t.vector is not None]), self.tiers[-1].name)
+        if self.feedback is not None and done:
+            answers = [t.result for t in done if t.result is not None]
+            await self.feedback.append([decision_record(a) for a in answers])
+            self._start_shadow_checks([t.query for t in done], answers)
 
     def _start_shadow_checks(self, queries: Sequence[Query], answers: Sequence[RoutedAnswer]) -> None:
         """Send a random share of accepted first-tier answers to the last tier, off the request path."""
@@ -154,18 +204,28 @@ class Router:
         if self._shadows:
             await asyncio.gather(*self._shadows)
 
-    async def first_pass(self, queries: Sequence[Query], start_tier: int = 0) -> list[Trail]:
-        """One batched call to ``start_tier``; accepted trails are done, the rest await ``finish``."""
-        trails = [Trail(q, start_tier) for q in queries]
+    async def first_pass(self, queries: Sequence[Query], start_tier: int = 0,
+                         batch_size: int | None = None) -> list[Trail]:
+        """One batched call to ``start_tier`` (or to each forced tier); accepted trails are done, the
+        rest await ``finish``."""
+        size = batch_size or len(queries)
+        trails = [Trail(q, self._start_of(q, start_tier), batch_size=size) for q in queries]
         if self.thresholds is not None:
             await self.thresholds.refresh()
-        if trails:
-            await self._run_tier(trails, start_tier)
+        starts = np.array([t.next_tier for t in trails], np.int64)
+        groups = [[trails[i] for i in np.flatnonzero(starts == index)] for index in np.unique(starts)]
+        await asyncio.gather(*(self._run_tier(group, group[0].next_tier) for group in groups))
         return trails
+
+    def _start_of(self, query: Query, start_tier: int) -> int:
+        forced = query.routing.force_tier
+        return start_tier if forced is None else self.tier_index(forced)
 
     async def finish(self, trail: Trail) -> RoutedAnswer:
         """Take one trail through the remaining tiers until a tier accepts its answer."""
         while trail.result is None:
+            if trail.rejected is not None:
+                raise trail.rejected
             if trail.next_tier >= len(self.tiers):
                 trail.result = self._fallback(trail)
                 break
@@ -177,8 +237,15 @@ class Router:
         started = time.perf_counter()
         try:
             generations = await self._generate(tier, [t.query for t in trails])
-        except PromptTooLongError:
-            raise
+        except PromptTooLongError as error:  # reject that query alone, answer its batch-mates
+            too_long = [t for t in trails if t.query.id == error.query_id]
+            if not too_long:
+                raise
+            too_long[0].rejected = error
+            rest = [t for t in trails if t.rejected is None]
+            if rest:
+                await self._run_tier(rest, index)
+            return
         except Exception as error:  # a failing pool degrades service, it never drops the request
             log.warning("tier %s failed for %d queries: %s", tier.name, len(trails), error)
             elapsed = (time.perf_counter() - started) * 1000
@@ -206,6 +273,7 @@ class Router:
         signals = signals_of(generations)
         decision = self.cascade.decide(index, signals)
         escalate, live = self._live_decision(trails, index, decision.confidence, decision.escalate)
+        escalate, held = self._controlled(trails, index, decision.confidence, escalate)
         costs = tier.price.cost_of(generations)
         scored_ms = (time.perf_counter() - scoring_started) * 1000
         for i, (trail, generation) in enumerate(zip(trails, generations, strict=True)):
@@ -216,7 +284,7 @@ class Router:
                 tier=tier.name, model=generation.model, decision="escalate" if escalate[i] else "accept",
                 confidence=confidence, prompt_tokens=generation.prompt_tokens,
                 completion_tokens=generation.completion_tokens, cost=float(costs[i])))
-            trail.reasons.append(self._explain(index, signals, i, bool(escalate[i]), live[i]))
+            trail.reasons.append(self._explain(index, signals, i, bool(escalate[i]), live[i], held[i]))
             trail.best = _Answered(tier, generation, signals.row(i), confidence)
             if escalate[i]:
                 trail.next_tier = index + 1
@@ -233,7 +301,30 @@ class Router:
         controlled = ~np.isnan(live)
         return np.where(controlled, confidence < np.where(controlled, live, 0.0), escalate), live
 
-    def _explain(self, index: int, signals: SignalBatch, i: int, escalate: bool, live: float) -> str:
+    def _controlled(self, trails: list[Trail], index: int, confidence: np.ndarray,
+                    escalate: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
+        """Apply each query's routing controls: a threshold replaces the decision below the last tier; a
+        forced tier or a plan's highest tier holds the answer where it is. Returns the decisions and, per
+        query, the reason a control decided it (None where the policy did)."""
+        controls = [t.query.routing for t in trails]
+        threshold = np.array([np.nan if c.threshold is None else c.threshold for c in controls])
+        has_threshold = ~np.isnan(threshold) & (index < len(self.tiers) - 1)
+        escalate = np.where(has_threshold, confidence < np.where(has_threshold, threshold, 0.0), escalate)
+        forced = np.array([c.force_tier is not None for c in controls], bool)
+        capped = np.array([c.max_tier is not None and self.tier_index(c.max_tier) <= index for c in controls], bool)
+        tier = self.tiers[index].name
+        held: list[str | None] = [
+            f"accepted: forced to the {tier} tier by the request" if f
+            else f"accepted: {tier} is the highest tier this query's plan allows" if c and e
+            else f"{'escalated' if e else 'accepted'}: confidence {conf:.3f} {'<' if e else '>='} the query's "
+                 f"threshold {t:.3f}" if h else None
+            for f, c, e, h, conf, t in zip(forced, capped, escalate, has_threshold, confidence, threshold, strict=True)]
+        return escalate & ~forced & ~capped, held
+
+    def _explain(self, index: int, signals: SignalBatch, i: int, escalate: bool, live: float,
+                 held: str | None) -> str:
+        if held is not None:
+            return held
         if np.isnan(live):
             return self.cascade.explain(index, signals, i, escalate)
         verb, relation = ("escalated", "<") if escalate else ("accepted", ">=")
@@ -260,6 +351,7 @@ class Router:
             reason=" → ".join(trail.reasons),
             cost=total_cost(trail.attempts),
             degraded=degraded,
+            batch_size=trail.batch_size,
             finish_reason=generation.finish_reason,
             prompt_tokens=sum(a.prompt_tokens for a in trail.attempts),
             completion_tokens=sum(a.completion_tokens for a in trail.attempts),

@@ -63,6 +63,17 @@ class GenerationParams(BaseModel):
     seed: int | None = None
 
 
+class RoutingControls(BaseModel):
+    """Per-query limits and overrides on routing, set by a tenant's plan or a permitted debug request."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    force_tier: str | None = Field(default=None, description="answer from this tier only, no escalation")
+    max_tier: str | None = Field(default=None, description="highest tier this query may reach")
+    threshold: float | None = Field(default=None, ge=0.0, le=1.0,
+                                    description="escalate when confidence is below this, instead of the policy")
+
+
 class Query(BaseModel):
     """A request to answer: chat messages or a bare prompt, optional context documents."""
 
@@ -74,6 +85,7 @@ class Query(BaseModel):
     prompt: str | None = None
     context: list[str] = Field(default_factory=list)
     params: GenerationParams = Field(default_factory=GenerationParams)
+    routing: RoutingControls = Field(default_factory=RoutingControls)
 
     @model_validator(mode="after")
     def _has_question(self) -> Query:
@@ -188,6 +200,7 @@ class RoutedAnswer(BaseModel):
     cost: float
     degraded: bool = False
     cache_hit: bool = False
+    batch_size: int = Field(default=1, ge=1, description="queries in the first-tier batch this one went in")
     finish_reason: FinishReason
     prompt_tokens: int
     completion_tokens: int

@@ -44,7 +44,9 @@ def test_ask_prints_the_answer_with_its_routing(redis_port: dict[str, str]) -> N
 
 
 def test_demo_json_summary(data_dir: Path, redis_port: dict[str, str]) -> None:
-    result = cascade("demo", "--n", "4", "--json", "--data-dir", str(data_dir), env=redis_port)
+    """The demo starts the app on local Ray Serve and sends its questions over HTTP."""
+    env = {**redis_port, "CASCADE_SERVER__PORT": str(free_port())}
+    result = cascade("demo", "--n", "4", "--json", "--data-dir", str(data_dir), env=env)
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["n"] == 4
@@ -54,8 +56,9 @@ def test_demo_json_summary(data_dir: Path, redis_port: dict[str, str]) -> None:
     assert cost["small"] <= cost["routed"] <= cost["small"] + cost["large"] + 1e-12
     if summary["escalation_rate"] == 0:
         assert cost["routed"] == pytest.approx(cost["small"])
+    assert summary["cache_hits"] == 0 and summary["max_batch_size"] >= 1
     stream = redis.Redis(port=int(redis_port["CASCADE_REDIS_PORT"])).xlen("cascade:feedback")
-    assert stream == 4, "every routing decision of the demo reaches the feedback log"
+    assert stream == 3 * 4, "every routed, small-only and large-only answer's decision reaches the feedback log"
 
 
 @pytest.mark.parametrize(("args", "message"), [

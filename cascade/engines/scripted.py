@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from cascade.engines.base import EngineError
 from cascade.schemas import Generation, Query
@@ -27,6 +28,27 @@ def echo_reply(query: Query) -> ScriptedReply:
     return ScriptedReply(text=query.question.split()[0], logprobs=[float(np.log(0.9))])
 
 
+class ScriptedArgs(BaseModel):
+    """``engine_args`` of a scripted tier in configuration: how the stand-in pool behaves."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    delay_s: float = Field(default=0.0, ge=0.0, description="seconds each call takes")
+    fail: str | None = Field(default=None, description="every call fails with this message")
+    uncertain_marker: str | None = Field(default=None,
+                                         description="questions containing it are answered with probability 0.05")
+
+
+def marked_reply(marker: str) -> Callable[[Query], ScriptedReply]:
+    """The echo reply, but unsure (probability 0.05 per token) of questions containing ``marker``."""
+    def reply(query: Query) -> ScriptedReply:
+        confident = echo_reply(query)
+        if marker in query.question:
+            return ScriptedReply(text=confident.text, logprobs=[float(np.log(0.05))])
+        return confident
+    return reply
+
+
 @dataclass
 class ScriptedEngine:
     """Replies from ``script``; ``delay_s`` and ``failure`` simulate slow and failing pools."""
@@ -43,8 +65,16 @@ class ScriptedEngine:
     async def close(self) -> None:
         return None
 
+    @classmethod
+    def from_args(cls, model: str, engine_args: dict[str, object]) -> ScriptedEngine:
+        """A scripted engine as configuration describes it (see ``ScriptedArgs``)."""
+        args = ScriptedArgs.model_validate(engine_args)
+        script = echo_reply if args.uncertain_marker is None else marked_reply(args.uncertain_marker)
+        return cls(model, script=script, delay_s=args.delay_s,
+                   failure=None if args.fail is None else RuntimeError(args.fail))
+
     def health(self) -> dict[str, object]:
-        return {"engine": "scripted", "model": self.model, "ready": self.failure is None}
+        return {"engine": "scripted", "model": self.model, "ready": True, "failing": self.failure is not None}
 
     async def generate(self, queries: Sequence[Query]) -> list[Generation]:
         self.calls.append([q.id for q in queries])

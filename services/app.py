@@ -1,0 +1,58 @@
+"""The app builder: the router ingress and one model pool per tier, from one configuration.
+
+``build_app`` returns the Serve application; ``serve_config`` writes the same application as a Serve
+config (``serve deploy``, a KubeRay RayService's ``serveConfigV2``), whose ``import_path`` points
+at ``app_from_args`` with the settings as its arguments.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+
+from cascade.config import CascadeSettings
+from services.ingress import RouterIngress, api
+from services.pool import ModelPool
+
+APP_NAME = "cascade"
+INGRESS_NAME = "router"
+
+
+def pool_name(tier: str) -> str:
+    return f"pool-{tier}"
+
+
+def build_app(settings: CascadeSettings) -> Application:
+    """The router ingress bound to one pool deployment per tier, each with its own Serve options."""
+    pools = {
+        t.name: serve.deployment(name=pool_name(t.name), **t.deployment.serve_options())(ModelPool)
+        .bind(t.model_dump(mode="json"))
+        for t in settings.tiers
+    }
+    ingress = serve.deployment(name=INGRESS_NAME, **settings.server.ingress.serve_options())(
+        serve.ingress(api)(RouterIngress))
+    return ingress.bind(settings.model_dump(mode="json"), pools)
+
+
+def app_from_args(args: dict[str, Any]) -> Application:
+    """Application builder for Serve configs: ``args`` holds ``settings`` (a CascadeSettings dump)."""
+    return build_app(CascadeSettings(**args.get("settings", {})))
+
+
+def serve_config(settings: CascadeSettings, *, host: str = "0.0.0.0") -> dict[str, Any]:
+    """The Serve config of the application, for ``serve deploy`` and a RayService's ``serveConfigV2``."""
+    deployments = [{"name": INGRESS_NAME, **settings.server.ingress.serve_options()}]
+    deployments += [{"name": pool_name(t.name), **t.deployment.serve_options()} for t in settings.tiers]
+    return {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": host, "port": settings.server.port},
+        "applications": [{
+            "name": APP_NAME,
+            "route_prefix": "/",
+            "import_path": "services.app:app_from_args",
+            "args": {"settings": settings.model_dump(mode="json")},
+            "deployments": deployments,
+        }],
+    }

@@ -1,0 +1,253 @@
+"""OpenAI request and response shapes for the router, and their translation to and from the core.
+
+Requests carry two extra fields an ``openai`` client sends through ``extra_body``: ``context``
+(documents the answer must come from) and ``routing`` (debug overrides: force a tier, set a
+threshold), allowed only where the tenant's profile permits. Responses carry a ``routing`` object.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from cascade.schemas import GenerationParams, Message, Query, RoutedAnswer, RoutingControls
+
+ROUTER_MODEL = "cascade"
+
+
+class ApiError(Exception):
+    """A client error answered in OpenAI's error shape."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None,
+                 kind: str = "invalid_request_error", code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.kind = kind
+        self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+
+class RoutingOverride(BaseModel):
+    """Per-request routing overrides for debugging (``extra_body={"routing": {...}}``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tier: str | None = Field(default=None, description="answer from this tier only")
+    threshold: float | None = Field(default=None, ge=0.0, le=1.0, description="escalate below this confidence")
+
+
+class TextPart(BaseModel):
+    """One text part of a message's content list."""
+
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    """A chat message as clients send it: string content or a list of text parts."""
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart]
+
+    def core(self) -> Message:
+        text = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+        return Message(role="system" if self.role == "developer" else self.role, content=text)
+
+
+class _GenerationRequest(BaseModel):
+    """Fields shared by chat and text completions; unknown OpenAI parameters are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = ROUTER_MODEL
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: Literal[1] = 1
+    stream: bool = False
+    context: list[str] = Field(default_factory=list, max_length=64)
+    routing: RoutingOverride | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _at_most_four(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and len(value) > 4:
+            raise ValueError("at most 4 stop sequences")
+        return value
+
+    def params(self, defaults: GenerationParams, max_tokens_limit: int) -> GenerationParams:
+        """Generation parameters: the request's where given, else the server's defaults."""
+        max_tokens = self.max_completion_tokens or self.max_tokens or defaults.max_tokens
+        if max_tokens > max_tokens_limit:
+            raise ApiError(400, f"max_tokens {max_tokens} exceeds this server's limit of {max_tokens_limit}",
+                           param="max_tokens")
+        stop = [self.stop] if isinstance(self.stop, str) else self.stop
+        return defaults.model_copy(update={
+            "max_tokens": max_tokens,
+            "temperature": defaults.temperature if self.temperature is None else self.temperature,
+            "top_p": defaults.top_p if self.top_p is None else self.top_p,
+            "stop": defaults.stop if stop is None else stop,
+            "seed": defaults.seed if self.seed is None else self.seed,
+        })
+
+
+class ChatCompletionRequest(_GenerationRequest):
+    """``POST /v1/chat/completions``."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+
+
+class CompletionRequest(_GenerationRequest):
+    """``POST /v1/completions``: one prompt, or a list answered as one choice each."""
+
+    prompt: str | list[str]
+
+    @field_validator("prompt")
+    @classmethod
+    def _not_empty(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list) and not 1 <= len(value) <= 64:
+            raise ValueError("a prompt list needs 1 to 64 prompts")
+        return value
+
+
+class FeedbackRequest(BaseModel):
+    """``POST /v1/feedback``: the outcome of an answered request."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str = Field(min_length=1, max_length=128)
+    correct: bool | None = None
+    score: float | None = Field(default=None, ge=0.0, le=1.0)
+    source: str = Field(default="user", max_length=64)
+
+    @model_validator(mode="after")
+    def _has_outcome(self) -> FeedbackRequest:
+        if self.correct is None and self.score is None:
+            raise ValueError("feedback needs 'correct' or 'score'")
+        return self
+
+
+def chat_queries(request: ChatCompletionRequest, tenant: str, params: GenerationParams,
+                 controls: RoutingControls) -> list[Query]:
+    return [Query(tenant=tenant, messages=[m.core() for m in request.messages], context=request.context,
+                  params=params, routing=controls)]
+
+
+def completion_queries(request: CompletionRequest, tenant: str, params: GenerationParams,
+                       controls: RoutingControls) -> list[Query]:
+    prompts = [request.prompt] if isinstance(request.prompt, str) else request.prompt
+    return [Query(tenant=tenant, prompt=p, context=request.context, params=params, routing=controls)
+            for p in prompts]
+
+
+def routing_object(answer: RoutedAnswer) -> dict[str, Any]:
+    """The ``routing`` object every response carries."""
+    latency: dict[str, float] = {}
+    for stage in answer.latency:
+        latency[stage.stage] = round(latency.get(stage.stage, 0.0) + stage.ms, 3)
+    return {
+        "request_id": answer.request_id,
+        "tenant": answer.tenant,
+        "tier": answer.tier,
+        "model": answer.model,
+        "confidence": answer.confidence,
+        "signals": answer.signals.model_dump() if answer.signals else None,
+        "reason": answer.reason,
+        "cost": answer.cost,
+        "cache_hit": answer.cache_hit,
+        "degraded": answer.degraded,
+        "batch_size": answer.batch_size,
+        "attempts": [a.model_dump() for a in answer.attempts],
+        "latency_ms": latency,
+    }
+
+
+def _usage(answers: list[RoutedAnswer]) -> dict[str, int]:
+    prompt = sum(a.prompt_tokens for a in answers)
+    completion = sum(a.completion_tokens for a in answers)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _finish_reason(answer: RoutedAnswer) -> str:
+    return "length" if answer.finish_reason == "length" else "stop"
+
+
+def chat_response(answer: RoutedAnswer) -> dict[str, Any]:
+    return {
+        "id": f"chatcmpl-{answer.request_id}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": answer.model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.answer},
+                     "finish_reason": _finish_reason(answer), "logprobs": None}],
+        "usage": _usage([answer]),
+        "routing": routing_object(answer),
+    }
+
+
+def completion_response(answers: list[RoutedAnswer]) -> dict[str, Any]:
+    """One text completion with a choice per prompt; ``routing`` is the first's, ``routings`` all."""
+    return {
+        "id": f"cmpl-{answers[0].request_id}",
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": answers[0].model,
+        "choices": [{"index": i, "text": a.answer, "finish_reason": _finish_reason(a), "logprobs": None}
+                    for i, a in enumerate(answers)],
+        "usage": _usage(answers),
+        "routing": routing_object(answers[0]),
+        "routings": [routing_object(a) for a in answers],
+    }
+
+
+def _pieces(text: str) -> list[str]:
+    """The answer in word-sized pieces, whitespace kept, so streamed pieces join to the text."""
+    words = text.split(" ")
+    return [w if i == 0 else " " + w for i, w in enumerate(words)] if text else []
+
+
+def _event(payload: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+DONE = b"data: [DONE]\n\n"
+
+
+def chat_stream(answer: RoutedAnswer) -> Iterator[bytes]:
+    """Server-sent events of a routed chat answer: role and routing first, then the text, then the end."""
+    base = {"id": f"chatcmpl-{answer.request_id}", "object": "chat.completion.chunk", "created": int(time.time()),
+            "model": answer.model}
+    yield _event({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                       "finish_reason": None}], "routing": routing_object(answer)})
+    for piece in _pieces(answer.answer):
+        yield _event({**base, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
+    yield _event({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": _finish_reason(answer)}],
+                  "usage": _usage([answer])})
+    yield DONE
+
+
+def completion_stream(answers: list[RoutedAnswer]) -> Iterator[bytes]:
+    """Server-sent events of routed text completions, one choice index per prompt."""
+    base = {"id": f"cmpl-{answers[0].request_id}", "object": "text_completion", "created": int(time.time()),
+            "model": answers[0].model}
+    for i, answer in enumerate(answers):
+        yield _event({**base, "choices": [{"index": i, "text": "", "finish_reason": None, "logprobs": None}],
+                      "routing": routing_object(answer)})
+        for piece in _pieces(answer.answer):
+            yield _event({**base, "choices": [{"index": i, "text": piece, "finish_reason": None, "logprobs": None}]})
+        yield _event({**base, "choices": [{"index": i, "text": "", "finish_reason": _finish_reason(answer),
+                                           "logprobs": None}]})
+    yield DONE

@@ -1,0 +1,56 @@
+"""A model pool: one Ray Serve deployment class, deployed once per tier, wrapping a core engine.
+
+The engine starts once per replica. The ingress calls ``generate`` with a whole batch of queries
+and gets back ``Generation`` objects with their log-probability arrays, so signals never travel as
+JSON. ``check_health`` fails the replica (and Serve restarts it) when the engine reports it is not
+alive; a pool whose calls fail but whose process is up stays, and the router escalates past it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from cascade.config import TierConfig
+from cascade.factory import build_engine
+from cascade.schemas import Generation, Query
+
+log = logging.getLogger(__name__)
+
+
+def limit_threads() -> None:
+    """One intra-op thread per replica: replicas share two cores with each other and the proxy."""
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(1)
+
+
+class ModelPool:
+    """Serves one tier's engine to the router ingress."""
+
+    async def __init__(self, tier: dict[str, Any]) -> None:  # type: ignore[misc]  # Serve awaits it
+        limit_threads()
+        self.tier = TierConfig.model_validate(tier)
+        self.engine = build_engine(self.tier.engine)
+        await self.engine.start()
+        log.info("pool %s ready with %s", self.tier.name, self.engine.model)
+
+    async def generate(self, queries: Sequence[Query]) -> list[Generation]:
+        """One generation per query, in order, from one batched engine call."""
+        return await self.engine.generate(queries)
+
+    def health(self) -> dict[str, object]:
+        """Engine state, as the ingress's /healthz reports it."""
+        return {"tier": self.tier.name, **self.engine.health()}
+
+    def check_health(self) -> None:
+        """Serve's replica health check."""
+        state = self.engine.health()
+        if state.get("alive", True) is False:
+            raise RuntimeError(f"engine of tier {self.tier.name} is not alive: {state}")
+
+    async def __del__(self) -> None:
+        await self.engine.close()

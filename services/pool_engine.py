@@ -1,0 +1,45 @@
+"""The core ``Engine`` protocol over a model pool's deployment handle, so the core router drives
+Ray Serve pools exactly as it drives in-process engines."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from cascade.schemas import Generation, Query
+
+
+def unwrap(error: BaseException) -> BaseException:
+    """The exception the replica raised, not Ray's wrapper around it."""
+    cause = getattr(error, "cause", None)
+    return cause if isinstance(cause, BaseException) else error
+
+
+class PoolEngine:
+    """Calls ``ModelPool.generate`` on one of the pool's replicas."""
+
+    def __init__(self, handle: Any, model: str) -> None:
+        self.handle = handle
+        self.model = model
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def generate(self, queries: Sequence[Query]) -> list[Generation]:
+        try:
+            return list(await self.handle.generate.remote(list(queries)))
+        except Exception as error:
+            raise unwrap(error) from None
+
+    def health(self) -> dict[str, object]:
+        return {"engine": "pool", "model": self.model}
+
+    async def pool_health(self) -> dict[str, object]:
+        """The health a pool replica reports."""
+        try:
+            return dict(await self.handle.health.remote())
+        except Exception as error:
+            return {"model": self.model, "ready": False, "error": str(unwrap(error))}

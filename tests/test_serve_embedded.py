@@ -1,0 +1,115 @@
+"""`cascade serve` as a user runs it: the embedded CPU models on local Ray Serve, a local Redis
+started for it, then `cascade ask --url` and the official `openai` client against it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import yaml
+
+from cascade.feedback import FeedbackLog
+from cascade.local_redis import LocalRedis
+from tests.conftest import free_port, wait_for_http
+
+pytestmark = pytest.mark.slow
+CONTEXT = "The Eiffel Tower is in Paris. It was finished in 1889 and is 330 metres tall."
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
+    redis_port, port = free_port(), free_port()
+    config = tmp_path_factory.mktemp("serve") / "cascade.yaml"
+    config.write_text(yaml.safe_dump({"redis_port": redis_port, "server": {"port": port}}))
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    process = subprocess.Popen([sys.executable, "-m", "cascade", "serve", "--config", str(config)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{url}/healthz", process, timeout_s=300)
+        yield url, redis_port
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        LocalRedis(port=redis_port).stop()
+
+
+def test_cascade_ask_url_answers_through_the_server(served: tuple[str, int]) -> None:
+    url, _ = served
+    result = subprocess.run([sys.executable, "-m", "cascade", "ask", "--url", url, "--json", "--context", CONTEXT,
+                             "When was the Eiffel Tower finished?"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert "1889" in answer["answer"]
+    assert answer["tier"] in {"small", "large"} and 0.0 < answer["confidence"] <= 1.0
+    assert answer["signals"]["n_tokens"] > 0 and answer["cost"] > 0
+
+
+def test_cascade_ask_url_without_a_server_is_a_clear_error() -> None:
+    result = subprocess.run([sys.executable, "-m", "cascade", "ask", "--url", f"http://127.0.0.1:{free_port()}",
+                             "Anything?"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "no router answers" in result.stderr
+
+
+def test_real_models_through_the_openai_client_with_cache_and_feedback(served: tuple[str, int]) -> None:
+    url, redis_port = served
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=300)
+    question = "How tall is the Eiffel Tower?"
+    forced = client.chat.completions.create(model="large", messages=[{"role": "user", "content": question}],
+                                            extra_body={"context": [CONTEXT]})
+    first = (forced.model_extra or {})["routing"]
+    assert first["tier"] == "large" and first["model"] == "gemma3-270m" and not first["cache_hit"]
+    assert forced.choices[0].message.content
+
+    deadline = time.monotonic() + 30
+    while True:  # the answer is stored off the request path
+        again = client.chat.completions.create(model="cascade", messages=[{"role": "user", "content": question}],
+                                               extra_body={"context": [CONTEXT]})
+        routing = (again.model_extra or {})["routing"]
+        if routing["cache_hit"] or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert routing["cache_hit"] and again.choices[0].message.content == forced.choices[0].message.content
+    assert routing["cost"] == 0.0
+
+    feedback = httpx.post(f"{url}/v1/feedback", json={"request_id": first["request_id"], "correct": True})
+    assert feedback.status_code == 202 and feedback.json()["accepted"]
+
+    async def stream_records() -> list[dict[str, object]]:
+        log = FeedbackLog(f"redis://127.0.0.1:{redis_port}")
+        try:
+            return [record for _, record in await log.read_all()]
+        finally:
+            await log.close()
+
+    records = asyncio.run(stream_records())
+    mine = [r for r in records if r.get("request_id") == first["request_id"]]
+    assert {r["kind"] for r in mine} == {"decision", "outcome"}, mine
+
+
+def test_print_config_is_a_serve_config_for_the_same_settings(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "cascade", "serve", "--print-config"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    config = yaml.safe_load(result.stdout)
+    [application] = config["applications"]
+    assert application["import_path"] == "services.app:app_from_args"
+    assert [d["name"] for d in application["deployments"]] == ["router", "pool-small", "pool-large"]
+    assert application["deployments"][1]["autoscaling_config"]["max_replicas"] >= 1
+
+    from ray.serve.schema import ServeDeploySchema
+
+    ServeDeploySchema.model_validate(config)
