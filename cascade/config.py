@@ -22,6 +22,7 @@ from cascade.costs import ModelPrice
 from cascade.errors import validation_summary
 from cascade.feedback import FeedbackConfig
 from cascade.schemas import GenerationParams
+from cascade.thresholds import ControllerConfig
 
 
 class EngineConfig(BaseModel):
@@ -185,6 +186,8 @@ class CascadeSettings(BaseSettings):
     shadow_fraction: float = Field(default=0.0, ge=0.0, le=1.0,
                                    description="share of accepted small answers also sent to the large tier")
     server: ServerConfig = Field(default_factory=ServerConfig)
+    controller: ControllerConfig | None = Field(
+        default=None, description="run the online threshold controller as a Serve deployment beside the router")
 
     @model_validator(mode="after")
     def _profile_tiers_exist(self) -> CascadeSettings:

@@ -13,11 +13,13 @@ from ray import serve
 from ray.serve import Application
 
 from cascade.config import CascadeSettings
+from services.controller import ThresholdControllerDeployment
 from services.ingress import RouterIngress, api
 from services.pool import ModelPool
 
 APP_NAME = "cascade"
 INGRESS_NAME = "router"
+CONTROLLER_NAME = "threshold-controller"
 
 
 def pool_name(tier: str) -> str:
@@ -33,7 +35,13 @@ def build_app(settings: CascadeSettings) -> Application:
     }
     ingress = serve.deployment(name=INGRESS_NAME, **settings.server.ingress.serve_options())(
         serve.ingress(api)(RouterIngress))
-    return ingress.bind(settings.model_dump(mode="json"), pools)
+    controller = None
+    if settings.controller is not None and settings.server.use_redis:
+        if settings.redis_url is None:
+            raise ValueError("the threshold controller deployment needs redis_url (cascade serve resolves it)")
+        controller = serve.deployment(name=CONTROLLER_NAME, num_replicas=1, ray_actor_options={"num_cpus": 0.05})(
+            ThresholdControllerDeployment).bind(settings.redis_url, settings.controller.model_dump(mode="json"))
+    return ingress.bind(settings.model_dump(mode="json"), pools, controller)
 
 
 def app_from_args(args: dict[str, Any]) -> Application:
@@ -45,6 +53,8 @@ def serve_config(settings: CascadeSettings, *, host: str = "0.0.0.0") -> dict[st
     """The Serve config of the application, for ``serve deploy`` and a RayService's ``serveConfigV2``."""
     deployments = [{"name": INGRESS_NAME, **settings.server.ingress.serve_options()}]
     deployments += [{"name": pool_name(t.name), **t.deployment.serve_options()} for t in settings.tiers]
+    if settings.controller is not None and settings.server.use_redis:
+        deployments.append({"name": CONTROLLER_NAME, "num_replicas": 1, "ray_actor_options": {"num_cpus": 0.05}})
     return {
         "proxy_location": "EveryNode",
         "http_options": {"host": host, "port": settings.server.port},

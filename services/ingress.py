@@ -40,7 +40,7 @@ from services.openai_api import (
     completion_stream,
 )
 from services.pool import limit_threads
-from services.pool_engine import PoolEngine
+from services.pool_engine import PoolEngine, unwrap
 from services.tenants import Caller, TenantDirectory
 
 log = logging.getLogger(__name__)
@@ -73,12 +73,14 @@ async def _invalid_request(request: Request, error: RequestValidationError) -> J
 class RouterIngress:
     """Serves the OpenAI API over the core router, whose tiers are the model pools' handles."""
 
-    async def __init__(self, settings: dict[str, Any], pools: dict[str, Any]) -> None:  # type: ignore[misc]
+    async def __init__(self, settings: dict[str, Any], pools: dict[str, Any],  # type: ignore[misc]
+                       controller: Any = None) -> None:
         limit_threads()
         self.settings = CascadeSettings(**settings)
         tiers = self.settings.tiers
         self.pools = {t.name: PoolEngine(pools[t.name], t.engine.model) for t in tiers}
         self.router = build_router(self.settings, with_redis=self.settings.server.use_redis, engines=self.pools)
+        self.controller = controller
         self.tenants = TenantDirectory(self.settings.server, [t.name for t in tiers])
         server = self.settings.server
         self._begin: Callable[[Query], Awaitable[Trail]] = serve.batch(
@@ -186,9 +188,17 @@ class RouterIngress:
                          strict=True))
         ready = [bool(state.get("ready")) for state in pools.values()]
         status = "ok" if all(ready) else "degraded" if any(ready) else "down"
-        body = {"status": status, "pools": pools,
-                "cache": self.router.cache is not None, "feedback_buffered": self._buffered()}
+        body = {"status": status, "pools": pools, "cache": self.router.cache is not None,
+                "feedback_buffered": self._buffered(), "controller": await self._controller_status()}
         return JSONResponse(body, status_code=503 if status == "down" else 200)
+
+    async def _controller_status(self) -> dict[str, object] | None:
+        if self.controller is None:
+            return None
+        try:
+            return dict(await self.controller.status.remote())
+        except Exception as error:
+            return {"running": False, "error": str(unwrap(error))}
 
     def _buffered(self) -> int:
         return self.router.feedback.buffered if self.router.feedback is not None else 0

@@ -13,7 +13,10 @@ import httpx
 import openai
 import pytest
 
+from cascade.cache import CacheConfig
 from cascade.config import CascadeSettings
+from cascade.local_redis import LocalRedis
+from cascade.thresholds import ControllerConfig, ThresholdTarget
 from tests.conftest import free_port
 
 SLOW_LLM_S = 1.5
@@ -53,8 +56,25 @@ SCENARIOS = {
 }
 
 
+def controlled(redis_url: str) -> CascadeSettings:
+    """Redis on, the cache off, and the threshold controller deployed to keep escalations at zero."""
+    settings = scenario(SMALL, scripted_tier("large", "llm", policy="accept"))
+    return settings.model_copy(update={
+        "redis_url": redis_url, "cache": CacheConfig(enabled=False),
+        "server": settings.server.model_copy(update={"use_redis": True}),
+        "controller": ControllerConfig(target=ThresholdTarget(kind="escalation_budget", value=0.0, tier="small"),
+                                       min_samples=10, max_step=1.0, hysteresis=0.0)})
+
+
 @pytest.fixture(scope="module")
-def base_url() -> Iterator[str]:
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    server = LocalRedis(port=free_port(), state_dir=tmp_path_factory.mktemp("redis"))
+    yield server.start()
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def base_url(redis_url: str) -> Iterator[str]:
     import ray
     from ray import serve
 
@@ -63,11 +83,12 @@ def base_url() -> Iterator[str]:
     port = free_port()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    for name, settings in SCENARIOS.items():
+    apps = {**SCENARIOS, "controlled": controlled(redis_url)}
+    for name, settings in apps.items():
         serve.run(build_app(settings), name=name, route_prefix=f"/{name}", blocking=False)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
-    for name in SCENARIOS:
+    for name in apps:
         while httpx.get(f"{url}/{name}/healthz", timeout=5).status_code != 200:
             assert time.monotonic() < deadline, f"application {name} did not start"
             time.sleep(0.5)
@@ -238,3 +259,22 @@ def test_feedback_without_redis_is_503(base_url: str) -> None:
     response = httpx.post(f"{base_url}/main/v1/feedback", json={"request_id": "r1", "correct": True},
                           headers={"Authorization": "Bearer key-basic"})
     assert response.status_code == 503 and "feedback log is off" in response.json()["error"]["message"]
+
+
+def test_threshold_controller_deployment_moves_the_live_threshold(base_url: str) -> None:
+    """Hard questions escalate by policy; the controller, held to a zero escalation budget, lowers the
+    small tier's threshold until the router accepts them, without a restart."""
+    api = client(base_url, "controlled")
+    first = routing_of(api.completions.create(model="cascade", prompt="a hard one"))
+    assert first["tier"] == "large"
+    for i in range(12):
+        api.completions.create(model="cascade", prompt=f"hard question {i}")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        routing = routing_of(api.completions.create(model="cascade", prompt="another hard one"))
+        if "live threshold" in routing["reason"]:
+            break
+        time.sleep(0.5)
+    assert routing["tier"] == "small" and "live threshold" in routing["reason"], routing["reason"]
+    health = httpx.get(f"{base_url}/controlled/healthz").json()
+    assert health["controller"]["running"] and health["controller"]["tenants"] >= 1
