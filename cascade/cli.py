@@ -54,7 +54,9 @@ def clear_errors(command: F) -> F:
 
 async def _route(settings_path: Path | None, queries: list[Query]) -> list[RoutedAnswer]:
     from cascade.factory import build_router
+    from cascade.telemetry import configure_from_env
 
+    configure_from_env()
     router = build_router(load_settings(settings_path), with_redis=True)
     await router.start()
     try:

@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -29,6 +30,7 @@ from cascade.feedback import FeedbackLog, decision_record, outcome_record
 from cascade.policies import CascadePolicy, Policy
 from cascade.schemas import Generation, Query, RoutedAnswer, Signals, StageLatency, TierAttempt
 from cascade.signals import SignalBatch, signals_of
+from cascade.telemetry import Telemetry
 from cascade.thresholds import LiveThresholds
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,8 @@ class Trail:
     batch_size: int = 1
     vector: np.ndarray | None = None
     rejected: PromptTooLongError | None = None
+    started_ns: int = field(default_factory=time.time_ns)
+    links: dict[str, Any] = field(default_factory=dict)
 
     @property
     def done(self) -> bool:
@@ -88,7 +92,7 @@ class Router:
 
     def __init__(self, tiers: Sequence[Tier], *, cache: SemanticCache | None = None,
                  feedback: FeedbackLog | None = None, thresholds: LiveThresholds | None = None,
-                 shadow_fraction: float = 0.0, seed: int = 0) -> None:
+                 shadow_fraction: float = 0.0, seed: int = 0, telemetry: Telemetry | None = None) -> None:
         if not tiers:
             raise ValueError("a router needs at least one tier")
         names = [t.name for t in tiers]
@@ -100,6 +104,7 @@ class Router:
         self.cache = cache
         self.feedback = feedback
         self.thresholds = thresholds
+        self.telemetry = telemetry or Telemetry()
         if not 0.0 <= shadow_fraction <= 1.0:
             raise ValueError(f"shadow_fraction must be within [0, 1], got {shadow_fraction}")
         self.shadow_fraction = shadow_fraction
@@ -138,7 +143,12 @@ class Router:
         query; then one cache store and one feedback append for the batch."""
         trails = await self.begin(queries)
         answers = await asyncio.gather(*(self.finish(t) for t in trails))
+        recording = time.perf_counter()
         await self.record(trails)
+        feedback_ms = (time.perf_counter() - recording) * 1000
+        for trail, answer in zip(trails, answers, strict=True):
+            self.telemetry.trace_answer(answer, trail.started_ns, trail.links, extra_stages=[("feedback", feedback_ms)])
+        self.telemetry.record_answers(answers)
         return list(answers)
 
     async def begin(self, queries: Sequence[Query]) -> list[Trail]:
@@ -146,20 +156,25 @@ class Router:
         A query forcing a tier is never answered from the cache (its answer is still stored)."""
         for query in queries:
             self.check_controls(query)
+        started_ns, looking = time.time_ns(), time.perf_counter()
         lookup = await self.cache.lookup(queries) if self.cache is not None and queries else None
         if lookup is None:
             return await self.first_pass(queries)
+        cache_stage = StageLatency(stage="cache", ms=(time.perf_counter() - looking) * 1000)
         forced = [q.routing.force_tier is not None for q in queries]
         hits = [None if f else hit for f, hit in zip(forced, lookup.hits, strict=True)]
         misses = [i for i, hit in enumerate(hits) if hit is None]
-        passed = iter(await self.first_pass([queries[i] for i in misses], batch_size=len(queries)))
+        passed = iter(await self.first_pass([queries[i] for i in misses], batch_size=len(queries),
+                                            stages=[cache_stage]))
         trails: list[Trail] = []
         for i, (query, hit) in enumerate(zip(queries, hits, strict=True)):
             if hit is None:
                 trail = next(passed)
                 trail.vector = lookup.vectors[i]
             else:
-                trail = Trail(query, len(self.tiers), result=hit.model_copy(update={"batch_size": len(queries)}))
+                trail = Trail(query, len(self.tiers), result=hit.model_copy(
+                    update={"batch_size": len(queries), "latency": [cache_stage]}))
+            trail.started_ns = started_ns
             trails.append(trail)
         return trails
 
@@ -204,14 +219,15 @@ class Router:
         if self._shadows:
             await asyncio.gather(*self._shadows)
 
-    async def first_pass(self, queries: Sequence[Query], start_tier: int = 0,
-                         batch_size: int | None = None) -> list[Trail]:
+    async def first_pass(self, queries: Sequence[Query], start_tier: int = 0, batch_size: int | None = None,
+                         stages: Sequence[StageLatency] = ()) -> list[Trail]:
         """One batched call to ``start_tier`` (or to each forced tier); accepted trails are done, the
         rest await ``finish``."""
         size = batch_size or len(queries)
-        trails = [Trail(q, self._start_of(q, start_tier), batch_size=size) for q in queries]
+        trails = [Trail(q, self._start_of(q, start_tier), batch_size=size, latency=list(stages)) for q in queries]
         if self.thresholds is not None:
             await self.thresholds.refresh()
+            self.telemetry.record_thresholds(self.thresholds.values)
         starts = np.array([t.next_tier for t in trails], np.int64)
         groups = [[trails[i] for i in np.flatnonzero(starts == index)] for index in np.unique(starts)]
         await asyncio.gather(*(self._run_tier(group, group[0].next_tier) for group in groups))
@@ -236,7 +252,10 @@ class Router:
         tier = self.tiers[index]
         started = time.perf_counter()
         try:
-            generations = await self._generate(tier, [t.query for t in trails])
+            with self.telemetry.tier_call(tier.name, tier.engine.model, len(trails)) as span:
+                for trail in trails:
+                    trail.links[f"tier:{tier.name}"] = span.get_span_context()
+                generations = await self._generate(tier, [t.query for t in trails])
         except PromptTooLongError as error:  # reject that query alone, answer its batch-mates
             too_long = [t for t in trails if t.query.id == error.query_id]
             if not too_long:

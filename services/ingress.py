@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Annotated, Any
 
 import orjson
 from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from opentelemetry.propagate import extract
 from ray import serve
 
 from cascade.config import CascadeSettings
@@ -26,6 +27,7 @@ from cascade.factory import build_router
 from cascade.feedback import outcome_record
 from cascade.router import AllTiersFailedError, Trail
 from cascade.schemas import Query, RoutedAnswer
+from cascade.telemetry import configure_from_env
 from services.openai_api import (
     ROUTER_MODEL,
     ApiError,
@@ -76,6 +78,7 @@ class RouterIngress:
     async def __init__(self, settings: dict[str, Any], pools: dict[str, Any],  # type: ignore[misc]
                        controller: Any = None) -> None:
         limit_threads()
+        configure_from_env()
         self.settings = CascadeSettings(**settings)
         tiers = self.settings.tiers
         self.pools = {t.name: PoolEngine(pools[t.name], t.engine.model) for t in tiers}
@@ -96,8 +99,9 @@ class RouterIngress:
         await self.router.record(trails)
         return [None] * len(trails)
 
-    async def route(self, queries: list[Query]) -> list[RoutedAnswer]:
-        """Route a request's queries: batched first pass, then each its own escalation."""
+    async def route(self, queries: list[Query], headers: Mapping[str, str]) -> list[RoutedAnswer]:
+        """Route a request's queries: batched first pass, then each its own escalation; traced as a
+        continuation of the caller's trace (W3C ``traceparent``), if any."""
         limit = self.settings.server.max_prompt_chars
         for query in queries:
             size = len(query.question) + sum(len(c) for c in query.context) + sum(
@@ -118,6 +122,10 @@ class RouterIngress:
         except AllTiersFailedError as error:
             raise ApiError(503, f"no model pool could answer: {error}", kind="service_unavailable",
                            code="all_tiers_failed", headers={"Retry-After": "5"}) from None
+        parent = extract(dict(headers))
+        for trail, answer in zip(trails, answers, strict=True):
+            self.router.telemetry.trace_answer(answer, trail.started_ns, trail.links, parent=parent)
+        self.router.telemetry.record_answers(answers)
         for trail in trails if self._records else []:
             task = asyncio.create_task(self._record(trail))
             self._background.add(task)
@@ -131,23 +139,23 @@ class RouterIngress:
         return request.params(self.settings.generation, self.settings.server.max_tokens_limit)
 
     @api.post("/v1/chat/completions")
-    async def chat_completions(self, request: ChatCompletionRequest,
+    async def chat_completions(self, request: ChatCompletionRequest, raw: Request,
                                authorization: Annotated[str | None, Header()] = None) -> Response:
         caller = self._caller(authorization)
         controls = self.tenants.controls(caller, request.model, request.routing)
         queries = self._queries(lambda: chat_queries(request, caller.tenant, self._params(request), controls))
-        answer = (await self.route(queries))[0]
+        answer = (await self.route(queries, raw.headers))[0]
         if request.stream:
             return StreamingResponse(chat_stream(answer), media_type="text/event-stream")
         return _json(chat_response(answer))
 
     @api.post("/v1/completions")
-    async def completions(self, request: CompletionRequest,
+    async def completions(self, request: CompletionRequest, raw: Request,
                           authorization: Annotated[str | None, Header()] = None) -> Response:
         caller = self._caller(authorization)
         controls = self.tenants.controls(caller, request.model, request.routing)
         queries = self._queries(lambda: completion_queries(request, caller.tenant, self._params(request), controls))
-        answers = await self.route(queries)
+        answers = await self.route(queries, raw.headers)
         if request.stream:
             return StreamingResponse(completion_stream(answers), media_type="text/event-stream")
         return _json(completion_response(answers))

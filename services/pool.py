@@ -9,12 +9,16 @@ alive; a pool whose calls fail but whose process is up stays, and the router esc
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 
 from cascade.config import TierConfig
 from cascade.factory import build_engine
 from cascade.schemas import Generation, Query
+from cascade.telemetry import SCOPE, configure_from_env, continued
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +37,21 @@ class ModelPool:
 
     async def __init__(self, tier: dict[str, Any]) -> None:  # type: ignore[misc]  # Serve awaits it
         limit_threads()
+        configure_from_env()
+        self.tracer = trace.get_tracer(SCOPE)
         self.tier = TierConfig.model_validate(tier)
         self.engine = build_engine(self.tier.engine)
         await self.engine.start()
         log.info("pool %s ready with %s", self.tier.name, self.engine.model)
 
-    async def generate(self, queries: Sequence[Query]) -> list[Generation]:
-        """One generation per query, in order, from one batched engine call."""
-        return await self.engine.generate(queries)
+    async def generate(self, queries: Sequence[Query], trace_headers: Mapping[str, str] | None = None
+                       ) -> list[Generation]:
+        """One generation per query, in order, from one batched engine call, traced as a child of
+        the caller's tier span."""
+        with continued(trace_headers), self.tracer.start_as_current_span(
+                "pool.generate", kind=SpanKind.SERVER,
+                attributes={"cascade.tier": self.tier.name, "cascade.batch_size": len(queries)}):
+            return await self.engine.generate(queries)
 
     def health(self) -> dict[str, object]:
         """Engine state, as the ingress's /healthz reports it."""

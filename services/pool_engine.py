@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from cascade.schemas import Generation, Query
+from cascade.telemetry import carrier
 
 
 def unwrap(error: BaseException) -> BaseException:
@@ -30,7 +31,7 @@ class PoolEngine:
 
     async def generate(self, queries: Sequence[Query]) -> list[Generation]:
         try:
-            return list(await self.handle.generate.remote(list(queries)))
+            return list(await self.handle.generate.remote(list(queries), carrier()))
         except Exception as error:
             raise unwrap(error) from None
 

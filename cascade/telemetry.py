@@ -1,0 +1,205 @@
+"""OpenTelemetry for the router: a trace per request with a span per stage, and routing metrics.
+
+Exporters follow the standard environment variables and are off unless set:
+``OTEL_TRACES_EXPORTER`` / ``OTEL_METRICS_EXPORTER`` = ``otlp`` | ``console`` | ``none`` (default),
+``OTEL_EXPORTER_OTLP_PROTOCOL`` = ``grpc`` (default) | ``http/protobuf``, the OTLP exporters' own
+``OTEL_EXPORTER_OTLP_*`` endpoint and header variables, ``OTEL_SERVICE_NAME`` and
+``OTEL_RESOURCE_ATTRIBUTES``; ``OTEL_SDK_DISABLED=true`` turns everything off.
+
+The router works on batches, so a request's stages are not each a separate call. Each tier call is
+one real span for its batch (its context is what reaches the pool replicas); each request then
+gets its own tree, built when its answer is final from the per-stage latencies the router
+recorded: ``cascade.request`` → ``cache`` → ``tier.<name>`` → ``score.<name>`` → ``escalate`` →
+``tier.<next>`` …, each tier span linked to its batch span.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import metrics, trace
+from opentelemetry.propagate import extract, inject
+from opentelemetry.trace import Link, Span, SpanKind
+
+from cascade.schemas import RoutedAnswer
+
+log = logging.getLogger(__name__)
+SCOPE = "cascade"
+_configured = False
+
+
+def _exporter_choice(signal: str) -> str:
+    return os.environ.get(f"OTEL_{signal}_EXPORTER", "none").split(",")[0].strip().lower()
+
+
+def _protocol(signal: str) -> str:
+    return os.environ.get(f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL",
+                          os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")).strip().lower()
+
+
+def configure_from_env() -> None:
+    """Install SDK tracer and meter providers with the exporters the ``OTEL_*`` variables choose;
+    nothing when they choose none (the API then records nothing, at almost no cost). Idempotent."""
+    global _configured
+    if _configured or os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return
+    _configured = True
+    traces, metric_exporter = _exporter_choice("TRACES"), _exporter_choice("METRICS")
+    if traces == "none" and metric_exporter == "none":
+        return
+    from opentelemetry.sdk.resources import Resource
+
+    resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "cascade")})
+    if traces != "none":
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        provider = TracerProvider(resource=resource)
+        provider.add_span_processor(BatchSpanProcessor(_span_exporter(traces)))
+        trace.set_tracer_provider(provider)
+    if metric_exporter != "none":
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+        reader = PeriodicExportingMetricReader(_metric_exporter(metric_exporter))
+        metrics.set_meter_provider(MeterProvider(resource=resource, metric_readers=[reader]))
+
+
+def _span_exporter(choice: str) -> Any:
+    if choice == "console":
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+        return ConsoleSpanExporter()
+    if choice != "otlp":
+        raise ValueError(f"OTEL_TRACES_EXPORTER={choice!r}: cascade supports otlp, console or none")
+    if _protocol("TRACES") == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    else:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # type: ignore[assignment]
+    return OTLPSpanExporter()
+
+
+def _metric_exporter(choice: str) -> Any:
+    if choice == "console":
+        from opentelemetry.sdk.metrics.export import ConsoleMetricExporter
+
+        return ConsoleMetricExporter()
+    if choice != "otlp":
+        raise ValueError(f"OTEL_METRICS_EXPORTER={choice!r}: cascade supports otlp, console or none")
+    if _protocol("METRICS") == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+    else:
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import (  # type: ignore[assignment]
+            OTLPMetricExporter,
+        )
+    return OTLPMetricExporter()
+
+
+def carrier() -> dict[str, str]:
+    """The current trace context as W3C headers, to send with a call to another process."""
+    headers: dict[str, str] = {}
+    inject(headers)
+    return headers
+
+
+@contextmanager
+def continued(headers: Mapping[str, str] | None) -> Iterator[None]:
+    """Make the trace context received in ``headers`` current (inside a pool replica)."""
+    token = otel_context.attach(extract(dict(headers or {})))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
+
+
+class Telemetry:
+    """The router's tracer and instruments; providers default to the global ones."""
+
+    def __init__(self, tracer_provider: Any = None, meter_provider: Any = None) -> None:
+        self.tracer = trace.get_tracer(SCOPE, tracer_provider=tracer_provider)
+        meter = metrics.get_meter(SCOPE, meter_provider=meter_provider)
+        self.requests = meter.create_counter("cascade.requests", unit="{request}", description="routed requests")
+        self.escalations = meter.create_counter("cascade.escalations", unit="{request}",
+                                                description="requests that went past the first tier")
+        self.cache_hits = meter.create_counter("cascade.cache.hits", unit="{request}")
+        self.degraded = meter.create_counter("cascade.degraded", unit="{request}")
+        self.cost = meter.create_counter("cascade.cost", unit="USD", description="model cost of routed answers")
+        self.tier_latency = meter.create_histogram("cascade.tier.latency", unit="ms",
+                                                   description="one batched call to a tier")
+        self.request_latency = meter.create_histogram("cascade.request.latency", unit="ms")
+        self.batch_size = meter.create_histogram("cascade.batch.size", unit="{query}")
+        self.threshold = meter.create_gauge("cascade.threshold", description="live threshold per tenant and tier")
+
+    @contextmanager
+    def tier_call(self, tier: str, model: str, batch_size: int) -> Iterator[Span]:
+        """The span of one batched tier call, current while the engine runs; records its metrics."""
+        started = time.perf_counter()
+        with self.tracer.start_as_current_span(f"tier.{tier}.batch", kind=SpanKind.CLIENT, attributes={
+                "cascade.tier": tier, "cascade.model": model, "cascade.batch_size": batch_size}) as span:
+            yield span
+        attributes = {"tier": tier}
+        self.batch_size.record(batch_size, attributes)
+        self.tier_latency.record((time.perf_counter() - started) * 1000, attributes)
+
+    def record_thresholds(self, values: Mapping[str, float]) -> None:
+        """The live thresholds, keyed ``tenant|tier`` as the controller stores them."""
+        for name, value in values.items():
+            tenant, _, tier = name.rpartition("|")
+            self.threshold.set(value, {"tenant": tenant, "tier": tier})
+
+    def record_answers(self, answers: Sequence[RoutedAnswer]) -> None:
+        """Counters for a batch of final answers, one add per (tenant, tier) group."""
+        groups = Counter((a.tenant, a.tier) for a in answers)
+        escalated = Counter((a.tenant, a.tier) for a in answers if len(a.attempts) > 1)
+        hits = Counter((a.tenant, a.tier) for a in answers if a.cache_hit)
+        degraded = Counter((a.tenant, a.tier) for a in answers if a.degraded)
+        cost: dict[tuple[str, str], float] = dict.fromkeys(groups, 0.0)
+        for answer in answers:
+            cost[(answer.tenant, answer.tier)] += answer.cost
+        for key, count in groups.items():
+            attributes = {"tenant": key[0], "tier": key[1]}
+            self.requests.add(count, attributes)
+            self.escalations.add(escalated[key], attributes)
+            self.cache_hits.add(hits[key], attributes)
+            self.degraded.add(degraded[key], attributes)
+            self.cost.add(cost[key], attributes)
+
+    def trace_answer(self, answer: RoutedAnswer, started_ns: int, links: Mapping[str, Any] | None = None,
+                     parent: Any = None, extra_stages: Sequence[tuple[str, float]] = ()) -> None:
+        """The request's span tree, laid end to end from its recorded stage latencies."""
+        attributes = {
+            "cascade.tenant": answer.tenant, "cascade.tier": answer.tier, "cascade.model": answer.model,
+            "cascade.decision": "escalate" if len(answer.attempts) > 1 else "accept",
+            "cascade.confidence": answer.confidence if answer.confidence is not None else -1.0,
+            "cascade.cost": answer.cost, "cascade.cache_hit": answer.cache_hit, "cascade.degraded": answer.degraded,
+            "cascade.request_id": answer.request_id, "cascade.batch_size": answer.batch_size,
+        }
+        stages = [(s.stage, s.ms) for s in answer.latency] + list(extra_stages)
+        ended_ns = started_ns + int(sum(ms for _, ms in stages) * 1e6)
+        root = self.tracer.start_span("cascade.request", context=parent, kind=SpanKind.SERVER,
+                                      start_time=started_ns, attributes=attributes)
+        request_context = trace.set_span_in_context(root)
+        at = started_ns
+        for i, (stage, ms) in enumerate(stages):
+            kind, _, tier = stage.partition(":")
+            link = (links or {}).get(stage)
+            name = f"{kind}.{tier}" if tier else kind
+            self._child(name, request_context, at, at + int(ms * 1e6), {"cascade.tier": tier} if tier else {}, link)
+            at += int(ms * 1e6)
+            if kind == "score" and i + 1 < len(stages) and stages[i + 1][0].startswith("tier:"):
+                self._child("escalate", request_context, at, at, {"cascade.from_tier": tier}, None)
+        root.end(end_time=max(ended_ns, at))
+        self.request_latency.record((max(ended_ns, at) - started_ns) / 1e6, {"tier": answer.tier})
+
+    def _child(self, name: str, parent: Any, start_ns: int, end_ns: int, attributes: dict[str, Any],
+               link: Any) -> None:
+        span = self.tracer.start_span(name, context=parent, start_time=start_ns, attributes=attributes,
+                                      links=[Link(link)] if link is not None else None)
+        span.end(end_time=end_ns)
