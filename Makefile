@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 N ?= 20
 
-.PHONY: setup setup-cpu demo test lint bench clean
+.PHONY: setup setup-cpu demo test lint bench k8s-generate k8s-validate clean
 
 $(VENV)/.cpu.stamp: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,13 +31,25 @@ test: setup
 	$(BIN)/pytest -q
 
 lint: setup
-	$(BIN)/ruff check cascade services pipelines loadtest tests
+	$(BIN)/ruff check cascade services pipelines loadtest tests infra
 	$(BIN)/mypy
+	$(BIN)/mypy infra/validate_manifests.py
 
 bench: setup
 	$(BIN)/python -m tests.benchmarks.bench_signals
 	$(BIN)/python -m tests.benchmarks.bench_cache
 	$(BIN)/python -m tests.benchmarks.bench_serve
+
+k8s-generate: setup-cpu        ## regenerate each overlay's serveConfigV2 patch from its cascade.yaml
+	for overlay in k8s/overlays/*/; do \
+		$(BIN)/cascade serve --print-config --format rayservice-patch --config $${overlay}cascade.yaml \
+			> $${overlay}serve-config.patch.yaml; \
+	done
+
+k8s-validate: setup             ## render the overlays and validate every manifest offline
+	@command -v kubectl >/dev/null || { echo "installing kubectl (kubernetes-client) for kustomize"; \
+		apt-get install -y -qq kubernetes-client >/dev/null; }
+	$(BIN)/python infra/validate_manifests.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

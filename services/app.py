@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import yaml
 from ray import serve
 from ray.serve import Application
 
@@ -50,7 +51,11 @@ def app_from_args(args: dict[str, Any]) -> Application:
 
 
 def serve_config(settings: CascadeSettings, *, host: str = "0.0.0.0") -> dict[str, Any]:
-    """The Serve config of the application, for ``serve deploy`` and a RayService's ``serveConfigV2``."""
+    """The Serve config of the application, for ``serve deploy`` and a RayService's ``serveConfigV2``.
+
+    The application's ``args`` hold only the settings the configuration sets (defaults are the
+    same code on the cluster), so that ``CASCADE_*`` variables of the pods, e.g. tenant keys from a
+    Secret, still apply to everything the file leaves unset."""
     deployments = [{"name": INGRESS_NAME, **settings.server.ingress.serve_options()}]
     deployments += [{"name": pool_name(t.name), **t.deployment.serve_options()} for t in settings.tiers]
     if settings.controller is not None and settings.server.use_redis:
@@ -62,7 +67,27 @@ def serve_config(settings: CascadeSettings, *, host: str = "0.0.0.0") -> dict[st
             "name": APP_NAME,
             "route_prefix": "/",
             "import_path": "services.app:app_from_args",
-            "args": {"settings": settings.model_dump(mode="json")},
+            "args": {"settings": settings.model_dump(mode="json", exclude_unset=True)},
             "deployments": deployments,
         }],
     }
+
+
+class _Block(str):
+    """A string YAML writes as a literal block."""
+
+
+def _block(dumper: yaml.SafeDumper, value: _Block) -> yaml.ScalarNode:
+    return dumper.represent_scalar("tag:yaml.org,2002:str", str(value), style="|")
+
+
+yaml.SafeDumper.add_representer(_Block, _block)
+
+
+def rayservice_patch(settings: CascadeSettings, name: str = "cascade") -> str:
+    """A kustomize patch (YAML) setting a RayService's ``serveConfigV2`` to this application."""
+    config = serve_config(settings)
+    body = {"proxy_location": config["proxy_location"], "applications": config["applications"]}
+    patch = {"apiVersion": "ray.io/v1", "kind": "RayService", "metadata": {"name": name},
+             "spec": {"serveConfigV2": _Block(yaml.safe_dump(body, sort_keys=False))}}
+    return yaml.safe_dump(patch, sort_keys=False)
