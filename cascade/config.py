@@ -112,6 +112,28 @@ class TenantConfig(BaseModel):
 
     api_keys: list[str] = Field(default_factory=list)
     profile: str = "default"
+    webhook_url: str | None = Field(default=None, description="where progressive answers are POSTed when final")
+    webhook_secret: str | None = Field(default=None, description="HMAC-SHA256 key of the X-Cascade-Signature header")
+
+
+class QueueConfig(BaseModel):
+    """The task queue behind batch jobs and progressive answers (Ray Serve task consumers, Celery on Redis)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(default=True, description="needs server.use_redis")
+    queue_name: str = "cascade-routing"
+    chunk_size: int = Field(default=32, ge=1, le=1024, description="batch lines one task routes as one batch")
+    max_lines: int = Field(default=50_000, ge=1, description="lines per batch input file")
+    tenant_quota_lines: int = Field(default=100_000, ge=1, description="queued lines per tenant; more → 429")
+    max_retries: int = Field(default=3, ge=0, description="task retries after a crash or an unexpected error")
+    route_attempts: int = Field(default=3, ge=1, description="tries for lines whose every tier failed")
+    retry_backoff_s: float = Field(default=0.5, ge=0.0)
+    visibility_timeout_s: int = Field(default=600, ge=1,
+                                      description="a task not acknowledged this long (its replica died) runs again")
+    consumer: DeploymentOptions = Field(default_factory=lambda: DeploymentOptions(
+        autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2},
+        max_ongoing_requests=4, ray_actor_options={"num_cpus": 0.25}))
 
 
 class ServerConfig(BaseModel):
@@ -186,6 +208,7 @@ class CascadeSettings(BaseSettings):
     shadow_fraction: float = Field(default=0.0, ge=0.0, le=1.0,
                                    description="share of accepted small answers also sent to the large tier")
     server: ServerConfig = Field(default_factory=ServerConfig)
+    queue: QueueConfig = Field(default_factory=QueueConfig)
     controller: ControllerConfig | None = Field(
         default=None, description="run the online threshold controller as a Serve deployment beside the router")
 

@@ -233,6 +233,13 @@ class Router:
         await asyncio.gather(*(self._run_tier(group, group[0].next_tier) for group in groups))
         return trails
 
+    def provisional(self, trail: Trail) -> RoutedAnswer:
+        """The answer an unfinished trail has so far, for progressive answers (the final one follows)."""
+        if trail.best is None:
+            raise AllTiersFailedError(f"query {trail.query.id} has no answer yet")
+        answer = self._answer(trail, degraded=False)
+        return answer.model_copy(update={"reason": answer.reason + " → provisional: the next tier's answer follows"})
+
     def _start_of(self, query: Query, start_tier: int) -> int:
         forced = query.routing.force_tier
         return start_tier if forced is None else self.tier_index(forced)

@@ -20,7 +20,8 @@ def run_loadtest(url: str, *, mix: str, concurrency: Sequence[int] = (), rates: 
                  ) -> dict[str, Any]:
     """Closed-loop levels (``concurrency``) and open-loop levels (``rates``), each with ``requests``
     questions of the mix at most and ``duration_s`` at most, for each threshold (None: the tiers'
-    own policies); writes the results to ``out`` and returns the summary."""
+    own policies); every threshold sees the same questions at a level, so settings compare paired.
+    Writes the results to ``out`` and returns the summary."""
     if not concurrency and not rates:
         raise ValueError("give --concurrency levels, --rate levels, or both")
     if any(c < 1 for c in concurrency) or any(r <= 0 for r in rates):
@@ -31,8 +32,8 @@ def run_loadtest(url: str, *, mix: str, concurrency: Sequence[int] = (), rates: 
     weights = parse_mix(mix)
     levels = [("closed", float(c)) for c in concurrency] + [("open", float(r)) for r in rates]
     runs: list[Run] = []
-    for n, (threshold, (mode, level)) in enumerate((t, lv) for t in thresholds for lv in levels):
-        records = sample_workload(weights, requests, data_dir, seed=seed + n)
+    for threshold, (n, (mode, level)) in ((t, lv) for t in thresholds for lv in enumerate(levels)):
+        records = sample_workload(weights, requests, data_dir, seed=seed + n)  # the same questions per level
         if mode == "closed":
             samples, elapsed = asyncio.run(closed_loop(base, records, int(level), duration_s, threshold, max_tokens))
         else:

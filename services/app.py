@@ -12,15 +12,19 @@ from typing import Any
 import yaml
 from ray import serve
 from ray.serve import Application
+from ray.serve.task_consumer import task_consumer
 
 from cascade.config import CascadeSettings
+from services.consumer import RoutingConsumer
 from services.controller import ThresholdControllerDeployment
 from services.ingress import RouterIngress, api
 from services.pool import ModelPool
+from services.queue import autoscaling_on_queue_depth, processor_config
 
 APP_NAME = "cascade"
 INGRESS_NAME = "router"
 CONTROLLER_NAME = "threshold-controller"
+CONSUMER_NAME = "task-consumer"
 
 
 def pool_name(tier: str) -> str:
@@ -42,7 +46,25 @@ def build_app(settings: CascadeSettings) -> Application:
             raise ValueError("the threshold controller deployment needs redis_url (cascade serve resolves it)")
         controller = serve.deployment(name=CONTROLLER_NAME, num_replicas=1, ray_actor_options={"num_cpus": 0.05})(
             ThresholdControllerDeployment).bind(settings.redis_url, settings.controller.model_dump(mode="json"))
-    return ingress.bind(settings.model_dump(mode="json"), pools, controller)
+    return ingress.bind(settings.model_dump(mode="json"), pools, controller, consumer_of(settings, pools))
+
+
+def queued(settings: CascadeSettings) -> bool:
+    """Whether the task queue (batch jobs, progressive answers) runs: Redis on and the queue enabled."""
+    return settings.server.use_redis and settings.queue.enabled
+
+
+def consumer_of(settings: CascadeSettings, pools: dict[str, Any]) -> Any:
+    """The task-consumer deployment, autoscaling on queue depth; None when the queue is off."""
+    if not queued(settings):
+        return None
+    if settings.redis_url is None:
+        raise ValueError("the task queue needs redis_url (cascade serve resolves it)")
+    options = settings.queue.consumer.serve_options()
+    if "autoscaling_config" in options:
+        options["autoscaling_config"] = autoscaling_on_queue_depth(settings)
+    consumer = task_consumer(task_processor_config=processor_config(settings))(RoutingConsumer)
+    return serve.deployment(name=CONSUMER_NAME, **options)(consumer).bind(settings.model_dump(mode="json"), pools)
 
 
 def app_from_args(args: dict[str, Any]) -> Application:
@@ -60,6 +82,11 @@ def serve_config(settings: CascadeSettings, *, host: str = "0.0.0.0") -> dict[st
     deployments += [{"name": pool_name(t.name), **t.deployment.serve_options()} for t in settings.tiers]
     if settings.controller is not None and settings.server.use_redis:
         deployments.append({"name": CONTROLLER_NAME, "num_replicas": 1, "ray_actor_options": {"num_cpus": 0.05}})
+    if queued(settings):
+        consumer = settings.queue.consumer.serve_options()
+        if "autoscaling_config" in consumer and settings.redis_url is not None:
+            consumer["autoscaling_config"] = autoscaling_on_queue_depth(settings)
+        deployments.append({"name": CONSUMER_NAME, **consumer})
     return {
         "proxy_location": "EveryNode",
         "http_options": {"host": host, "port": settings.server.port},

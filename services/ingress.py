@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Annotated, Any
 
 import orjson
-from fastapi import FastAPI, Header, Request
+from fastapi import FastAPI, File, Form, Header, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from opentelemetry.propagate import extract
@@ -28,7 +29,10 @@ from cascade.feedback import outcome_record
 from cascade.router import AllTiersFailedError, Trail
 from cascade.schemas import Query, RoutedAnswer
 from cascade.telemetry import configure_from_env
+from services.batch_api import ENDPOINTS, BatchCreate, batch_object, custom_ids
+from services.batch_store import TERMINAL, BatchStore, new_id
 from services.openai_api import (
+    DONE,
     ROUTER_MODEL,
     ApiError,
     ChatCompletionRequest,
@@ -40,14 +44,22 @@ from services.openai_api import (
     completion_queries,
     completion_response,
     completion_stream,
+    job_event,
+    routing_object,
 )
 from services.pool import limit_threads
 from services.pool_engine import PoolEngine, unwrap
+from services.queue import TaskQueue
 from services.tenants import Caller, TenantDirectory
 
 log = logging.getLogger(__name__)
 
 api = FastAPI(title="cascade router", description="OpenAI-compatible LLM router: small model first, escalate on doubt")
+
+
+def _public(record: dict[str, Any]) -> dict[str, Any]:
+    """A stored file or batch without its owner."""
+    return {k: v for k, v in record.items() if k != "tenant"}
 
 
 def _json(body: dict[str, Any]) -> Response:
@@ -76,7 +88,7 @@ class RouterIngress:
     """Serves the OpenAI API over the core router, whose tiers are the model pools' handles."""
 
     async def __init__(self, settings: dict[str, Any], pools: dict[str, Any],  # type: ignore[misc]
-                       controller: Any = None) -> None:
+                       controller: Any = None, consumer: Any = None) -> None:
         limit_threads()
         configure_from_env()
         self.settings = CascadeSettings(**settings)
@@ -93,15 +105,21 @@ class RouterIngress:
             max_batch_size=256, batch_wait_timeout_s=0.05)(self._record_batch)
         self._background: set[asyncio.Task[None]] = set()
         self._in_flight = 0
+        queued = server.use_redis and self.settings.queue.enabled and self.settings.redis_url is not None
+        self.store = BatchStore(self.settings.redis_url) if queued and self.settings.redis_url else None
+        self.tasks = TaskQueue(self.settings) if queued else None
         self._records = self.router.cache is not None or self.router.feedback is not None
 
     async def _record_batch(self, trails: list[Trail]) -> list[None]:
         await self.router.record(trails)
         return [None] * len(trails)
 
-    async def route(self, queries: list[Query], headers: Mapping[str, str]) -> list[RoutedAnswer]:
-        """Route a request's queries: batched first pass, then each its own escalation; traced as a
-        continuation of the caller's trace (W3C ``traceparent``), if any."""
+    async def route(self, queries: list[Query], headers: Mapping[str, str],
+                    progressive: bool = False) -> tuple[list[RoutedAnswer], list[str | None]]:
+        """Route a request's queries: batched first pass, then each its own escalation (or, when
+        ``progressive``, a job on the task queue while the small answer returns as provisional);
+        traced as a continuation of the caller's trace (W3C ``traceparent``), if any. Returns the
+        answers and, per answer, its job id (None where the answer is final)."""
         limit = self.settings.server.max_prompt_chars
         for query in queries:
             size = len(query.question) + sum(len(c) for c in query.context) + sum(
@@ -115,6 +133,12 @@ class RouterIngress:
             trails = await self.router.begin(queries) if alone else await asyncio.gather(*map(self._begin, queries))
         finally:
             self._in_flight -= 1
+        jobs: list[str | None] = [None] * len(trails)
+        if progressive:
+            self._require_queue()
+            for i, trail in enumerate(trails):
+                if trail.result is None and trail.best is not None and trail.rejected is None:
+                    jobs[i] = await self._start_job(trail)
         try:
             answers = await asyncio.gather(*(self.router.finish(t) for t in trails))
         except PromptTooLongError as error:
@@ -130,7 +154,26 @@ class RouterIngress:
             task = asyncio.create_task(self._record(trail))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
-        return list(answers)
+        return list(answers), jobs
+
+    def _require_queue(self) -> None:
+        if self.store is None or self.tasks is None:
+            raise ApiError(503, "the task queue is off on this server (needs server.use_redis and queue.enabled)",
+                           kind="service_unavailable")
+
+    async def _start_job(self, trail: Trail) -> str:
+        """Queue the rest of an escalated query's route and make its small answer the provisional one."""
+        assert self.store is not None and self.tasks is not None
+        provisional = self.router.provisional(trail)
+        job_id = new_id("job")
+        routing = {**routing_object(provisional), "provisional": True, "job_id": job_id}
+        await asyncio.to_thread(self.store.save_job, {
+            "id": job_id, "object": "cascade.job", "tenant": trail.query.tenant, "status": "running",
+            "created_at": int(time.time()), "next_tier": trail.next_tier,
+            "query": trail.query.model_dump(mode="json"), "provisional": chat_response(provisional, routing)})
+        await asyncio.to_thread(self.tasks.finish_job, job_id)
+        trail.result = provisional
+        return job_id
 
     def _caller(self, authorization: str | None) -> Caller:
         return self.tenants.caller(authorization)
@@ -144,10 +187,27 @@ class RouterIngress:
         caller = self._caller(authorization)
         controls = self.tenants.controls(caller, request.model, request.routing)
         queries = self._queries(lambda: chat_queries(request, caller.tenant, self._params(request), controls))
-        answer = (await self.route(queries, raw.headers))[0]
+        [answer], [job] = await self.route(queries, raw.headers, request.progressive)
+        routing = {**routing_object(answer), "provisional": job is not None, "job_id": job}
         if request.stream:
-            return StreamingResponse(chat_stream(answer), media_type="text/event-stream")
-        return _json(chat_response(answer))
+            stream = chat_stream(answer, routing) if job is None else self._progressive_stream(answer, routing, job)
+            return StreamingResponse(stream, media_type="text/event-stream")
+        return _json(chat_response(answer, routing))
+
+    async def _progressive_stream(self, answer: RoutedAnswer, routing: dict[str, Any],
+                                  job_id: str) -> AsyncIterator[bytes]:
+        """The provisional answer's events, then one event with the final answer when its job is done."""
+        for event in chat_stream(answer, routing, done=False):
+            yield event
+        assert self.store is not None
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            job = await asyncio.to_thread(self.store.job, job_id)
+            if job is not None and job["status"] == "completed":
+                yield job_event(job)
+                break
+            await asyncio.sleep(0.25)
+        yield DONE
 
     @api.post("/v1/completions")
     async def completions(self, request: CompletionRequest, raw: Request,
@@ -155,7 +215,13 @@ class RouterIngress:
         caller = self._caller(authorization)
         controls = self.tenants.controls(caller, request.model, request.routing)
         queries = self._queries(lambda: completion_queries(request, caller.tenant, self._params(request), controls))
-        answers = await self.route(queries, raw.headers)
+        answers, jobs = await self.route(queries, raw.headers, request.progressive and not request.stream)
+        if any(jobs):
+            body = completion_response(answers)
+            body["routings"] = [{**r, "provisional": j is not None, "job_id": j}
+                                for r, j in zip(body["routings"], jobs, strict=True)]
+            body["routing"] = body["routings"][0]
+            return _json(body)
         if request.stream:
             return StreamingResponse(completion_stream(answers), media_type="text/event-stream")
         return _json(completion_response(answers))
@@ -168,6 +234,112 @@ class RouterIngress:
         except ValueError as error:
             raise ApiError(400, str(error).splitlines()[-1].strip() if str(error) else "invalid request",
                            param="messages") from None
+
+    @api.get("/v1/jobs/{job_id}")
+    async def job(self, job_id: str, authorization: Annotated[str | None, Header()] = None) -> Response:
+        """A progressive request's job: ``running`` with the provisional response, or ``completed``
+        with the final one."""
+        caller = self._caller(authorization)
+        self._require_queue()
+        assert self.store is not None
+        job = await asyncio.to_thread(self.store.job, job_id)
+        if job is None or job["tenant"] != caller.tenant:
+            raise ApiError(404, f"no job {job_id}", param="job_id", code="not_found")
+        return _json({k: v for k, v in job.items() if k not in {"query", "tenant"}})
+
+    @api.post("/v1/files")
+    async def create_file(self, file: Annotated[UploadFile, File()], purpose: Annotated[str, Form()],
+                          authorization: Annotated[str | None, Header()] = None) -> Response:
+        caller = self._caller(authorization)
+        self._require_queue()
+        assert self.store is not None
+        if purpose != "batch":
+            raise ApiError(400, f"purpose {purpose!r} is not supported; use 'batch'", param="purpose")
+        content = await file.read()
+        meta = await asyncio.to_thread(self.store.save_file, caller.tenant, file.filename or "input.jsonl",
+                                       purpose, content)
+        return _json(_public(meta))
+
+    async def _own_file(self, file_id: str, tenant: str) -> dict[str, Any]:
+        assert self.store is not None
+        meta = await asyncio.to_thread(self.store.file, file_id)
+        if meta is None or meta["tenant"] != tenant:
+            raise ApiError(404, f"no file {file_id}", param="file_id", code="not_found")
+        return meta
+
+    @api.get("/v1/files/{file_id}")
+    async def file_meta(self, file_id: str, authorization: Annotated[str | None, Header()] = None) -> Response:
+        caller = self._caller(authorization)
+        self._require_queue()
+        return _json(_public(await self._own_file(file_id, caller.tenant)))
+
+    @api.get("/v1/files/{file_id}/content")
+    async def file_content(self, file_id: str, authorization: Annotated[str | None, Header()] = None) -> Response:
+        caller = self._caller(authorization)
+        self._require_queue()
+        assert self.store is not None
+        await self._own_file(file_id, caller.tenant)
+        content = await asyncio.to_thread(self.store.file_content, file_id)
+        return Response(content or b"", media_type="application/octet-stream")
+
+    @api.post("/v1/batches")
+    async def create_batch(self, request: BatchCreate,
+                           authorization: Annotated[str | None, Header()] = None) -> Response:
+        """Split the input file into chunks and queue them; the consumer routes each chunk as a batch."""
+        caller = self._caller(authorization)
+        self._require_queue()
+        assert self.store is not None and self.tasks is not None
+        if request.endpoint not in ENDPOINTS:
+            raise ApiError(400, f"endpoint {request.endpoint!r} is not one of {sorted(ENDPOINTS)}", param="endpoint")
+        meta = await self._own_file(request.input_file_id, caller.tenant)
+        if meta["purpose"] != "batch":
+            raise ApiError(400, f"file {meta['id']} has purpose {meta['purpose']!r}, not 'batch'",
+                           param="input_file_id")
+        content = await asyncio.to_thread(self.store.file_content, request.input_file_id) or b""
+        lines = [line for line in content.splitlines() if line.strip()]
+        queue = self.settings.queue
+        if not lines or len(lines) > queue.max_lines:
+            raise ApiError(400, f"the input file has {len(lines)} lines; a batch takes 1 to {queue.max_lines}",
+                           param="input_file_id")
+        ids = custom_ids(lines)
+        duplicates = sorted({c for c in ids if ids.count(c) > 1}) if len(set(ids)) != len(ids) else []
+        if duplicates:
+            raise ApiError(400, f"custom_id values must be unique; repeated: {duplicates[:5]}", param="input_file_id")
+        batch = batch_object(new_id("batch"), caller.tenant, request, len(lines))
+        chunks = -(-len(lines) // queue.chunk_size)
+        if not await asyncio.to_thread(self.store.create_batch, batch, lines, chunks, queue.tenant_quota_lines):
+            raise ApiError(429, f"tenant {caller.tenant!r} has more than {queue.tenant_quota_lines} lines queued; "
+                                "retry when some batches finish", kind="rate_limit_error", code="queue_full",
+                           headers={"Retry-After": "60"})
+        for chunk in range(chunks):
+            await asyncio.to_thread(self.tasks.route_chunk, batch["id"], chunk)
+        return _json(_public(batch))
+
+    async def _own_batch(self, batch_id: str, tenant: str) -> dict[str, Any]:
+        assert self.store is not None
+        batch = await asyncio.to_thread(self.store.batch, batch_id)
+        if batch is None or batch["tenant"] != tenant:
+            raise ApiError(404, f"no batch {batch_id}", param="batch_id", code="not_found")
+        return batch
+
+    @api.get("/v1/batches/{batch_id}")
+    async def get_batch(self, batch_id: str, authorization: Annotated[str | None, Header()] = None) -> Response:
+        caller = self._caller(authorization)
+        self._require_queue()
+        return _json(_public(await self._own_batch(batch_id, caller.tenant)))
+
+    @api.post("/v1/batches/{batch_id}/cancel")
+    async def cancel_batch(self, batch_id: str, authorization: Annotated[str | None, Header()] = None) -> Response:
+        """Stop the lines not yet routed; the batch becomes ``cancelled`` once its queued chunks drain."""
+        caller = self._caller(authorization)
+        self._require_queue()
+        assert self.store is not None
+        batch = await self._own_batch(batch_id, caller.tenant)
+        if batch["status"] in TERMINAL:
+            raise ApiError(409, f"batch {batch_id} is already {batch['status']}", param="batch_id")
+        await asyncio.to_thread(self.store.cancel, batch_id)
+        await asyncio.to_thread(self.store.update_batch, batch_id, status="cancelling", cancelling_at=int(time.time()))
+        return _json(_public(await self._own_batch(batch_id, caller.tenant)))
 
     @api.get("/v1/models")
     async def models(self, authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:

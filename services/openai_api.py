@@ -80,6 +80,8 @@ class _GenerationRequest(BaseModel):
     stream: bool = False
     context: list[str] = Field(default_factory=list, max_length=64)
     routing: RoutingOverride | None = None
+    progressive: bool = Field(default=False, description="return an escalated request's small answer at once, "
+                                                         "marked provisional; the final answer follows as a job")
 
     @field_validator("stop")
     @classmethod
@@ -185,7 +187,7 @@ def _finish_reason(answer: RoutedAnswer) -> str:
     return "length" if answer.finish_reason == "length" else "stop"
 
 
-def chat_response(answer: RoutedAnswer) -> dict[str, Any]:
+def chat_response(answer: RoutedAnswer, routing: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "id": f"chatcmpl-{answer.request_id}",
         "object": "chat.completion",
@@ -194,7 +196,7 @@ def chat_response(answer: RoutedAnswer) -> dict[str, Any]:
         "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.answer},
                      "finish_reason": _finish_reason(answer), "logprobs": None}],
         "usage": _usage([answer]),
-        "routing": routing_object(answer),
+        "routing": routing or routing_object(answer),
     }
 
 
@@ -226,17 +228,24 @@ def _event(payload: dict[str, Any]) -> bytes:
 DONE = b"data: [DONE]\n\n"
 
 
-def chat_stream(answer: RoutedAnswer) -> Iterator[bytes]:
+def job_event(job: dict[str, Any]) -> bytes:
+    """The server-sent event carrying a progressive request's final answer."""
+    return _event({"object": "cascade.job", "id": job["id"], "status": job["status"],
+                   "response": job.get("response")})
+
+
+def chat_stream(answer: RoutedAnswer, routing: dict[str, Any] | None = None, done: bool = True) -> Iterator[bytes]:
     """Server-sent events of a routed chat answer: role and routing first, then the text, then the end."""
     base = {"id": f"chatcmpl-{answer.request_id}", "object": "chat.completion.chunk", "created": int(time.time()),
             "model": answer.model}
     yield _event({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                       "finish_reason": None}], "routing": routing_object(answer)})
+                                       "finish_reason": None}], "routing": routing or routing_object(answer)})
     for piece in _pieces(answer.answer):
         yield _event({**base, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
     yield _event({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": _finish_reason(answer)}],
                   "usage": _usage([answer])})
-    yield DONE
+    if done:
+        yield DONE
 
 
 def completion_stream(answers: list[RoutedAnswer]) -> Iterator[bytes]:

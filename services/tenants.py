@@ -46,6 +46,12 @@ class TenantDirectory:
             raise ApiError(401, "invalid API key", kind="authentication_error", code="invalid_api_key")
         return Caller(tenant, self.config.profiles[self.config.tenants[tenant].profile])
 
+    def caller_of(self, tenant: str) -> Caller:
+        """The caller a stored job belongs to (its tenant's profile today)."""
+        config = self.config.tenants.get(tenant)
+        profile = config.profile if config is not None else "default"
+        return Caller(tenant, self.config.profiles.get(profile, RoutingProfile()))
+
     def controls(self, caller: Caller, model: str, override: RoutingOverride | None) -> RoutingControls:
         """The profile's limits plus the request's overrides (a tier named as ``model`` forces that tier)."""
         if model != ROUTER_MODEL and model not in self.tier_names:

@@ -1,0 +1,117 @@
+"""OpenAI Batch API shapes: input lines to core queries, routed answers to output and error lines."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cascade.config import CascadeSettings
+from cascade.errors import validation_summary
+from cascade.schemas import Query, RoutedAnswer
+from services.openai_api import (
+    ApiError,
+    ChatCompletionRequest,
+    CompletionRequest,
+    chat_queries,
+    chat_response,
+    completion_queries,
+    completion_response,
+)
+from services.tenants import Caller, TenantDirectory
+
+ENDPOINTS = {"/v1/chat/completions", "/v1/completions"}
+
+
+class BatchCreate(BaseModel):
+    """``POST /v1/batches``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    input_file_id: str = Field(min_length=1)
+    endpoint: str
+    completion_window: str = "24h"
+    metadata: dict[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class ParsedLine:
+    """One input line: its ``custom_id`` and query, or the error that stops it."""
+
+    custom_id: str
+    query: Query | None = None
+    error: dict[str, Any] | None = None
+
+
+def custom_ids(lines: list[bytes]) -> list[str]:
+    """The ``custom_id`` of each line, or ``line-<n>`` where a line has none (it will be an error)."""
+    ids = []
+    for n, line in enumerate(lines):
+        try:
+            value = orjson.loads(line).get("custom_id")
+        except (orjson.JSONDecodeError, AttributeError):
+            value = None
+        ids.append(value if isinstance(value, str) and value else f"line-{n + 1}")
+    return ids
+
+
+def parse_line(line: bytes, custom_id: str, endpoint: str, caller: Caller, tenants: TenantDirectory,
+               settings: CascadeSettings) -> ParsedLine:
+    """A query from one line, or an error naming what is wrong with it."""
+    try:
+        item = orjson.loads(line)
+    except orjson.JSONDecodeError as error:
+        return ParsedLine(custom_id, error={"code": "invalid_json", "message": f"line is not JSON: {error}"})
+    if not isinstance(item, dict) or not isinstance(item.get("custom_id"), str) or not item["custom_id"]:
+        return ParsedLine(custom_id, error={"code": "missing_custom_id", "message": "line needs a custom_id string"})
+    if item.get("method", "POST") != "POST" or item.get("url") != endpoint:
+        return ParsedLine(custom_id, error={"code": "invalid_url", "message":
+                                            f"line must be a POST to {endpoint}, got {item.get('method')} "
+                                            f"{item.get('url')}"})
+    try:
+        model = ChatCompletionRequest if endpoint == "/v1/chat/completions" else CompletionRequest
+        request = model.model_validate(item.get("body"))
+        if request.stream:
+            raise ApiError(400, "stream is not available in a batch", param="body.stream")
+        if isinstance(request, CompletionRequest) and not isinstance(request.prompt, str):
+            raise ApiError(400, "a batch line takes one prompt", param="body.prompt")
+        controls = tenants.controls(caller, request.model, request.routing)
+        params = request.params(settings.generation, settings.server.max_tokens_limit)
+        build = chat_queries if isinstance(request, ChatCompletionRequest) else completion_queries
+        [query] = build(request, caller.tenant, params, controls)  # type: ignore[arg-type]
+    except ValidationError as error:
+        return ParsedLine(custom_id, error={"code": "invalid_request", "message": validation_summary(error, "body")})
+    except ApiError as error:
+        return ParsedLine(custom_id, error={"code": error.code or "invalid_request", "message": error.message})
+    except ValueError as error:
+        return ParsedLine(custom_id, error={"code": "invalid_request", "message": str(error)})
+    return ParsedLine(custom_id, query=query)
+
+
+def output_line(custom_id: str, answer: RoutedAnswer, endpoint: str) -> bytes:
+    body = chat_response(answer) if endpoint == "/v1/chat/completions" else completion_response([answer])
+    return orjson.dumps({"id": f"batch_req_{uuid.uuid4().hex[:24]}", "custom_id": custom_id,
+                         "response": {"status_code": 200, "request_id": answer.request_id, "body": body},
+                         "error": None})
+
+
+def error_line(custom_id: str, error: dict[str, Any], status_code: int = 400) -> bytes:
+    return orjson.dumps({"id": f"batch_req_{uuid.uuid4().hex[:24]}", "custom_id": custom_id,
+                         "response": {"status_code": status_code, "request_id": None,
+                                      "body": {"error": {**error, "type": "invalid_request_error"}}},
+                         "error": error})
+
+
+def batch_object(batch_id: str, tenant: str, request: BatchCreate, total: int) -> dict[str, Any]:
+    return {"id": batch_id, "object": "batch", "endpoint": request.endpoint, "errors": None,
+            "input_file_id": request.input_file_id, "completion_window": request.completion_window,
+            "status": "in_progress", "output_file_id": None, "error_file_id": None,
+            "created_at": int(time.time()), "in_progress_at": int(time.time()), "expires_at": None,
+            "finalizing_at": None, "completed_at": None, "failed_at": None, "expired_at": None,
+            "cancelling_at": None, "cancelled_at": None,
+            "request_counts": {"total": total, "completed": 0, "failed": 0},
+            "metadata": request.metadata, "tenant": tenant}

@@ -1,0 +1,146 @@
+"""Files, batch jobs, their results and progressive-answer jobs, kept in Redis.
+
+Writes that a retried task may repeat are idempotent: a line's result is written with ``HSETNX``
+keyed by ``custom_id`` (exactly once, however often its chunk runs), a chunk counts as done with
+``SADD`` of its index, and a tenant's queued-work counter moves only when that ``SADD`` is new.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis
+
+PREFIX = "cascade:batchapi"
+TERMINAL = {"completed", "failed", "cancelled", "expired"}
+
+
+def new_id(kind: str) -> str:
+    return f"{kind}-{uuid.uuid4().hex[:24]}"
+
+
+@dataclass
+class BatchStore:
+    """Synchronous Redis access (the Celery handlers are synchronous; the ingress calls it in a thread)."""
+
+    redis_url: str
+
+    def __post_init__(self) -> None:
+        self.client: Any = redis.Redis.from_url(self.redis_url, socket_timeout=10)  # redis-py's stubs mix sync|async
+
+    def _key(self, *parts: str) -> str:
+        return ":".join((PREFIX, *parts))
+
+    def save_file(self, tenant: str, filename: str, purpose: str, content: bytes) -> dict[str, Any]:
+        meta: dict[str, Any] = {
+            "id": new_id("file"), "object": "file", "bytes": len(content), "created_at": int(time.time()),
+            "filename": filename, "purpose": purpose, "status": "processed", "tenant": tenant}
+        pipe = self.client.pipeline()
+        pipe.set(self._key("file", meta["id"]), orjson.dumps(meta))
+        pipe.set(self._key("file", meta["id"], "content"), content)
+        pipe.execute()
+        return meta
+
+    def file(self, file_id: str) -> dict[str, Any] | None:
+        raw = self.client.get(self._key("file", file_id))
+        return orjson.loads(raw) if raw else None
+
+    def file_content(self, file_id: str) -> bytes | None:
+        raw = self.client.get(self._key("file", file_id, "content"))
+        return bytes(raw) if raw is not None else None
+
+    def create_batch(self, batch: dict[str, Any], lines: list[bytes], chunks: int, quota: int) -> bool:
+        """Store the batch and its lines; False (nothing stored) if the tenant's queued lines would
+        exceed ``quota``."""
+        queued = self._key("queued", batch["tenant"])
+        if int(self.client.incrby(queued, len(lines))) > quota:
+            self.client.decrby(queued, len(lines))
+            return False
+        pipe = self.client.pipeline()
+        pipe.set(self._key("batch", batch["id"]), orjson.dumps(batch))
+        pipe.rpush(self._key("batch", batch["id"], "lines"), *lines)
+        pipe.set(self._key("batch", batch["id"], "chunks"), chunks)
+        pipe.execute()
+        return True
+
+    def batch(self, batch_id: str) -> dict[str, Any] | None:
+        raw = self.client.get(self._key("batch", batch_id))
+        if not raw:
+            return None
+        batch = orjson.loads(raw)
+        results, errors = self.client.hlen(self._key("batch", batch_id, "results")), self.client.hlen(
+            self._key("batch", batch_id, "errors"))
+        batch["request_counts"] = {"total": batch["request_counts"]["total"], "completed": int(results),
+                                   "failed": int(errors)}
+        return dict(batch)
+
+    def update_batch(self, batch_id: str, **fields: Any) -> None:
+        raw = self.client.get(self._key("batch", batch_id))
+        if raw:
+            batch = {**orjson.loads(raw), **fields}
+            self.client.set(self._key("batch", batch_id), orjson.dumps(batch))
+
+    def lines(self, batch_id: str, start: int, stop: int) -> list[bytes]:
+        return [bytes(x) for x in self.client.lrange(self._key("batch", batch_id, "lines"), start, stop - 1)]
+
+    def answered(self, batch_id: str) -> set[str]:
+        """custom_ids with a result or an error already."""
+        keys = (self._key("batch", batch_id, "results"), self._key("batch", batch_id, "errors"))
+        return {k.decode() for key in keys for k in self.client.hkeys(key)}
+
+    def write(self, batch_id: str, results: dict[str, bytes], errors: dict[str, bytes]) -> int:
+        """Write each line's outcome unless one is there already; returns how many were new."""
+        pipe = self.client.pipeline()
+        for custom_id, line in results.items():
+            pipe.hsetnx(self._key("batch", batch_id, "results"), custom_id, line)
+        for custom_id, line in errors.items():
+            pipe.hsetnx(self._key("batch", batch_id, "errors"), custom_id, line)
+        return sum(int(x) for x in pipe.execute())
+
+    def chunk_done(self, batch_id: str, chunk: int, tenant: str, lines: int) -> bool:
+        """Count the chunk done (idempotent); True when it was the last one."""
+        if self.client.sadd(self._key("batch", batch_id, "done"), chunk):
+            self.client.decrby(self._key("queued", tenant), lines)
+        total = int(self.client.get(self._key("batch", batch_id, "chunks")) or 0)
+        return int(self.client.scard(self._key("batch", batch_id, "done"))) >= total
+
+    def cancel(self, batch_id: str) -> None:
+        self.client.set(self._key("batch", batch_id, "cancel"), 1)
+
+    def cancelled(self, batch_id: str) -> bool:
+        return bool(self.client.exists(self._key("batch", batch_id, "cancel")))
+
+    def outcomes(self, batch_id: str) -> tuple[dict[str, bytes], dict[str, bytes]]:
+        results = self.client.hgetall(self._key("batch", batch_id, "results"))
+        errors = self.client.hgetall(self._key("batch", batch_id, "errors"))
+        return ({k.decode(): bytes(v) for k, v in results.items()}, {k.decode(): bytes(v) for k, v in errors.items()})
+
+    def dead_letter(self, batch_id: str, custom_id: str, reason: str) -> None:
+        self.client.rpush(self._key("dead-letters"), orjson.dumps(
+            {"batch_id": batch_id, "custom_id": custom_id, "reason": reason, "at": time.time()}))
+
+    def finalize(self, batch_id: str) -> bool:
+        """Claim the right to write the output files once; False if another run already did."""
+        return bool(self.client.set(self._key("batch", batch_id, "finalized"), 1, nx=True))
+
+    def save_job(self, job: dict[str, Any]) -> None:
+        self.client.set(self._key("job", job["id"]), orjson.dumps(job), ex=7 * 24 * 3600)
+
+    def job(self, job_id: str) -> dict[str, Any] | None:
+        raw = self.client.get(self._key("job", job_id))
+        return orjson.loads(raw) if raw else None
+
+    def complete_job(self, job_id: str, result: dict[str, Any]) -> bool:
+        """Store a job's final answer once; False if it was already there."""
+        if not self.client.set(self._key("job", job_id, "done"), 1, nx=True, ex=7 * 24 * 3600):
+            return False
+        job = self.job(job_id) or {"id": job_id}
+        self.save_job({**job, "status": "completed", "completed_at": int(time.time()), **result})
+        return True
+
+    def close(self) -> None:
+        self.client.close()

@@ -1,0 +1,183 @@
+"""The task consumer: a Ray Serve ``@task_consumer`` deployment (Celery on Redis) that routes batch
+job chunks and finishes progressive answers through the same core router and model pools.
+
+Celery's adapter runs synchronous handlers on worker threads, acknowledges a task only when it
+finishes and requeues it when the replica dies (``acks_late``, ``reject_on_worker_lost``), so a
+task may run twice: every write it makes is idempotent (see ``BatchStore``). The router is async,
+so the handlers submit their routing to an event loop the replica keeps on its own thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import threading
+import time
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
+
+import httpx
+import orjson
+from ray.serve.task_consumer import task_handler
+
+from cascade.config import CascadeSettings
+from cascade.engines.base import PromptTooLongError
+from cascade.factory import build_router
+from cascade.router import AllTiersFailedError
+from cascade.schemas import Query, RoutedAnswer
+from cascade.telemetry import configure_from_env
+from services.batch_api import custom_ids, error_line, output_line, parse_line
+from services.batch_store import BatchStore
+from services.openai_api import chat_response
+from services.pool import limit_threads
+from services.pool_engine import PoolEngine
+from services.tenants import TenantDirectory
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def signature(secret: str, body: bytes) -> str:
+    """The ``X-Cascade-Signature`` header of a webhook body."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+class RoutingConsumer:
+    """Handlers ``route_chunk`` (batch jobs) and ``finish_job`` (progressive answers)."""
+
+    def __init__(self, settings: dict[str, Any], pools: dict[str, Any]) -> None:
+        limit_threads()
+        configure_from_env()
+        self.settings = CascadeSettings(**settings)
+        assert self.settings.redis_url is not None, "the task queue needs redis_url"
+        self.queue = self.settings.queue
+        engines = {t.name: PoolEngine(pools[t.name], t.engine.model) for t in self.settings.tiers}
+        no_cache = self.settings.cache.model_copy(update={"enabled": False})
+        self.router = build_router(self.settings.model_copy(update={"cache": no_cache}), with_redis=True,
+                                   engines=engines)
+        self.store = BatchStore(self.settings.redis_url)
+        self.tenants = TenantDirectory(self.settings.server, [t.name for t in self.settings.tiers])
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, name="consumer-loop", daemon=True).start()
+
+    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+
+    async def _route(self, queries: Sequence[Query]) -> list[RoutedAnswer | BaseException]:
+        """Route a chunk as one batch (the throughput mode); an answer or the error, per query."""
+        trails = await self.router.begin(queries)
+        outcomes = await asyncio.gather(*(self.router.finish(t) for t in trails), return_exceptions=True)
+        await self.router.record([t for t in trails if t.result is not None])
+        return list(outcomes)
+
+    @task_handler(name="route_chunk")
+    def route_chunk(self, batch_id: str, chunk: int) -> int:
+        """Route lines ``chunk * chunk_size`` onwards of a batch; returns how many results were new."""
+        batch = self.store.batch(batch_id)
+        if batch is None or batch["status"] in {"completed", "failed", "cancelled", "expired"}:
+            return 0
+        size = self.queue.chunk_size
+        lines = self.store.lines(batch_id, chunk * size, (chunk + 1) * size)
+        written = 0
+        if not self.store.cancelled(batch_id):
+            written = self._route_lines(batch, lines, custom_ids(lines))
+        if self.store.chunk_done(batch_id, chunk, batch["tenant"], len(lines)) and self.store.finalize(batch_id):
+            self._finalize(batch_id)
+        return written
+
+    def _route_lines(self, batch: dict[str, Any], lines: list[bytes], ids: list[str]) -> int:
+        done = self.store.answered(batch["id"])
+        caller = self.tenants.caller_of(batch["tenant"])
+        parsed = [parse_line(line, cid, batch["endpoint"], caller, self.tenants, self.settings)
+                  for line, cid in zip(lines, ids, strict=True) if cid not in done]
+        errors = {p.custom_id: error_line(p.custom_id, p.error) for p in parsed if p.error is not None}
+        pending = [p for p in parsed if p.query is not None]
+        results: dict[str, bytes] = {}
+        for attempt in range(self.queue.route_attempts):
+            if not pending:
+                break
+            outcomes = self._run(self._route([p.query for p in pending if p.query is not None]))
+            retry = []
+            for line, outcome in zip(pending, outcomes, strict=True):
+                if isinstance(outcome, RoutedAnswer):
+                    results[line.custom_id] = output_line(line.custom_id, outcome, batch["endpoint"])
+                elif isinstance(outcome, PromptTooLongError):
+                    errors[line.custom_id] = error_line(line.custom_id, {"code": "context_length_exceeded",
+                                                                         "message": str(outcome)}, 413)
+                else:
+                    retry.append((line, outcome))
+            pending = [line for line, _ in retry]
+            if retry and attempt + 1 < self.queue.route_attempts:
+                time.sleep(self.queue.retry_backoff_s * 2**attempt)
+            elif retry:
+                for line, outcome in retry:
+                    reason = f"{type(outcome).__name__}: {outcome}"
+                    self.store.dead_letter(batch["id"], line.custom_id, reason)
+                    status = 503 if isinstance(outcome, AllTiersFailedError) else 500
+                    message = f"failed {self.queue.route_attempts} times: {reason}"
+                    errors[line.custom_id] = error_line(line.custom_id, {"code": "dead_letter", "message": message},
+                                                        status)
+        return self.store.write(batch["id"], results, errors)
+
+    def _finalize(self, batch_id: str) -> None:
+        """Write the output and error files in input order and close the batch."""
+        batch = self.store.batch(batch_id)
+        assert batch is not None
+        results, errors = self.store.outcomes(batch_id)
+        order = custom_ids(self.store.lines(batch_id, 0, batch["request_counts"]["total"]))
+        output = b"".join(results[c] + b"\n" for c in order if c in results)
+        failed = b"".join(errors[c] + b"\n" for c in order if c in errors)
+        update: dict[str, Any] = {"finalizing_at": int(time.time())}
+        if output:
+            update["output_file_id"] = self.store.save_file(batch["tenant"], f"{batch_id}_output.jsonl",
+                                                            "batch_output", output)["id"]
+        if failed:
+            update["error_file_id"] = self.store.save_file(batch["tenant"], f"{batch_id}_errors.jsonl",
+                                                           "batch_output", failed)["id"]
+        if self.store.cancelled(batch_id):
+            update.update(status="cancelled", cancelled_at=int(time.time()))
+        else:
+            update.update(status="completed", completed_at=int(time.time()))
+        self.store.update_batch(batch_id, **update)
+
+    @task_handler(name="finish_job")
+    def finish_job(self, job_id: str) -> bool:
+        """Take a progressive request's query on from its next tier; deliver the final answer once."""
+        job = self.store.job(job_id)
+        if job is None or job.get("status") == "completed":
+            return False
+        query = Query.model_validate(job["query"])
+
+        async def finish() -> RoutedAnswer:
+            [trail] = await self.router.first_pass([query], start_tier=int(job["next_tier"]))
+            answer = await self.router.finish(trail)
+            await self.router.record([trail])
+            return answer
+
+        answer = self._run(finish())
+        body = chat_response(answer)
+        if not self.store.complete_job(job_id, {"answer": answer.answer, "response": body}):
+            return False
+        self._webhook(job["tenant"], job_id, body)
+        return True
+
+    def _webhook(self, tenant: str, job_id: str, response: dict[str, Any]) -> None:
+        config = self.settings.server.tenants.get(tenant)
+        if config is None or not config.webhook_url:
+            return
+        body = orjson.dumps({"job_id": job_id, "status": "completed", "response": response})
+        headers = {"Content-Type": "application/json", "X-Cascade-Job": job_id}
+        if config.webhook_secret:
+            headers["X-Cascade-Signature"] = signature(config.webhook_secret, body)
+        for attempt in range(3):
+            try:
+                httpx.post(config.webhook_url, content=body, headers=headers, timeout=10).raise_for_status()
+                return
+            except httpx.HTTPError as error:
+                log.warning("webhook for job %s failed (attempt %d): %s", job_id, attempt + 1, error)
+                time.sleep(0.5 * 2**attempt)
+
+    def __del__(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)

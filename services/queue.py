@@ -1,0 +1,53 @@
+"""The task queue's configuration (Ray Serve ``TaskProcessorConfig``, Celery on Redis) and the
+producer side the ingress uses to enqueue batch chunks and progressive jobs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.serve.schema import CeleryAdapterConfig, TaskProcessorConfig
+
+from cascade.config import CascadeSettings
+
+
+def processor_config(settings: CascadeSettings) -> TaskProcessorConfig:
+    """Celery with Redis as broker and result backend; dead-letter queues for tasks that keep failing."""
+    assert settings.redis_url is not None, "the task queue needs redis_url"
+    queue = settings.queue
+    return TaskProcessorConfig(
+        queue_name=queue.queue_name,
+        adapter_config=CeleryAdapterConfig(
+            broker_url=settings.redis_url, backend_url=settings.redis_url,
+            broker_transport_options={"visibility_timeout": queue.visibility_timeout_s},
+            app_custom_config={"result_expires": 24 * 3600, "worker_hijack_root_logger": False},
+        ),
+        max_retries=queue.max_retries,
+        failed_task_queue_name=f"{queue.queue_name}-failed",
+        unprocessable_task_queue_name=f"{queue.queue_name}-unprocessable",
+    )
+
+
+def autoscaling_on_queue_depth(settings: CascadeSettings) -> dict[str, Any] | None:
+    """The consumer's autoscaling config with Ray Serve's queue-depth policy added."""
+    config = settings.queue.consumer.autoscaling_config
+    if config is None:
+        return None
+    return {**config, "policy": {
+        "policy_function": "ray.serve.async_inference_autoscaling_policy:AsyncInferenceAutoscalingPolicy",
+        "policy_kwargs": {"broker_url": settings.redis_url, "queue_name": settings.queue.queue_name,
+                          "poll_interval_s": 5.0}}}
+
+
+class TaskQueue:
+    """Enqueues tasks for the consumer deployment (synchronous: call it from a thread)."""
+
+    def __init__(self, settings: CascadeSettings) -> None:
+        from ray.serve.task_consumer import instantiate_adapter_from_config
+
+        self.adapter = instantiate_adapter_from_config(processor_config(settings))
+
+    def route_chunk(self, batch_id: str, chunk: int) -> str:
+        return str(self.adapter.enqueue_task_sync("route_chunk", args=[batch_id, chunk]).id)
+
+    def finish_job(self, job_id: str) -> str:
+        return str(self.adapter.enqueue_task_sync("finish_job", args=[job_id]).id)
