@@ -47,10 +47,11 @@ class ParsedLine:
     error: dict[str, Any] | None = None
 
 
-def custom_ids(lines: list[bytes]) -> list[str]:
-    """The ``custom_id`` of each line, or ``line-<n>`` where a line has none (it will be an error)."""
+def custom_ids(lines: list[bytes], first: int = 0) -> list[str]:
+    """The ``custom_id`` of each line, or ``line-<n>`` (n counted in the whole file, from 1, ``first``
+    being the index of ``lines[0]``) where a line has none: it will be an error."""
     ids = []
-    for n, line in enumerate(lines):
+    for n, line in enumerate(lines, start=first):
         try:
             value = orjson.loads(line).get("custom_id")
         except (orjson.JSONDecodeError, AttributeError):

@@ -82,7 +82,7 @@ class RoutingConsumer:
         lines = self.store.lines(batch_id, chunk * size, (chunk + 1) * size)
         written = 0
         if not self.store.cancelled(batch_id):
-            written = self._route_lines(batch, lines, custom_ids(lines))
+            written = self._route_lines(batch, lines, custom_ids(lines, first=chunk * size))
         if self.store.chunk_done(batch_id, chunk, batch["tenant"], len(lines)) and self.store.finalize(batch_id):
             self._finalize(batch_id)
         return written

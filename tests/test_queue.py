@@ -1,0 +1,253 @@
+"""Batch jobs and progressive answers on a real Ray Serve instance with a real Redis broker: the
+task-consumer deployment (Celery on Redis) routes through scripted pools so that 200-line batches
+finish in seconds. Questions come from the SQuAD 2.0 subset."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any, ClassVar
+
+import httpx
+import openai
+import orjson
+import pytest
+
+from cascade.config import CascadeSettings
+from cascade.local_redis import LocalRedis
+from pipelines.datasets import load_qa
+from tests.conftest import free_port
+
+SECRET = "webhook-secret"
+
+
+class Receiver(BaseHTTPRequestHandler):
+    """A webhook endpoint that keeps what it is sent."""
+
+    received: ClassVar[list[tuple[dict[str, str], bytes]]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        Receiver.received.append((dict(self.headers), body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        return None
+
+
+@pytest.fixture(scope="module")
+def webhook() -> Iterator[str]:
+    server = HTTPServer(("127.0.0.1", free_port()), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/hook"
+    server.shutdown()
+
+
+def tier(name: str, policy: str, **engine_args: Any) -> dict[str, Any]:
+    return {"name": name, "policy": policy, "price": {"input_per_million": 1, "output_per_million": 2},
+            "engine": {"kind": "scripted", "model": f"{name}-model", "engine_args": engine_args},
+            "deployment": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.05}}}
+
+
+@pytest.fixture(scope="module")
+def base_url(tmp_path_factory: pytest.TempPathFactory, webhook: str) -> Iterator[str]:
+    import ray
+    from ray import serve
+
+    from services.app import build_app
+
+    redis_server = LocalRedis(port=free_port(), state_dir=tmp_path_factory.mktemp("redis"))
+    redis_url = redis_server.start()
+    settings = CascadeSettings(
+        tiers=[tier("small", "v1", uncertain_marker="What"), tier("large", "accept", delay_s=0.05)],
+        redis_url=redis_url, cache={"enabled": False},
+        server={"ingress": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.05}},
+                "tenants": {"acme": {"api_keys": ["k-acme"], "webhook_url": webhook, "webhook_secret": SECRET},
+                            "small-co": {"api_keys": ["k-small"]}}},
+        queue={"chunk_size": 8, "visibility_timeout_s": 5, "tenant_quota_lines": 450, "retry_backoff_s": 0.05,
+               "consumer": {"num_replicas": 1, "max_ongoing_requests": 2, "ray_actor_options": {"num_cpus": 0.05}}})
+    port = free_port()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app(settings), name="cascade", route_prefix="/")
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+    ray.shutdown()
+    redis_server.stop()
+
+
+def client(base_url: str, key: str = "k-acme") -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{base_url}/v1", api_key=key, max_retries=0)
+
+
+def batch_file(data_dir: Path, n: int, extra: bytes = b"") -> bytes:
+    records = load_qa("squad_v2", data_dir, limit=n)
+    assert len(records) == n, f"the SQuAD 2.0 subset has {len(records)} questions, {n} needed"
+    lines = [orjson.dumps({"custom_id": f"q-{r.id}", "method": "POST", "url": "/v1/completions",
+                           "body": {"model": "cascade", "prompt": r.question, "context": list(r.context)}})
+             for r in records]
+    return b"\n".join(lines) + b"\n" + extra
+
+
+def submit(api: openai.OpenAI, content: bytes) -> Any:
+    uploaded = api.files.create(file=("batch.jsonl", io.BytesIO(content)), purpose="batch")
+    return api.batches.create(input_file_id=uploaded.id, endpoint="/v1/completions", completion_window="24h")
+
+
+def wait(api: openai.OpenAI, batch_id: str, timeout_s: float = 180) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        batch = api.batches.retrieve(batch_id)
+        if batch.status in {"completed", "failed", "cancelled", "expired"}:
+            return batch
+        time.sleep(0.5)
+    raise TimeoutError(f"batch {batch_id} still {batch.status}: {batch.request_counts}")
+
+
+def lines_of(api: openai.OpenAI, file_id: str | None) -> list[dict[str, Any]]:
+    if file_id is None:
+        return []
+    return [orjson.loads(x) for x in api.files.content(file_id).content.splitlines() if x.strip()]
+
+
+def consumer_actors() -> list[Any]:
+    import ray
+
+    return [ray.get_actor(a["name"], namespace=a["namespace"])
+            for a in ray.util.list_named_actors(all_namespaces=True) if "task-consumer" in a["name"]]
+
+
+def test_batch_of_200_squad_questions_answered_exactly_once(base_url: str, data_dir: Path) -> None:
+    api = client(base_url)
+    content = batch_file(data_dir, 200)
+    expected = [orjson.loads(x)["custom_id"] for x in content.splitlines() if x.strip()]
+    batch = wait(api, submit(api, content).id)
+    assert batch.status == "completed" and batch.request_counts.total == 200
+    assert batch.request_counts.completed == 200 and batch.request_counts.failed == 0
+    output = lines_of(api, batch.output_file_id)
+    assert [line["custom_id"] for line in output] == expected, "one line per custom_id, in input order"
+    body = output[0]["response"]["body"]
+    assert output[0]["response"]["status_code"] == 200 and body["object"] == "text_completion"
+    assert body["routing"]["tier"] in {"small", "large"} and body["routing"]["batch_size"] > 1
+    assert {line["response"]["body"]["routing"]["tier"] for line in output} == {"small", "large"}
+
+
+def test_killing_a_consumer_replica_mid_batch_still_answers_exactly_once(base_url: str, data_dir: Path) -> None:
+    import ray
+
+    api = client(base_url)
+    content = batch_file(data_dir, 240)
+    started = submit(api, content)
+    deadline = time.monotonic() + 30
+    while api.batches.retrieve(started.id).request_counts.completed < 16:
+        assert time.monotonic() < deadline, "the batch did not start"
+        time.sleep(0.1)
+    [actor] = consumer_actors()
+    ray.kill(actor, no_restart=False)
+    batch = wait(api, started.id, timeout_s=240)
+    assert batch.status == "completed"
+    output = lines_of(api, batch.output_file_id)
+    ids = [line["custom_id"] for line in output]
+    assert len(ids) == len(set(ids)) == 240 and batch.request_counts.completed == 240
+
+
+def test_malformed_lines_land_in_the_error_file(base_url: str, data_dir: Path) -> None:
+    api = client(base_url)
+    bad = b"\n".join([
+        b"{not json",
+        orjson.dumps({"custom_id": "no-body", "method": "POST", "url": "/v1/completions"}),
+        orjson.dumps({"custom_id": "wrong-url", "method": "POST", "url": "/v1/embeddings", "body": {"prompt": "x"}}),
+        orjson.dumps({"custom_id": "bad-temp", "method": "POST", "url": "/v1/completions",
+                      "body": {"prompt": "x", "temperature": 9}}),
+    ])
+    batch = wait(api, submit(api, batch_file(data_dir, 10) + bad).id)
+    assert batch.status == "completed" and batch.request_counts.completed == 10
+    assert batch.request_counts.failed == 4
+    errors = {line["custom_id"]: line for line in lines_of(api, batch.error_file_id)}
+    assert set(errors) == {"line-11", "no-body", "wrong-url", "bad-temp"}
+    assert errors["wrong-url"]["error"]["code"] == "invalid_url"
+    assert "temperature" in errors["bad-temp"]["error"]["message"]
+    assert errors["bad-temp"]["response"]["status_code"] == 400
+    assert len(lines_of(api, batch.output_file_id)) == 10
+
+
+def test_cancel_stops_the_remaining_work(base_url: str, data_dir: Path) -> None:
+    api = client(base_url)
+    started = submit(api, batch_file(data_dir, 400))
+    deadline = time.monotonic() + 30
+    while api.batches.retrieve(started.id).request_counts.completed < 8:
+        assert time.monotonic() < deadline, "the batch did not start"
+        time.sleep(0.05)
+    cancelling = api.batches.cancel(started.id)
+    assert cancelling.status in {"cancelling", "cancelled"}
+    batch = wait(api, started.id)
+    assert batch.status == "cancelled" and batch.cancelled_at is not None
+    answered = len(lines_of(api, batch.output_file_id))
+    assert answered == batch.request_counts.completed < 400
+
+
+def test_queued_work_over_the_tenant_quota_is_429(base_url: str, data_dir: Path) -> None:
+    api = client(base_url, "k-small")
+    uploaded = api.files.create(file=("big.jsonl", io.BytesIO(batch_file(data_dir, 460))), purpose="batch")
+    with pytest.raises(openai.RateLimitError) as raised:
+        api.batches.create(input_file_id=uploaded.id, endpoint="/v1/completions", completion_window="24h")
+    assert raised.value.response.headers["retry-after"] == "60"
+
+
+def test_batch_input_errors_are_4xx(base_url: str) -> None:
+    api = client(base_url)
+    with pytest.raises(openai.NotFoundError):
+        api.batches.create(input_file_id="file-missing", endpoint="/v1/completions", completion_window="24h")
+    duplicate = orjson.dumps({"custom_id": "a", "method": "POST", "url": "/v1/completions", "body": {"prompt": "x"}})
+    uploaded = api.files.create(file=("dup.jsonl", io.BytesIO(duplicate + b"\n" + duplicate)), purpose="batch")
+    with pytest.raises(openai.BadRequestError, match="unique"):
+        api.batches.create(input_file_id=uploaded.id, endpoint="/v1/completions", completion_window="24h")
+    with pytest.raises(openai.NotFoundError):
+        client(base_url, "k-small").files.content(uploaded.id)
+
+
+def test_progressive_answer_by_polling_and_by_signed_webhook(base_url: str) -> None:
+    Receiver.received.clear()
+    headers = {"Authorization": "Bearer k-acme"}
+    provisional = httpx.post(f"{base_url}/v1/chat/completions", headers=headers, timeout=30, json={
+        "messages": [{"role": "user", "content": "What is escalated here?"}], "progressive": True}).json()
+    routing = provisional["routing"]
+    assert routing["provisional"] is True and routing["tier"] == "small" and routing["job_id"]
+    assert provisional["choices"][0]["message"]["content"] == "What"
+    deadline = time.monotonic() + 30
+    job_url = f"{base_url}/v1/jobs/{routing['job_id']}"
+    while (job := httpx.get(job_url, headers=headers).json())["status"] != "completed":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert job["response"]["routing"]["tier"] == "large"
+    while not Receiver.received:
+        assert time.monotonic() < deadline, "the webhook was not called"
+        time.sleep(0.1)
+    sent_headers, body = Receiver.received[0]
+    expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+    assert sent_headers["X-Cascade-Signature"] == expected
+    assert orjson.loads(body)["job_id"] == routing["job_id"]
+    accepted = httpx.post(f"{base_url}/v1/chat/completions", headers=headers, json={
+        "messages": [{"role": "user", "content": "Paris is where?"}], "progressive": True}).json()
+    assert accepted["routing"]["provisional"] is False and accepted["routing"]["job_id"] is None
+    assert httpx.get(f"{base_url}/v1/jobs/{routing['job_id']}",
+                     headers={"Authorization": "Bearer k-small"}).status_code == 404
+
+
+def test_progressive_stream_ends_with_the_final_answer(base_url: str) -> None:
+    with httpx.stream("POST", f"{base_url}/v1/chat/completions", headers={"Authorization": "Bearer k-acme"},
+                      json={"messages": [{"role": "user", "content": "What streams?"}], "progressive": True,
+                            "stream": True}, timeout=60) as response:
+        events = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    first, final = orjson.loads(events[0]), orjson.loads(events[-2])
+    assert first["routing"]["provisional"] is True
+    assert final["object"] == "cascade.job" and final["status"] == "completed"
+    assert final["response"]["routing"]["tier"] == "large"
