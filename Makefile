@@ -39,6 +39,7 @@ bench: setup
 	$(BIN)/python -m tests.benchmarks.bench_signals
 	$(BIN)/python -m tests.benchmarks.bench_cache
 	$(BIN)/python -m tests.benchmarks.bench_serve
+	$(BIN)/python -m tests.benchmarks.bench_batch
 
 k8s-generate: setup-cpu        ## regenerate each overlay's serveConfigV2 patch from its cascade.yaml
 	for overlay in k8s/overlays/*/; do \

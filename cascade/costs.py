@@ -31,12 +31,18 @@ class ModelPrice(BaseModel):
                   + np.asarray(completion_tokens, np.float64) * self.output_per_million) / 1e6
         return tokens + np.asarray(seconds, np.float64) * self.per_gpu_second * self.gpus
 
-    def cost_of(self, generations: Sequence[Generation]) -> np.ndarray:
-        """Dollars for each generation of a batch, from its token counts and engine time."""
+    def cost_of(self, generations: Sequence[Generation], call_seconds: float | None = None) -> np.ndarray:
+        """Dollars for each generation of a batch, from its token counts and pool time: with
+        ``call_seconds`` (the batched call's wall time) the pool's time is shared equally by the batch,
+        as a GPU serving the batch in parallel is busy once for all of it; without, each generation's
+        own engine time."""
         count = len(generations)
         prompt = np.fromiter((g.prompt_tokens for g in generations), np.int64, count)
         completion = np.fromiter((g.completion_tokens for g in generations), np.int64, count)
-        seconds = np.fromiter(((g.prompt_ms + g.decode_ms) / 1000 for g in generations), np.float64, count)
+        if call_seconds is not None and count:
+            seconds = np.full(count, call_seconds / count)
+        else:
+            seconds = np.fromiter(((g.prompt_ms + g.decode_ms) / 1000 for g in generations), np.float64, count)
         return self.cost(prompt, completion, seconds)
 
 

@@ -255,6 +255,24 @@ class Router:
             await self._run_tier([trail], trail.next_tier)
         return trail.result
 
+    async def finish_together(self, trails: Sequence[Trail]) -> list[RoutedAnswer | Exception]:
+        """Throughput mode (batch jobs): escalated trails go on tier by tier as batches, one call per
+        tier for all of them; returns each trail's answer or the error that stopped it."""
+        failed: dict[int, Exception] = {}
+        pending = [t for t in trails if t.result is None and t.rejected is None]
+        while pending:
+            for trail in [t for t in pending if t.next_tier >= len(self.tiers)]:
+                try:
+                    trail.result = self._fallback(trail)
+                except AllTiersFailedError as error:
+                    failed[id(trail)] = error
+            pending = [t for t in pending if t.result is None and id(t) not in failed]
+            starts = np.array([t.next_tier for t in pending], np.int64)
+            groups = [[pending[i] for i in np.flatnonzero(starts == index)] for index in np.unique(starts)]
+            await asyncio.gather(*(self._run_tier(group, group[0].next_tier) for group in groups))
+            pending = [t for t in pending if t.result is None and t.rejected is None and id(t) not in failed]
+        return [t.result if t.result is not None else t.rejected or failed[id(t)] for t in trails]
+
     async def _run_tier(self, trails: list[Trail], index: int) -> None:
         tier = self.tiers[index]
         started = time.perf_counter()
@@ -300,7 +318,7 @@ class Router:
         decision = self.cascade.decide(index, signals)
         escalate, live = self._live_decision(trails, index, decision.confidence, decision.escalate)
         escalate, held = self._controlled(trails, index, decision.confidence, escalate)
-        costs = tier.price.cost_of(generations)
+        costs = tier.price.cost_of(generations, call_seconds=generated_ms / 1000)
         scored_ms = (time.perf_counter() - scoring_started) * 1000
         for i, (trail, generation) in enumerate(zip(trails, generations, strict=True)):
             confidence = float(decision.confidence[i])

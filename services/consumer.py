@@ -66,9 +66,10 @@ class RoutingConsumer:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
 
     async def _route(self, queries: Sequence[Query]) -> list[RoutedAnswer | BaseException]:
-        """Route a chunk as one batch (the throughput mode); an answer or the error, per query."""
+        """Route a chunk in throughput mode: the first tier and every escalation tier as one batch each;
+        an answer or the error, per query."""
         trails = await self.router.begin(queries)
-        outcomes = await asyncio.gather(*(self.router.finish(t) for t in trails), return_exceptions=True)
+        outcomes = await self.router.finish_together(trails)
         await self.router.record([t for t in trails if t.result is not None])
         return list(outcomes)
 

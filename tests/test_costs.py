@@ -26,6 +26,15 @@ def test_self_hosted_pools_pay_per_gpu_second() -> None:
     assert costs.tolist() == pytest.approx([1.5 * 0.002, 0.5 * 0.002])
 
 
+def test_a_batched_call_shares_its_pool_time() -> None:
+    pool = ModelPrice(per_gpu_second=0.001, gpus=1, output_per_million=1.0)
+    batch = [generation(100, 10, 900.0), generation(50, 1_000_000, 900.0), generation(10, 0, 900.0)]
+    costs = pool.cost_of(batch, call_seconds=0.9)
+    assert costs.tolist() == pytest.approx([0.3 * 0.001 + 1e-5, 0.3 * 0.001 + 1.0, 0.3 * 0.001])
+    alone = pool.cost_of(batch[:1], call_seconds=0.9)
+    assert float(alone[0]) > float(costs[0]), "the same call time shared by more queries costs each less"
+
+
 def test_prices_cannot_be_negative() -> None:
     with pytest.raises(ValueError, match="greater than or equal to 0"):
         ModelPrice(input_per_million=-1)

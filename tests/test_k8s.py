@@ -56,7 +56,7 @@ def test_prod_overlay_has_gpu_worker_groups_and_the_generated_serve_config(prod:
     serve = yaml.safe_load(service["spec"]["serveConfigV2"])
     deployments = {d["name"]: d for d in serve["applications"][0]["deployments"]}
     assert deployments["pool-small"]["ray_actor_options"]["num_gpus"] == 1
-    assert {"router", "pool-small", "pool-large", "threshold-controller"} == set(deployments)
+    assert {"router", "pool-small", "pool-large", "threshold-controller", "task-consumer"} == set(deployments)
     kinds = {d["kind"] for d in prod}
     assert {"StatefulSet", "Service", "Deployment", "ConfigMap", "RayService"} <= kinds
 

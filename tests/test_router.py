@@ -153,3 +153,24 @@ def test_router_rejects_duplicate_tier_names() -> None:
 def test_bad_queries_are_rejected_with_the_field_named(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Query.model_validate(kwargs)
+
+
+async def test_throughput_mode_sends_every_escalation_in_one_call() -> None:
+    large = ScriptedEngine("large-model", large_script)
+    router = two_tier_router(large=large)
+    batch = queries(12)
+    trails = await router.first_pass(batch)
+    escalated = [t.query.id for t in trails if t.result is None]
+    outcomes = await router.finish_together(trails)
+    assert large.calls == [escalated], "one batched large call for all escalations"
+    assert [o.request_id for o in outcomes if not isinstance(o, Exception)] == [q.id for q in batch]
+    one_by_one = await two_tier_router().route(batch)
+    assert [o.tier for o in outcomes if not isinstance(o, Exception)] == [a.tier for a in one_by_one]
+
+
+async def test_throughput_mode_reports_failures_per_query() -> None:
+    broken = ScriptedEngine("small-model", small_script, failure=RuntimeError("down"))
+    down = ScriptedEngine("large-model", large_script, failure=RuntimeError("down"))
+    router = two_tier_router(broken, down)
+    outcomes = await router.finish_together(await router.first_pass(queries(3)))
+    assert len(outcomes) == 3 and all(isinstance(o, AllTiersFailedError) for o in outcomes)

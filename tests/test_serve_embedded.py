@@ -107,7 +107,7 @@ def test_print_config_is_a_serve_config_for_the_same_settings(tmp_path: Path) ->
     config = yaml.safe_load(result.stdout)
     [application] = config["applications"]
     assert application["import_path"] == "services.app:app_from_args"
-    assert [d["name"] for d in application["deployments"]] == ["router", "pool-small", "pool-large"]
+    assert [d["name"] for d in application["deployments"]] == ["router", "pool-small", "pool-large", "task-consumer"]
     assert application["deployments"][1]["autoscaling_config"]["max_replicas"] >= 1
 
     from ray.serve.schema import ServeDeploySchema
