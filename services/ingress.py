@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mappi
 from typing import Annotated, Any
 
 import orjson
+import redis
 from fastapi import FastAPI, File, Form, Header, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -74,6 +75,13 @@ def _field(location: Sequence[int | str]) -> str:
 @api.exception_handler(ApiError)
 async def _api_error(request: Request, error: ApiError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+@api.exception_handler(redis.RedisError)
+async def _store_down(request: Request, error: redis.RedisError) -> JSONResponse:
+    message = f"the batch and job store (Redis) is unreachable: {type(error).__name__}"
+    return JSONResponse(ApiError(503, message, kind="service_unavailable").body(), status_code=503,
+                        headers={"Retry-After": "10"})
 
 
 @api.exception_handler(RequestValidationError)
@@ -138,7 +146,10 @@ class RouterIngress:
             self._require_queue()
             for i, trail in enumerate(trails):
                 if trail.result is None and trail.best is not None and trail.rejected is None:
-                    jobs[i] = await self._start_job(trail)
+                    try:
+                        jobs[i] = await self._start_job(trail)
+                    except (redis.RedisError, OSError) as error:  # no queue: answer in full, now
+                        log.warning("progressive job not queued, finishing in the request: %s", error)
         try:
             answers = await asyncio.gather(*(self.router.finish(t) for t in trails))
         except PromptTooLongError as error:
