@@ -113,3 +113,38 @@ def test_print_config_is_a_serve_config_for_the_same_settings(tmp_path: Path) ->
     from ray.serve.schema import ServeDeploySchema
 
     ServeDeploySchema.model_validate(config)
+
+
+def test_batch_job_and_progressive_answer_with_the_real_models(served: tuple[str, int]) -> None:
+    url, _ = served
+    api = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=300)
+    questions = {"finished": "When was the Eiffel Tower finished?", "height": "How tall is the Eiffel Tower?",
+                 "city": "In which city is the Eiffel Tower?"}
+    lines = b"\n".join(json.dumps({"custom_id": key, "method": "POST", "url": "/v1/chat/completions",
+                                   "body": {"messages": [{"role": "user", "content": q}], "context": [CONTEXT]}}
+                                  ).encode() for key, q in questions.items())
+    uploaded = api.files.create(file=("eiffel.jsonl", lines), purpose="batch")
+    batch = api.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+    deadline = time.monotonic() + 300
+    while batch.status not in {"completed", "failed", "cancelled"}:
+        assert time.monotonic() < deadline, batch
+        time.sleep(1)
+        batch = api.batches.retrieve(batch.id)
+    assert batch.status == "completed" and batch.request_counts.completed == 3, batch
+    assert batch.output_file_id is not None
+    content = api.files.content(batch.output_file_id).text
+    output = {line["custom_id"]: line for line in map(json.loads, content.splitlines())}
+    assert set(output) == set(questions)
+    assert "1889" in output["finished"]["response"]["body"]["choices"][0]["message"]["content"]
+    assert {o["response"]["body"]["routing"]["model"] for o in output.values()} <= {"smollm2", "gemma3-270m"}
+
+    reply = httpx.post(f"{url}/v1/chat/completions", timeout=300, json={
+        "messages": [{"role": "user", "content": "Who designed the tower?"}], "context": [CONTEXT],
+        "progressive": True, "routing": {"threshold": 1.0}, "max_tokens": 12}).json()
+    routing = reply["routing"]
+    assert routing["provisional"] and routing["model"] == "smollm2", "a threshold of 1 escalates every answer"
+    while (job := httpx.get(f"{url}/v1/jobs/{routing['job_id']}").json())["status"] != "completed":
+        assert time.monotonic() < deadline
+        time.sleep(1)
+    assert job["response"]["routing"]["model"] == "gemma3-270m"
+    assert job["response"]["choices"][0]["message"]["content"]
