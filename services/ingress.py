@@ -93,7 +93,11 @@ async def _invalid_request(request: Request, error: RequestValidationError) -> J
 
 
 class RouterIngress:
-    """Serves the OpenAI API over the core router, whose tiers are the model pools' handles."""
+    """Serves the OpenAI API over the core router, whose tiers are the model pools' handles.
+
+    ``controller`` and ``consumer`` are the threshold-controller and task-consumer deployments when
+    configured: bound here so that Serve deploys them with the app (the controller's state shows in
+    /healthz; the consumer is reached through the Redis queue, not its handle)."""
 
     async def __init__(self, settings: dict[str, Any], pools: dict[str, Any],  # type: ignore[misc]
                        controller: Any = None, consumer: Any = None) -> None:
@@ -113,9 +117,9 @@ class RouterIngress:
             max_batch_size=256, batch_wait_timeout_s=0.05)(self._record_batch)
         self._background: set[asyncio.Task[None]] = set()
         self._in_flight = 0
-        queued = server.use_redis and self.settings.queue.enabled and self.settings.redis_url is not None
-        self.store = BatchStore(self.settings.redis_url) if queued and self.settings.redis_url else None
-        self.tasks = TaskQueue(self.settings) if queued else None
+        redis_url = self.settings.redis_url if server.use_redis and self.settings.queue.enabled else None
+        self.store = BatchStore(redis_url) if redis_url else None
+        self.tasks = TaskQueue(self.settings) if redis_url else None
         self._records = self.router.cache is not None or self.router.feedback is not None
 
     async def _record_batch(self, trails: list[Trail]) -> list[None]:
