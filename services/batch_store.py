@@ -64,6 +64,8 @@ class BatchStore:
         pipe.set(self._key("batch", batch["id"]), orjson.dumps(batch))
         pipe.rpush(self._key("batch", batch["id"], "lines"), *lines)
         pipe.set(self._key("batch", batch["id"], "chunks"), chunks)
+        pipe.set(self._key("batch", batch["id"], "progress_at"), time.time())
+        pipe.sadd(self._key("active"), batch["id"])
         pipe.execute()
         return True
 
@@ -105,6 +107,7 @@ class BatchStore:
         """Count the chunk done (idempotent); True when it was the last one."""
         if self.client.sadd(self._key("batch", batch_id, "done"), chunk):
             self.client.decrby(self._key("queued", tenant), lines)
+            self.client.set(self._key("batch", batch_id, "progress_at"), time.time())
         total = int(self.client.get(self._key("batch", batch_id, "chunks")) or 0)
         return int(self.client.scard(self._key("batch", batch_id, "done"))) >= total
 
@@ -125,7 +128,25 @@ class BatchStore:
 
     def finalize(self, batch_id: str) -> bool:
         """Claim the right to write the output files once; False if another run already did."""
-        return bool(self.client.set(self._key("batch", batch_id, "finalized"), 1, nx=True))
+        claimed = bool(self.client.set(self._key("batch", batch_id, "finalized"), 1, nx=True))
+        self.client.srem(self._key("active"), batch_id)
+        return claimed
+
+    def active(self) -> list[str]:
+        """Batches not finalized yet."""
+        return sorted(x.decode() for x in self.client.smembers(self._key("active")))
+
+    def stalled_chunks(self, batch_id: str, after_s: float) -> list[int]:
+        """Chunks not done of a batch that has made no progress for ``after_s`` seconds, claimed for
+        re-queueing at most once per ``after_s`` (by whichever replica asks first); else none."""
+        progress = self.client.get(self._key("batch", batch_id, "progress_at"))
+        if progress is None or time.time() - float(progress) < after_s:
+            return []
+        if not self.client.set(self._key("batch", batch_id, "requeue"), 1, nx=True, ex=max(1, int(after_s))):
+            return []
+        total = int(self.client.get(self._key("batch", batch_id, "chunks")) or 0)
+        done = {int(x) for x in self.client.smembers(self._key("batch", batch_id, "done"))}
+        return [chunk for chunk in range(total) if chunk not in done]
 
     def save_job(self, job: dict[str, Any]) -> None:
         self.client.set(self._key("job", job["id"]), orjson.dumps(job), ex=7 * 24 * 3600)

@@ -120,7 +120,25 @@ class RouterIngress:
         redis_url = self.settings.redis_url if server.use_redis and self.settings.queue.enabled else None
         self.store = BatchStore(redis_url) if redis_url else None
         self.tasks = TaskQueue(self.settings) if redis_url else None
+        self._sweeper = asyncio.create_task(self._sweep_stalled_batches()) if redis_url else None
         self._records = self.router.cache is not None or self.router.feedback is not None
+
+    async def _sweep_stalled_batches(self) -> None:
+        """Re-queue the unfinished chunks of batches that stopped progressing (a task lost with its
+        replica before the broker redelivered it); chunks run idempotently, so a chunk that was only
+        slow costs a repeat, never a duplicate line."""
+        assert self.store is not None and self.tasks is not None
+        after = float(self.settings.queue.visibility_timeout_s)
+        while True:
+            await asyncio.sleep(max(1.0, after / 2))
+            try:
+                for batch_id in await asyncio.to_thread(self.store.active):
+                    for chunk in await asyncio.to_thread(self.store.stalled_chunks, batch_id, after):
+                        log.warning("batch %s chunk %d made no progress for %.0f s; queueing it again",
+                                    batch_id, chunk, after)
+                        await asyncio.to_thread(self.tasks.route_chunk, batch_id, chunk)
+            except (redis.RedisError, OSError) as error:
+                log.warning("stalled-batch sweep skipped: %s", error)
 
     async def _record_batch(self, trails: list[Trail]) -> list[None]:
         await self.router.record(trails)
@@ -399,5 +417,7 @@ class RouterIngress:
         return self.router.feedback.buffered if self.router.feedback is not None else 0
 
     async def __del__(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         await self.router.close()

@@ -22,6 +22,7 @@ import pytest
 from cascade.config import CascadeSettings
 from cascade.local_redis import LocalRedis
 from pipelines.datasets import load_qa
+from services.batch_store import BatchStore
 from tests.conftest import free_port
 
 SECRET = "webhook-secret"
@@ -57,14 +58,19 @@ def tier(name: str, policy: str, **engine_args: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def base_url(tmp_path_factory: pytest.TempPathFactory, webhook: str) -> Iterator[str]:
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    redis_server = LocalRedis(port=free_port(), state_dir=tmp_path_factory.mktemp("redis"))
+    yield redis_server.start()
+    redis_server.stop()
+
+
+@pytest.fixture(scope="module")
+def base_url(redis_url: str, webhook: str) -> Iterator[str]:
     import ray
     from ray import serve
 
     from services.app import build_app
 
-    redis_server = LocalRedis(port=free_port(), state_dir=tmp_path_factory.mktemp("redis"))
-    redis_url = redis_server.start()
     settings = CascadeSettings(
         tiers=[tier("small", "v1", uncertain_marker="What"), tier("large", "accept", delay_s=0.05)],
         redis_url=redis_url, cache={"enabled": False},
@@ -80,7 +86,6 @@ def base_url(tmp_path_factory: pytest.TempPathFactory, webhook: str) -> Iterator
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
     ray.shutdown()
-    redis_server.stop()
 
 
 def client(base_url: str, key: str = "k-acme") -> openai.OpenAI:
@@ -251,3 +256,17 @@ def test_progressive_stream_ends_with_the_final_answer(base_url: str) -> None:
     assert first["routing"]["provisional"] is True
     assert final["object"] == "cascade.job" and final["status"] == "completed"
     assert final["response"]["routing"]["tier"] == "large"
+
+
+def test_stalled_batches_give_back_their_unfinished_chunks_once(redis_url: str) -> None:
+    store = BatchStore(redis_url)
+    batch = {"id": "batch-stall", "tenant": "t", "request_counts": {"total": 3}}
+    assert store.create_batch(batch, [b"a", b"b", b"c"], chunks=3, quota=10)
+    assert store.stalled_chunks("batch-stall", after_s=60) == [], "it has just started"
+    store.chunk_done("batch-stall", 0, "t", 1)
+    store.client.set("cascade:batchapi:batch:batch-stall:progress_at", time.time() - 120)
+    assert store.stalled_chunks("batch-stall", after_s=60) == [1, 2]
+    assert store.stalled_chunks("batch-stall", after_s=60) == [], "claimed once per interval"
+    assert "batch-stall" in store.active()
+    assert store.finalize("batch-stall") and "batch-stall" not in store.active()
+    store.close()
