@@ -228,10 +228,14 @@ class Router:
         if self.thresholds is not None:
             await self.thresholds.refresh()
             self.telemetry.record_thresholds(self.thresholds.values)
+        await self._run_by_tier(trails)
+        return trails
+
+    async def _run_by_tier(self, trails: Sequence[Trail]) -> None:
+        """One batched call per tier that some of ``trails`` are due at, concurrently."""
         starts = np.array([t.next_tier for t in trails], np.int64)
         groups = [[trails[i] for i in np.flatnonzero(starts == index)] for index in np.unique(starts)]
         await asyncio.gather(*(self._run_tier(group, group[0].next_tier) for group in groups))
-        return trails
 
     def provisional(self, trail: Trail) -> RoutedAnswer:
         """The answer an unfinished trail has so far, for progressive answers (the final one follows)."""
@@ -267,9 +271,7 @@ class Router:
                 except AllTiersFailedError as error:
                     failed[id(trail)] = error
             pending = [t for t in pending if t.result is None and id(t) not in failed]
-            starts = np.array([t.next_tier for t in pending], np.int64)
-            groups = [[pending[i] for i in np.flatnonzero(starts == index)] for index in np.unique(starts)]
-            await asyncio.gather(*(self._run_tier(group, group[0].next_tier) for group in groups))
+            await self._run_by_tier(pending)
             pending = [t for t in pending if t.result is None and t.rejected is None and id(t) not in failed]
         return [t.result if t.result is not None else t.rejected or failed[id(t)] for t in trails]
 

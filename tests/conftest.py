@@ -7,8 +7,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -103,3 +105,41 @@ def openai_server() -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A local Redis 8 with search for the module, started through the launcher."""
+    from cascade.local_redis import LocalRedis
+
+    server = LocalRedis(port=free_port(), state_dir=tmp_path_factory.mktemp("redis"))
+    yield server.start()
+    server.stop()
+
+
+@contextmanager
+def serve_apps(apps: Mapping[str, Any], timeout_s: float = 180.0) -> Iterator[str]:
+    """A local Ray Serve with one application per route prefix (settings by prefix, "" for "/"),
+    yielding the base URL once every application's /healthz answers 200."""
+    import ray
+    from ray import serve
+
+    from services.app import build_app
+
+    port = free_port()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        for prefix, settings in apps.items():
+            serve.run(build_app(settings), name=prefix or "cascade", route_prefix=f"/{prefix}", blocking=False)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + timeout_s
+        for prefix in apps:
+            health = f"{url}/{prefix}/healthz" if prefix else f"{url}/healthz"
+            while httpx.get(health, timeout=5).status_code != 200:
+                assert time.monotonic() < deadline, f"application {prefix or '/'} did not start"
+                time.sleep(0.5)
+        yield url
+    finally:
+        serve.shutdown()
+        ray.shutdown()

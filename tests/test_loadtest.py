@@ -7,19 +7,17 @@ import json
 import math
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from cascade.config import CascadeSettings
 from loadtest.driver import check_target
 from loadtest.plan import plan_capacity
 from loadtest.workload import parse_mix, sample_workload
-from tests.conftest import free_port
+from tests.conftest import serve_apps
 
 
 def tier(name: str, policy: str, price: float, **engine_args: Any) -> dict[str, Any]:
@@ -30,26 +28,11 @@ def tier(name: str, policy: str, price: float, **engine_args: Any) -> dict[str, 
 
 @pytest.fixture(scope="module")
 def deployment() -> Iterator[str]:
-    import ray
-    from ray import serve
-
-    from services.app import build_app
-
     settings = CascadeSettings(
         tiers=[tier("small", "v1", 0.1, uncertain_marker="the"), tier("large", "accept", 1.0, delay_s=0.02)],
         server={"use_redis": False, "ingress": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.05}}})
-    port = free_port()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(settings), name="cascade", route_prefix="/")
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while httpx.get(f"{url}/healthz", timeout=5).status_code != 200:
-        assert time.monotonic() < deadline
-        time.sleep(0.5)
-    yield url
-    serve.shutdown()
-    ray.shutdown()
+    with serve_apps({"": settings}) as url:
+        yield url
 
 
 def cascade(*args: str) -> subprocess.CompletedProcess[str]:

@@ -20,10 +20,9 @@ import orjson
 import pytest
 
 from cascade.config import CascadeSettings
-from cascade.local_redis import LocalRedis
 from pipelines.datasets import load_qa
 from services.batch_store import BatchStore
-from tests.conftest import free_port
+from tests.conftest import free_port, serve_apps
 
 SECRET = "webhook-secret"
 
@@ -58,19 +57,7 @@ def tier(name: str, policy: str, **engine_args: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    redis_server = LocalRedis(port=free_port(), state_dir=tmp_path_factory.mktemp("redis"))
-    yield redis_server.start()
-    redis_server.stop()
-
-
-@pytest.fixture(scope="module")
 def base_url(redis_url: str, webhook: str) -> Iterator[str]:
-    import ray
-    from ray import serve
-
-    from services.app import build_app
-
     settings = CascadeSettings(
         tiers=[tier("small", "v1", uncertain_marker="What"), tier("large", "accept", delay_s=0.05)],
         redis_url=redis_url, cache={"enabled": False},
@@ -79,13 +66,8 @@ def base_url(redis_url: str, webhook: str) -> Iterator[str]:
                             "small-co": {"api_keys": ["k-small"]}}},
         queue={"chunk_size": 8, "visibility_timeout_s": 5, "tenant_quota_lines": 450, "retry_backoff_s": 0.05,
                "consumer": {"num_replicas": 1, "max_ongoing_requests": 2, "ray_actor_options": {"num_cpus": 0.05}}})
-    port = free_port()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(settings), name="cascade", route_prefix="/")
-    yield f"http://127.0.0.1:{port}"
-    serve.shutdown()
-    ray.shutdown()
+    with serve_apps({"": settings}) as url:
+        yield url
 
 
 def client(base_url: str, key: str = "k-acme") -> openai.OpenAI:

@@ -15,9 +15,8 @@ import pytest
 
 from cascade.cache import CacheConfig
 from cascade.config import CascadeSettings
-from cascade.local_redis import LocalRedis
 from cascade.thresholds import ControllerConfig, ThresholdTarget
-from tests.conftest import free_port
+from tests.conftest import serve_apps
 
 SLOW_LLM_S = 1.5
 
@@ -67,34 +66,9 @@ def controlled(redis_url: str) -> CascadeSettings:
 
 
 @pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = LocalRedis(port=free_port(), state_dir=tmp_path_factory.mktemp("redis"))
-    yield server.start()
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def base_url(redis_url: str) -> Iterator[str]:
-    import ray
-    from ray import serve
-
-    from services.app import build_app
-
-    port = free_port()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    apps = {**SCENARIOS, "controlled": controlled(redis_url)}
-    for name, settings in apps.items():
-        serve.run(build_app(settings), name=name, route_prefix=f"/{name}", blocking=False)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    for name in apps:
-        while httpx.get(f"{url}/{name}/healthz", timeout=5).status_code != 200:
-            assert time.monotonic() < deadline, f"application {name} did not start"
-            time.sleep(0.5)
-    yield url
-    serve.shutdown()
-    ray.shutdown()
+    with serve_apps({**SCENARIOS, "controlled": controlled(redis_url)}) as url:
+        yield url
 
 
 def client(base_url: str, app: str = "main", key: str = "key-basic") -> openai.OpenAI:

@@ -3,7 +3,7 @@ the cache and feedback stages run on a real local Redis."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +19,11 @@ from cascade.cache import CacheConfig, SemanticCache
 from cascade.costs import ModelPrice
 from cascade.engines.scripted import ScriptedEngine
 from cascade.feedback import FeedbackLog
-from cascade.local_redis import LocalRedis
 from cascade.policies import PRESETS, AcceptAllPolicy
 from cascade.router import Router, Tier
 from cascade.schemas import Query
 from cascade.telemetry import Telemetry, carrier, continued
-from tests.conftest import free_port
 from tests.test_router import large_script, small_script
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = LocalRedis(port=free_port(), state_dir=tmp_path_factory.mktemp("redis"))
-    yield server.start()
-    server.stop()
 
 
 @pytest.fixture
