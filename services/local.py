@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import httpx
 
@@ -20,13 +25,17 @@ def local_settings(settings: CascadeSettings) -> CascadeSettings:
 
 
 def start_ray(num_cpus: int | None = None, *, quiet: bool = False) -> None:
-    """Local Ray without the dashboard or usage reporting, unless one is already connected."""
+    """Local Ray on loopback, without the dashboard or usage reporting, unless one is already connected;
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1`` in the environment lets it listen on the node's address."""
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # A one-machine cluster: Ray then binds every socket (GCS, raylet, workers, agents) to loopback.
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     if not ray.is_initialized():
-        ray.init(num_cpus=num_cpus or max(2, os.cpu_count() or 2), include_dashboard=False,
-                 log_to_driver=not quiet, configure_logging=not quiet)
+        keep_python_signal_handlers(lambda: ray.init(
+            num_cpus=num_cpus or max(2, os.cpu_count() or 2), include_dashboard=False,
+            log_to_driver=not quiet, configure_logging=not quiet))
 
 
 def serve_locally(settings: CascadeSettings, *, host: str | None = None, port: int | None = None,
@@ -46,8 +55,14 @@ def serve_locally(settings: CascadeSettings, *, host: str | None = None, port: i
     return url
 
 
+class ServeStartError(RuntimeError):
+    """The app cannot become healthy: its health check refused, or a deployment failed."""
+
+
 def wait_until_healthy(url: str, timeout_s: float) -> None:
-    """Poll ``/healthz`` until it answers 200."""
+    """Poll ``/healthz`` until it answers 200. A 4xx answer (the app itself refuses) or a deployment
+    that Serve reports as failed (a replica died, a constructor raised) stops the wait at once with
+    that answer or error, instead of waiting out the time-out."""
     deadline = time.monotonic() + timeout_s
     last = "no answer"
     while time.monotonic() < deadline:
@@ -55,11 +70,61 @@ def wait_until_healthy(url: str, timeout_s: float) -> None:
             response = httpx.get(f"{url}/healthz", timeout=5)
             if response.status_code == 200:
                 return
-            last = f"{response.status_code} {response.text[:200]}"
+            last = f"{response.status_code} {response.text[:500]}"
+            if 400 <= response.status_code < 500:
+                raise ServeStartError(f"{url}/healthz answered {last}")
         except httpx.HTTPError as error:
             last = str(error)
+        failure = failed_deployments()
+        if failure:
+            raise ServeStartError(f"the app failed to start: {failure}")
         time.sleep(0.5)
     raise TimeoutError(f"{url} did not become healthy within {timeout_s:.0f} s: {last}")
+
+
+def failed_deployments() -> str | None:
+    """What Serve says about deployments that failed or went unhealthy, if any."""
+    import ray
+    from ray import serve
+
+    if not ray.is_initialized():
+        return None
+    try:
+        applications = serve.status().applications
+    except Exception:  # the controller is not up yet: nothing has failed
+        return None
+    problems = [f"{name}: {deployment.status.value} {deployment.message.strip()[:2000]}"
+                for app in applications.values() for name, deployment in app.deployments.items()
+                if deployment.status.value in {"DEPLOY_FAILED", "UNHEALTHY"}]
+    return "; ".join(problems) or None
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While the block runs, SIGTERM stops the process the way Ctrl-C does (KeyboardInterrupt)."""
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def keep_python_signal_handlers(start: Callable[[], object]) -> None:
+    """Run ``start`` (``ray.init``), then give SIGINT and SIGTERM back to Python: Ray installs a
+    fatal-signal handler over them that prints a stack trace for a plain stop request, and replaces
+    a handler the caller had installed. A handler installed before is restored, otherwise Ray's own
+    Python handler (which shuts Ray down on exit) stays."""
+    if threading.current_thread() is not threading.main_thread():
+        start()
+        return
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    start()
+    for signum, handler in before.items():
+        ours = callable(handler) and handler is not signal.default_int_handler
+        signal.signal(signum, handler if ours else signal.getsignal(signum))
 
 
 def stop_locally() -> None:

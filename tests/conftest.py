@@ -21,6 +21,48 @@ os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 DATA_DIR = Path(os.environ.get("CASCADE_DATA_DIR", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
+CASCADE = str(Path(sys.executable).with_name("cascade"))  # the console script, as a user runs it
+
+# Which llama.cpp numerics the model-dependent tests run with (`make test` runs them under both):
+# "default" is the product's default (extra buffer types off); "alternate" turns flash attention on
+# and, on CPUs without AMX, llama.cpp's extra buffer types (weight repacking) too. On AMX CPUs those
+# buffer types select the AMX kernels that crash (see cascade/engines/llamacpp.py), so there the
+# alternate numerics come from flash attention alone.
+LLAMA_NUMERICS = os.environ.get("CASCADE_TEST_LLAMA_NUMERICS", "default")
+
+
+def has_amx() -> bool:
+    try:
+        return " amx_int8" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+def llama_options() -> dict[str, bool]:
+    """Engine options of every llama.cpp engine the tests start, for the chosen numerics."""
+    if LLAMA_NUMERICS == "default":
+        return {"extra_buffer_types": False, "flash_attention": False}
+    if LLAMA_NUMERICS == "alternate":
+        return {"extra_buffer_types": not has_amx(), "flash_attention": True}
+    raise ValueError(f"CASCADE_TEST_LLAMA_NUMERICS must be default or alternate, not {LLAMA_NUMERICS!r}")
+
+
+def embedded_settings(**overrides: Any) -> dict[str, Any]:
+    """The embedded default configuration as a dict, with the tests' llama.cpp options and overrides."""
+    from cascade.config import CascadeSettings
+
+    settings = CascadeSettings().model_dump(mode="json", exclude_unset=False)
+    tiers = [{"name": t["name"], "engine": {**t["engine"], **llama_options()}, "policy": t["policy"],
+              "price": t["price"]} for t in settings["tiers"]]
+    return {"tiers": tiers, **overrides}
+
+
+def write_config(path: Path, **overrides: Any) -> Path:
+    """A config file of the embedded default with the tests' llama.cpp options and ``overrides``."""
+    import yaml
+
+    path.write_text(yaml.safe_dump(embedded_settings(**overrides)))
+    return path
 
 
 def free_port() -> int:
@@ -43,6 +85,16 @@ def wait_for_http(url: str, process: subprocess.Popen[bytes], timeout_s: float =
     raise TimeoutError(f"{url} did not answer within {timeout_s} s")
 
 
+MODEL_FIXTURES = {"smollm2", "gemma", "openai_server"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that use a packaged llama.cpp model through a fixture are model tests too."""
+    for item in items:
+        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.model)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     if not (DATA_DIR / "squad_v2").is_dir():
@@ -54,7 +106,7 @@ def data_dir() -> Path:
 async def smollm2() -> AsyncIterator[object]:
     from cascade.engines.llamacpp import LlamaCppEngine
 
-    engine = LlamaCppEngine("smollm2", prompt_format="chat")
+    engine = LlamaCppEngine("smollm2", prompt_format="chat", **llama_options())
     await engine.start()
     yield engine
     await engine.close()
@@ -64,7 +116,7 @@ async def smollm2() -> AsyncIterator[object]:
 async def gemma() -> AsyncIterator[object]:
     from cascade.engines.llamacpp import LlamaCppEngine
 
-    engine = LlamaCppEngine("gemma3-270m", prompt_format="plain", stop=["\n"])
+    engine = LlamaCppEngine("gemma3-270m", prompt_format="plain", stop=["\n"], **llama_options())
     await engine.start()
     yield engine
     await engine.close()
@@ -91,13 +143,16 @@ async def vllm_engine(tiny_llama_dir: Path) -> AsyncIterator[object]:
 
 @pytest.fixture(scope="session")
 def openai_server() -> Iterator[str]:
-    """llama-cpp-python's OpenAI-compatible server on SmolLM2, on a free loopback port."""
+    """llama-cpp-python's OpenAI-compatible server on SmolLM2, on a free loopback port, loading the
+    model with the same llama.cpp options as the in-process engines (tests/llama_server.py)."""
     from cascade.engines.llamacpp import resolve_model_path
 
     port = free_port()
-    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(resolve_model_path("smollm2")),
-               "--model_alias", "smollm2", "--logits_all", "true", "--host", "127.0.0.1", "--port", str(port),
-               "--n_ctx", "1024", "--n_threads", "1"]
+    options = llama_options()
+    command = [sys.executable, "-m", "tests.llama_server", str(options["extra_buffer_types"]).lower(),
+               "--model", str(resolve_model_path("smollm2")), "--model_alias", "smollm2", "--logits_all", "true",
+               "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "1024", "--n_threads", "1",
+               "--flash_attn", str(options["flash_attention"]).lower()]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_http(f"http://127.0.0.1:{port}/v1/models", process)
@@ -125,9 +180,10 @@ def serve_apps(apps: Mapping[str, Any], timeout_s: float = 180.0) -> Iterator[st
     from ray import serve
 
     from services.app import build_app
+    from services.local import start_ray
 
     port = free_port()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    start_ray(num_cpus=2, quiet=True)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         for prefix, settings in apps.items():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,13 +12,14 @@ import pytest
 import redis
 
 from cascade.local_redis import LocalRedis
-from tests.conftest import free_port
+from tests.conftest import CASCADE, free_port, write_config
 
+pytestmark = pytest.mark.model
 CONTEXT = "The Normans gave their name to Normandy, a region in France."
 
 
 def cascade(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cascade", *args], capture_output=True, text=True, timeout=600,
+    return subprocess.run([CASCADE, *args], capture_output=True, text=True, timeout=600,
                           env={**os.environ, **(env or {})})
 
 
@@ -31,22 +31,28 @@ def redis_port(tmp_path: Path) -> Iterator[dict[str, str]]:
     LocalRedis(port=port).stop()
 
 
-def test_ask_prints_the_answer_with_its_routing(redis_port: dict[str, str]) -> None:
-    result = cascade("ask", "In what country is Normandy located?", "--context", CONTEXT, "--json", env=redis_port)
+def test_ask_prints_the_answer_with_its_routing_and_the_cache_answers_a_paraphrase(
+        redis_port: dict[str, str], tmp_path: Path) -> None:
+    """Whatever tier answers and whatever it says: every answer is stored (min_small_confidence 0, and
+    last-tier answers always are), so the paraphrase is a cache hit."""
+    config = str(write_config(tmp_path / "cascade.yaml", cache={"min_small_confidence": 0.0}))
+    result = cascade("ask", "In what country is Normandy located?", "--context", CONTEXT, "--json", "--config",
+                     config, env=redis_port)
     assert result.returncode == 0, result.stderr
     answer = json.loads(result.stdout)
-    assert answer["tier"] in {"small", "large"} and answer["answer"] and not answer["cache_hit"]
+    assert answer["tier"] in {"small", "large"} and isinstance(answer["answer"], str) and not answer["cache_hit"]
     assert set(answer["signals"]) >= {"n_words", "mean_entropy", "mean_logprob", "first_token_margin"}
     assert answer["cost"] == pytest.approx(sum(a["cost"] for a in answer["attempts"]))
-    human = cascade("ask", "Which country is Normandy in?", "--context", CONTEXT, env=redis_port)
+    human = cascade("ask", "Which country is Normandy in?", "--context", CONTEXT, "--config", config, env=redis_port)
     assert human.returncode == 0 and "confidence" in human.stdout and "reason" in human.stdout
     assert "cache hit" in human.stdout, "the paraphrase is answered from the semantic cache"
 
 
-def test_demo_json_summary(data_dir: Path, redis_port: dict[str, str]) -> None:
+def test_demo_json_summary(data_dir: Path, redis_port: dict[str, str], tmp_path: Path) -> None:
     """The demo starts the app on local Ray Serve and sends its questions over HTTP."""
     env = {**redis_port, "CASCADE_SERVER__PORT": str(free_port())}
-    result = cascade("demo", "--n", "4", "--json", "--data-dir", str(data_dir), env=env)
+    config = str(write_config(tmp_path / "cascade.yaml"))
+    result = cascade("demo", "--n", "4", "--json", "--data-dir", str(data_dir), "--config", config, env=env)
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["n"] == 4

@@ -5,6 +5,17 @@ runs ~25× slower; instead the decode loop here evaluates one token at a time an
 last position's logits (``llama_get_logits_ith``), from which a numpy log-softmax gives the chosen
 token's logprob, the top-k and the exact entropy. Generation runs in a worker thread so the event
 loop stays free; one model context serves one sequence at a time, behind a lock.
+
+Models load with llama.cpp's *extra buffer types* off (``llama_model_params.use_extra_bufts``),
+unless ``extra_buffer_types=True``. Those buffer types repack weights for a CPU-specific kernel; on
+CPUs with AMX (Sapphire Rapids and later) llama.cpp picks its AMX buffer type, and llama-cpp-python
+0.3.36 built there segfaults in ``ggml_backend_amx_mul_mat()`` on the first decode of the packaged
+models. We chose the load-time switch over a build without AMX because it holds for any build: pip
+caches the compiled wheel by version, not by build flags, so a wheel built natively on an AMX
+machine (or by a user before they knew) would still take the crashing path. Without repacking the
+generic SIMD kernels run (AVX2, AVX-512); SmolLM2's Q4_1 weights are not repacked by llama.cpp
+anyway, Gemma's Q4_K decode is slightly slower. ``cascade doctor`` loads and generates from every
+tier in a subprocess, so a crash in a native kernel shows as a failed check, not a dead process.
 """
 
 from __future__ import annotations
@@ -13,7 +24,8 @@ import asyncio
 import importlib.util
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +62,33 @@ def resolve_model_path(model: str) -> Path:
     return path
 
 
+_PARAMS_LOCK = threading.Lock()
+
+
+@contextmanager
+def extra_buffer_types(enabled: bool) -> Iterator[None]:
+    """While active, models that llama-cpp-python loads get ``use_extra_bufts = enabled``.
+
+    ``Llama()`` takes no such argument; it starts from ``llama_model_default_params()``, so the
+    default params are replaced by ones with the flag set for the duration of the load.
+    """
+    import llama_cpp.llama_cpp as native
+
+    with _PARAMS_LOCK:
+        defaults = native.llama_model_default_params
+
+        def params() -> object:
+            chosen = defaults()
+            chosen.use_extra_bufts = enabled
+            return chosen
+
+        native.llama_model_default_params = params
+        try:
+            yield
+        finally:
+            native.llama_model_default_params = defaults
+
+
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     """Numerically stable log-softmax of one logits vector."""
     shifted = logits - logits.max()
@@ -68,8 +107,12 @@ class LlamaCppEngine:
         context_window: int = 2048,
         threads: int = 1,
         seed: int = 0,
+        extra_buffer_types: bool = False,
+        flash_attention: bool = False,
     ) -> None:
         self.model = model
+        self.extra_buffer_types = extra_buffer_types
+        self.flash_attention = flash_attention
         self.prompt_format = prompt_format
         self.stop = list(stop)
         self.context_window = context_window
@@ -91,8 +134,10 @@ class LlamaCppEngine:
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         try:
-            llama = Llama(str(path), n_ctx=self.context_window, n_threads=self.threads,
-                          n_threads_batch=self.threads, n_batch=512, seed=self._seed, verbose=False)
+            with extra_buffer_types(self.extra_buffer_types):
+                llama = Llama(str(path), n_ctx=self.context_window, n_threads=self.threads,
+                              n_threads_batch=self.threads, n_batch=512, seed=self._seed,
+                              flash_attn=self.flash_attention, verbose=False)
         except ValueError as error:
             raise ModelNotFoundError(f"llama.cpp could not load {path}: {error}") from None
         if self.prompt_format == "chat":
@@ -111,7 +156,8 @@ class LlamaCppEngine:
 
     def health(self) -> dict[str, object]:
         return {"engine": "llamacpp", "model": self.model, "ready": self._llama is not None,
-                "context_window": self.context_window}
+                "context_window": self.context_window, "extra_buffer_types": self.extra_buffer_types,
+                "flash_attention": self.flash_attention}
 
     async def generate(self, queries: Sequence[Query]) -> list[Generation]:
         await self.start()

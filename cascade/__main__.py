@@ -1,5 +1,0 @@
-"""python -m cascade"""
-
-from cascade.cli import main
-
-main()

@@ -1,0 +1,119 @@
+"""Quality commands: calibrate the tiers on real questions, fit and evaluate policies, the RouterBench study."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import orjson
+import typer
+
+from cascade.config import load_settings
+from cli.common import ConfigOption, DataDirOption, clear_errors, err, out
+
+if TYPE_CHECKING:
+    from pipelines.outcomes import Outcomes
+
+RecordsOption = Annotated[Path, typer.Option("--records", help="calibration records (JSON lines)")]
+LabelOption = Annotated[str, typer.Option(help="exact_match or f1")]
+RowsOption = Annotated[str | None, typer.Option(
+    "--rows", help="a slice of the records, START:STOP (e.g. :200 to fit, 200: to evaluate on the rest)")]
+
+
+@clear_errors
+def calibrate(
+    dataset: Annotated[str, typer.Option("--dataset", help="squad, squad_v2 or hotpotqa")],
+    out_file: Annotated[Path, typer.Option("--out", help="JSON-lines records; an existing file is resumed")],
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="first N questions")] = None,
+    offset: Annotated[int, typer.Option("--offset", min=0, help="skip the first questions (to split a run)")] = 0,
+    samples: Annotated[int, typer.Option(help="sampled small-model answers per question (self-consistency)")] = 0,
+    data_dir: DataDirOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Run every tier on each question and record answers, signals, correctness, tokens, latency, cost."""
+    from rich.progress import Progress
+
+    from pipelines.calibrate import calibrate as run_calibration
+    from pipelines.datasets import load_qa
+
+    settings = load_settings(config)
+    records = load_qa(dataset, data_dir or settings.data_dir, limit=None if limit is None else offset + limit)[offset:]
+    with Progress(console=err) as progress:
+        task = progress.add_task(f"calibrating {dataset}", total=len(records))
+        written = asyncio.run(run_calibration(settings, records, out_file, samples=samples,
+                                              on_progress=lambda done: progress.update(task, completed=done)))
+    skipped = sum(r.error is not None for r in written)
+    out.print(f"{len(written)} records in {out_file} ({skipped} skipped: prompt longer than a model's context)")
+
+
+def _outcomes(records: Path, label: str, rows: str | None = None) -> Outcomes:
+    from pipelines.calibrate import read_records
+    from pipelines.outcomes import outcomes_of
+
+    if label not in {"exact_match", "f1"}:
+        raise ValueError(f"--label must be exact_match or f1, not {label!r}")
+    if not records.is_file():
+        raise ValueError(f"records file {records} does not exist")
+    start, _, stop = (rows or ":").partition(":")
+    try:
+        chosen = slice(int(start) if start else None, int(stop) if stop else None)
+    except ValueError:
+        raise ValueError(f"--rows must look like START:STOP, not {rows!r}") from None
+    return outcomes_of(read_records(records)[chosen], label)
+
+
+@clear_errors
+def fit(
+    records: RecordsOption,
+    policy: Annotated[str, typer.Option("--policy", help="logistic or threshold")],
+    out_file: Annotated[Path, typer.Option("--out", help="policy file to write")],
+    target: Annotated[float, typer.Option(help="routed quality to keep, as a share of large-only")] = 0.97,
+    label: LabelOption = "exact_match",
+    rows: RowsOption = None,
+) -> None:
+    """Fit a routing policy on calibration records (cross-validated) and save it for the router."""
+    from cascade.policies import save_policy
+    from pipelines.fit import fit_logistic, fit_threshold
+
+    if policy not in {"logistic", "threshold"}:
+        raise ValueError(f"--policy must be logistic or threshold, not {policy!r}")
+    outcomes = _outcomes(records, label, rows)
+    fitted, report = (fit_logistic if policy == "logistic" else fit_threshold)(outcomes, target)
+    save_policy(fitted.model_copy(update={"name": out_file.stem}), out_file)
+    out.print(f"wrote {out_file}: {orjson.dumps(report).decode()}")
+
+
+@clear_errors
+def evaluate(
+    records: RecordsOption,
+    out_dir: Annotated[Path, typer.Option("--out", help="folder for summary.json, summary.md and plots")],
+    policy: Annotated[list[Path] | None, typer.Option("--policy", help="policy file (repeatable)")] = None,
+    label: LabelOption = "exact_match",
+    rows: RowsOption = None,
+) -> None:
+    """Cost–quality curves of policies against small-only, large-only and the v1/v2/v3 presets."""
+    from pipelines.evaluate import markdown, write_evaluation
+
+    summary = write_evaluation(_outcomes(records, label, rows), policy or [], out_dir)
+    out.print(markdown(summary))
+
+
+@clear_errors
+def routerbench(
+    train: Annotated[list[Path], typer.Option("--train", help="RouterBench CSV to train on (repeatable)")],
+    test: Annotated[list[Path], typer.Option("--test", help="RouterBench CSV to test on (repeatable)")],
+    out_dir: Annotated[Path, typer.Option("--out", help="folder for summary.json, summary.md and plots")],
+    seed: Annotated[int, typer.Option(help="seed of the random and learned routers")] = 0,
+) -> None:
+    """Pre-generation routers (random, kNN, MLP regression, ranking, oracle) swept over the budget."""
+    from pipelines.routerbench import write_report
+
+    summary = write_report(train, test, out_dir, seed)
+    routers = summary["routers"]
+    assert isinstance(routers, dict)
+    for name, figures in routers.items():
+        qnc = "never" if figures["qnc"] is None else f"{figures['qnc']:.3f}"
+        out.print(f"{name:>15}: AIQ {figures['aiq']:.4f}  QNC {qnc}  RCI {figures['rci']:.3f}  "
+                  f"peak quality {figures['peak_quality']:.3f}")
+    out.print(f"wrote {out_dir}/summary.json, summary.md, cost_quality.png, model_shares.png")
