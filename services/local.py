@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 import time
@@ -14,6 +15,11 @@ import httpx
 
 from cascade.config import CascadeSettings
 from cascade.factory import resolve_redis
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# A one-machine cluster: Ray binds every socket (GCS, raylet, workers, agents) to loopback. Ray reads
+# this when it is imported, so it is set here, before anything below imports ray.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 def local_settings(settings: CascadeSettings) -> CascadeSettings:
@@ -29,9 +35,6 @@ def start_ray(num_cpus: int | None = None, *, quiet: bool = False) -> None:
     ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1`` in the environment lets it listen on the node's address."""
     import ray
 
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    # A one-machine cluster: Ray then binds every socket (GCS, raylet, workers, agents) to loopback.
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     if not ray.is_initialized():
         keep_python_signal_handlers(lambda: ray.init(
             num_cpus=num_cpus or max(2, os.cpu_count() or 2), include_dashboard=False,
@@ -49,7 +52,10 @@ def serve_locally(settings: CascadeSettings, *, host: str | None = None, port: i
     port = port or settings.server.port
     start_ray(quiet=quiet)
     serve.start(http_options={"host": host, "port": port})
-    serve.run(build_app(local_settings(settings)), name=APP_NAME, route_prefix="/", blocking=False)
+    try:
+        serve.run(build_app(local_settings(settings)), name=APP_NAME, route_prefix="/", blocking=False)
+    except RuntimeError as error:  # Serve says which deployment failed; its replica's error says why
+        raise ServeStartError(f"{error} {failed_deployments() or ''}".strip()) from None
     url = f"http://{host}:{port}"
     wait_until_healthy(url, timeout_s)
     return url
@@ -93,10 +99,17 @@ def failed_deployments() -> str | None:
         applications = serve.status().applications
     except Exception:  # the controller is not up yet: nothing has failed
         return None
-    problems = [f"{name}: {deployment.status.value} {deployment.message.strip()[:2000]}"
+    problems = [f"{name}: {deployment.status.value}: {root_cause(deployment.message)}"
                 for app in applications.values() for name, deployment in app.deployments.items()
                 if deployment.status.value in {"DEPLOY_FAILED", "UNHEALTHY"}]
     return "; ".join(problems) or None
+
+
+def root_cause(message: str) -> str:
+    """The innermost ``SomeError: text`` line of a replica's error (Serve wraps the traceback)."""
+    causes = [line.strip() for line in message.splitlines()
+              if re.match(r"^\s*[\w.]+(Error|Exception|Exit): ", line) and "Traceback" not in line]
+    return causes[-1] if causes else message.strip().splitlines()[0][:500] if message.strip() else "no message"
 
 
 @contextmanager

@@ -19,6 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # Ray on loopback only (read when ray is imported)
 
 DATA_DIR = Path(os.environ.get("CASCADE_DATA_DIR", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
 CASCADE = str(Path(sys.executable).with_name("cascade"))  # the console script, as a user runs it
