@@ -42,9 +42,9 @@ test: setup                     ## the whole suite, then the model tests again u
 	CASCADE_TEST_LLAMA_NUMERICS=alternate $(BIN)/pytest -q -m model
 
 lint: setup
-	$(BIN)/ruff check cascade services pipelines loadtest tests infra
+	$(BIN)/ruff check cascade cli services pipelines loadtest tests infra
 	$(BIN)/mypy
-	$(BIN)/mypy infra/validate_manifests.py
+	$(BIN)/mypy infra/validate_manifests.py infra/lock.py
 
 bench: setup
 	$(BIN)/python -m tests.benchmarks.bench_signals
