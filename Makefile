@@ -8,7 +8,7 @@ LOCK := requirements/lock.txt
 PIP_LOCKED := $(BIN)/pip install --quiet --constraint $(LOCK)
 N ?= 20
 
-.PHONY: setup setup-cpu demo test test-numerics lint lock bench k8s-generate k8s-validate clean
+.PHONY: setup setup-cpu demo test lint lock bench fuzz k8s-generate k8s-validate clean
 
 $(VENV)/.cpu.stamp: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,10 @@ bench: setup
 	$(BIN)/python -m tests.benchmarks.bench_cache
 	$(BIN)/python -m tests.benchmarks.bench_serve
 	$(BIN)/python -m tests.benchmarks.bench_batch
+	$(BIN)/python -m tests.benchmarks.bench_redis_outage
+
+fuzz: setup                     ## schemathesis against the running app's OpenAPI: no 5xx, no schema violation
+	$(BIN)/python -m tests.fuzz_api --max-examples 10 --max-time 300
 
 k8s-generate: setup-cpu        ## regenerate each overlay's serveConfigV2 patch from its cascade.yaml
 	for overlay in k8s/overlays/*/; do \

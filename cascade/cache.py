@@ -5,7 +5,9 @@ prompt, context documents, generation parameters — is hashed into a ``scope`` 
 exactly, as must the tenant: the same question about another document, or from another tenant,
 never hits. A batch of queries costs one batched embedding and one pipelined round trip for the
 lookups, and one more for the stores. Redis faults turn the cache off for that call, with a warning
-and a counter; they never fail a request.
+and a counter, and open the Redis circuit breaker, which skips the cache at once until its cool-down
+ends; they never fail a request. A question that cannot be embedded, or an entry that cannot be
+built, is a miss or an unstored answer for that query alone, logged and counted.
 """
 
 from __future__ import annotations
@@ -20,9 +22,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import orjson
 from pydantic import BaseModel, Field
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from cascade.breaker import CircuitOpenError, RedisBreaker, RedisFaultError
 from cascade.embeddings import DIMENSIONS, MiniLMEmbedder
 from cascade.schemas import Query, RoutedAnswer
+from cascade.telemetry import count_dropped
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +75,16 @@ class CacheStats:
 
 @dataclass
 class CacheLookup:
-    """Hits (or None) per query, and the question embeddings to reuse when storing."""
+    """Hits (or None) per query, and the question embeddings to reuse when storing (a row of NaN where
+    a question could not be embedded)."""
 
     hits: list[RoutedAnswer | None]
     vectors: np.ndarray
+
+    def vector(self, i: int) -> np.ndarray | None:
+        """Query ``i``'s embedding, or None if it has none."""
+        row = self.vectors[i]
+        return None if np.isnan(row).any() else row
 
 
 @dataclass
@@ -83,6 +95,7 @@ class SemanticCache:
     config: CacheConfig = field(default_factory=CacheConfig)
     embedder: MiniLMEmbedder = field(default_factory=MiniLMEmbedder)
     stats: CacheStats = field(default_factory=CacheStats)
+    breaker: RedisBreaker = field(default_factory=RedisBreaker)
 
     def __post_init__(self) -> None:
         from redisvl.index import AsyncSearchIndex
@@ -106,15 +119,38 @@ class SemanticCache:
     async def ensure_index(self) -> None:
         """Create the index if it does not exist."""
         if not self._ready:
-            await self._index.create(overwrite=False)
+            await self.breaker.call(lambda: self._index.create(overwrite=False), background=True)
             self._ready = True
 
-    def embed(self, queries: Sequence[Query]) -> np.ndarray:
-        """One batched embedding of the questions."""
-        return self.embedder.embed([q.question for q in queries])
+    def _forget_index(self, error: BaseException) -> None:
+        """After an error Redis answered (a restarted Redis may have lost the index), create it again
+        on the next call; after a timeout or refused connection, the index is still there."""
+        cause = error.__cause__ if isinstance(error, RedisFaultError) else error
+        if not isinstance(cause, (TimeoutError, OSError, RedisConnectionError, RedisTimeoutError, CircuitOpenError)):
+            self._ready = False
 
-    async def lookup(self, queries: Sequence[Query]) -> CacheLookup:
-        """The cached answer for each query, or None; all misses if Redis fails."""
+    def embed(self, queries: Sequence[Query]) -> np.ndarray:
+        """One batched embedding of the questions; if the batch fails, each question alone, with a row
+        of NaN for a question that cannot be embedded (it is a miss and is not stored)."""
+        try:
+            return self.embedder.embed([q.question for q in queries])
+        except Exception as error:
+            log.warning("embedding a batch of %d questions failed (%s); embedding them one by one",
+                        len(queries), type(error).__name__)
+        rows = np.full((len(queries), DIMENSIONS), np.nan, np.float32)
+        for i, query in enumerate(queries):
+            try:
+                rows[i] = self.embedder.embed([query.question])[0]
+            except Exception as error:
+                self.stats.errors += 1
+                log.warning("query %s: question not embedded, no cache for it: %s", query.id, type(error).__name__)
+        return rows
+
+    async def lookup(self, queries: Sequence[Query]) -> CacheLookup | None:
+        """The cached answer for each query, or None; all misses if Redis fails; None (no embedding,
+        no call) while the Redis circuit is open."""
+        if not self.breaker.allow():
+            return None
         vectors = await asyncio.to_thread(self.embed, queries)
         return CacheLookup(await self.search(queries, vectors), vectors)
 
@@ -124,34 +160,50 @@ class SemanticCache:
         from redisvl.query.filter import Tag
 
         misses: list[RoutedAnswer | None] = [None] * len(queries)
+        searchable = [i for i in range(len(queries)) if not np.isnan(vectors[i]).any()]
+        searches = []
+        for i in list(searchable):
+            try:
+                tags = entry_tags(queries[i])
+            except Exception as error:  # e.g. a value the scope hash cannot encode: a miss, for it alone
+                searchable.remove(i)
+                log.warning("query %s: no cache lookup: %s", queries[i].id, type(error).__name__)
+                continue
+            searches.append(VectorQuery(
+                vector=vectors[i].tobytes(), vector_field_name="embedding", num_results=1,
+                return_fields=["answer", "created"],
+                filter_expression=(Tag("tenant") == tags["tenant"]) & (Tag("scope") == tags["scope"])))
+        if not searches:
+            return misses
         try:
             await self.ensure_index()
-            searches = [
-                VectorQuery(vector=vector.tobytes(), vector_field_name="embedding", num_results=1,
-                            return_fields=["answer", "created"],
-                            filter_expression=(Tag("tenant") == tags["tenant"]) & (Tag("scope") == tags["scope"]))
-                for tags, vector in zip(map(entry_tags, queries), vectors, strict=True)
-            ]
-            results = await self._index.batch_query(searches, batch_size=max(len(searches), 1))
+            results = await self.breaker.call(
+                lambda: self._index.batch_query(searches, batch_size=max(len(searches), 1)))
         except Exception as error:  # Redis down or misconfigured: serve without the cache
             self.stats.errors += 1
-            self._ready = False  # a restarted Redis may have lost the index
+            self._forget_index(error)
             log.warning("semantic cache lookup failed, serving without it: %s", error)
             return misses
-        hits: list[RoutedAnswer | None] = []
-        for query, found in zip(queries, results, strict=True):
-            best = found[0] if found else None
-            if best is not None and float(best["vector_distance"]) <= self.config.distance_threshold:
-                answer = RoutedAnswer.model_validate_json(best["answer"])
-                hits.append(answer.model_copy(update={
-                    "request_id": query.id, "cost": 0.0, "attempts": [], "latency": [], "cache_hit": True,
-                    "reason": f"cache hit (distance {float(best['vector_distance']):.3f}); originally: {answer.reason}",
-                }))
-            else:
-                hits.append(None)
+        hits = list(misses)
+        for i, found in zip(searchable, results, strict=True):
+            hits[i] = self._hit(queries[i], found)
         self.stats.hits += sum(h is not None for h in hits)
         self.stats.misses += sum(h is None for h in hits)
         return hits
+
+    def _hit(self, query: Query, found: list[dict[str, object]]) -> RoutedAnswer | None:
+        best = found[0] if found else None
+        if best is None or float(str(best["vector_distance"])) > self.config.distance_threshold:
+            return None
+        try:
+            answer = RoutedAnswer.model_validate_json(str(best["answer"]))
+        except ValueError as error:
+            log.warning("query %s: unreadable cache entry skipped: %s", query.id, error)
+            return None
+        return answer.model_copy(update={
+            "request_id": query.id, "cost": 0.0, "attempts": [], "latency": [], "cache_hit": True,
+            "reason": f"cache hit (distance {float(str(best['vector_distance'])):.3f}); originally: {answer.reason}",
+        })
 
     def storable(self, answer: RoutedAnswer, last_tier: str) -> bool:
         """Answers of the last tier, or small-model answers confident enough; never degraded ones."""
@@ -161,22 +213,32 @@ class SemanticCache:
 
     async def store(self, queries: Sequence[Query], answers: Sequence[RoutedAnswer], vectors: np.ndarray,
                     last_tier: str) -> int:
-        """Store the storable answers in one pipeline; returns how many were stored."""
-        chosen = [i for i, a in enumerate(answers) if self.storable(a, last_tier)]
+        """Store the storable answers in one pipeline; returns how many were stored. An entry that
+        cannot be built is logged and counted (``cascade.records.dropped``) and never stops the others."""
+        chosen = [i for i, a in enumerate(answers) if self.storable(a, last_tier) and not np.isnan(vectors[i]).any()]
         if not chosen:
             return 0
         now = time.time()
-        records = [{
-            **entry_tags(queries[i]), "question": queries[i].question, "answer": answers[i].model_dump_json(),
-            "created": now,
-            "embedding": np.asarray(vectors[i], np.float32).tobytes(),
-        } for i in chosen]
+        records = []
+        for i in chosen:
+            try:
+                records.append({
+                    **entry_tags(queries[i]), "question": queries[i].question, "answer": answers[i].model_dump_json(),
+                    "created": now, "embedding": np.asarray(vectors[i], np.float32).tobytes()})
+            except Exception as error:
+                self.stats.errors += 1
+                count_dropped("cache", answers[i].tenant, type(error).__name__)
+                log.warning("request %s: answer not cached, its entry cannot be built: %s: %s",
+                            answers[i].request_id, type(error).__name__, error)
+        if not records:
+            return 0
         try:
             await self.ensure_index()
-            await self._index.load(records, ttl=self.config.ttl_s, batch_size=len(records))
+            await self.breaker.call(lambda: self._index.load(records, ttl=self.config.ttl_s, batch_size=len(records)),
+                                    background=True)
         except Exception as error:
             self.stats.errors += 1
-            self._ready = False
+            self._forget_index(error)
             log.warning("semantic cache store failed, answers not cached: %s", error)
             return 0
         self.stats.stores += len(records)

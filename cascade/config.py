@@ -7,7 +7,7 @@ Priority, highest first: keyword arguments, environment (``CASCADE_DATA_DIR``, n
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import (
@@ -17,38 +17,15 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from cascade.breaker import BreakerConfig
 from cascade.cache import CacheConfig
 from cascade.costs import ModelPrice
+from cascade.engines.llamacpp import LlamaCppConfig
+from cascade.engines.registry import EngineConfig
 from cascade.errors import validation_summary
 from cascade.feedback import FeedbackConfig
 from cascade.schemas import GenerationParams
 from cascade.thresholds import ControllerConfig
-
-
-class EngineConfig(BaseModel):
-    """Which engine serves a tier and how to start it."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    kind: Literal["llamacpp", "vllm", "openai", "scripted"]
-    model: str = Field(description="packaged model name (smollm2, gemma3-270m), a path, or a served model id")
-    prompt_format: Literal["chat", "plain"] = Field(
-        default="chat", description="chat template for instruct models, plain completion for base models")
-    stop: list[str] = Field(default_factory=list, description="stop strings added to every request")
-    context_window: int = Field(default=2048, ge=64)
-    threads: int = Field(default=1, ge=1)
-    engine_args: dict[str, Any] = Field(default_factory=dict,
-                                        description="vLLM AsyncEngineArgs, or a scripted engine's ScriptedArgs")
-    base_url: str | None = None
-    api_key: str | None = None
-    timeout_s: float = Field(default=60.0, gt=0)
-    max_retries: int = Field(default=3, ge=0)
-
-    @model_validator(mode="after")
-    def _openai_needs_url(self) -> EngineConfig:
-        if self.kind == "openai" and not self.base_url:
-            raise ValueError("an openai engine needs base_url")
-        return self
 
 
 class DeploymentOptions(BaseModel):
@@ -114,6 +91,8 @@ class TenantConfig(BaseModel):
     profile: str = "default"
     webhook_url: str | None = Field(default=None, description="where progressive answers are POSTed when final")
     webhook_secret: str | None = Field(default=None, description="HMAC-SHA256 key of the X-Cascade-Signature header")
+    rate_limit_per_minute: int | None = Field(default=None, ge=1,
+                                              description="this tenant's request limit; none: the server's")
 
 
 class QueueConfig(BaseModel):
@@ -129,6 +108,8 @@ class QueueConfig(BaseModel):
     max_retries: int = Field(default=3, ge=0, description="task retries after a crash or an unexpected error")
     route_attempts: int = Field(default=3, ge=1, description="tries for lines whose every tier failed")
     retry_backoff_s: float = Field(default=0.5, ge=0.0)
+    webhook_timeout_s: float = Field(default=5.0, gt=0, description="per webhook delivery attempt")
+    webhook_attempts: int = Field(default=3, ge=1, description="webhook deliveries tried, with backoff")
     visibility_timeout_s: int = Field(default=600, ge=1,
                                       description="a task not acknowledged this long (its replica died) runs again")
     consumer: DeploymentOptions = Field(default_factory=lambda: DeploymentOptions(
@@ -148,6 +129,10 @@ class ServerConfig(BaseModel):
     max_concurrent_batches: int = Field(default=4, ge=1)
     max_prompt_chars: int = Field(default=32_000, ge=1, description="longer prompts are refused with 413")
     max_tokens_limit: int = Field(default=1024, ge=1, description="largest max_tokens a request may ask for")
+    max_body_bytes: int = Field(default=8 << 20, ge=1024, description="larger request bodies are refused with 413")
+    max_upload_bytes: int = Field(default=64 << 20, ge=1024, description="larger /v1/files uploads → 413")
+    rate_limit_per_minute: int | None = Field(
+        default=None, ge=1, description="completions per tenant per minute, shared by all replicas (Redis); over → 429")
     use_redis: bool = Field(default=True, description="semantic cache, feedback log and live thresholds")
     tenants: dict[str, TenantConfig] = Field(
         default_factory=dict, description="no tenants: every request is the 'default' tenant, no key needed")
@@ -179,13 +164,13 @@ def embedded_tiers() -> list[TierConfig]:
     return [
         TierConfig(
             name="small",
-            engine=EngineConfig(kind="llamacpp", model="smollm2", prompt_format="plain", stop=["\n"]),
+            engine=LlamaCppConfig(model="smollm2", prompt_format="plain", stop=["\n"]),
             policy="v1",
             price=ModelPrice(input_per_million=0.02, output_per_million=0.04),
         ),
         TierConfig(
             name="large",
-            engine=EngineConfig(kind="llamacpp", model="gemma3-270m", prompt_format="plain", stop=["\n"]),
+            engine=LlamaCppConfig(model="gemma3-270m", prompt_format="plain", stop=["\n"]),
             policy="accept",
             price=ModelPrice(input_per_million=0.2, output_per_million=0.4),
         ),
@@ -204,6 +189,8 @@ class CascadeSettings(BaseSettings):
     redis_port: int = Field(default=6390, ge=1, le=65535)
     cache: CacheConfig = Field(default_factory=CacheConfig)
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
+    redis_breaker: BreakerConfig = Field(default_factory=BreakerConfig,
+                                         description="Redis calls: timeout and cool-down after a fault")
     live_thresholds: bool = Field(default=True, description="apply thresholds set by the online controller")
     shadow_fraction: float = Field(default=0.0, ge=0.0, le=1.0,
                                    description="share of accepted small answers also sent to the large tier")

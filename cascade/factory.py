@@ -7,8 +7,9 @@ from collections.abc import Mapping
 
 import redis
 
-from cascade.config import CascadeSettings, EngineConfig
+from cascade.config import CascadeSettings
 from cascade.engines.base import Engine
+from cascade.engines.registry import EngineConfig
 from cascade.policies import resolve_policy
 from cascade.router import Router, Tier
 
@@ -16,26 +17,8 @@ log = logging.getLogger(__name__)
 
 
 def build_engine(config: EngineConfig) -> Engine:
-    """The engine a tier's configuration names; heavy imports happen only for the kind used."""
-    if config.kind == "llamacpp":
-        from cascade.engines.llamacpp import LlamaCppEngine
-
-        return LlamaCppEngine(config.model, prompt_format=config.prompt_format, stop=config.stop,
-                              context_window=config.context_window, threads=config.threads)
-    if config.kind == "vllm":
-        from cascade.engines.vllm import VLLMEngine
-
-        return VLLMEngine(config.model, prompt_format=config.prompt_format, stop=config.stop,
-                          engine_args=config.engine_args)
-    if config.kind == "openai":
-        from cascade.engines.openai import OpenAIEngine
-
-        assert config.base_url is not None
-        return OpenAIEngine(config.base_url, config.model, api_key=config.api_key,
-                            timeout_s=config.timeout_s, max_retries=config.max_retries)
-    from cascade.engines.scripted import ScriptedEngine
-
-    return ScriptedEngine.from_args(config.model, config.engine_args)
+    """The engine a tier's configuration names (each kind's config builds its own engine)."""
+    return config.build()
 
 
 def resolve_redis(settings: CascadeSettings) -> str:
@@ -67,14 +50,16 @@ def build_router(settings: CascadeSettings, *, with_redis: bool = False,
     if not with_redis:
         return Router(tiers)
     url = resolve_redis(settings)
+    from cascade.breaker import RedisBreaker
     from cascade.cache import SemanticCache
     from cascade.feedback import FeedbackLog
     from cascade.thresholds import LiveThresholds
 
+    breaker = RedisBreaker(settings.redis_breaker)  # one per process: a fault skips every Redis user at once
     return Router(
         tiers,
-        cache=SemanticCache(url, settings.cache) if settings.cache.enabled else None,
-        feedback=FeedbackLog(url, settings.feedback),
-        thresholds=LiveThresholds(url) if settings.live_thresholds else None,
+        cache=SemanticCache(url, settings.cache, breaker=breaker) if settings.cache.enabled else None,
+        feedback=FeedbackLog(url, settings.feedback, breaker=breaker),
+        thresholds=LiveThresholds(url, breaker=breaker) if settings.live_thresholds else None,
         shadow_fraction=settings.shadow_fraction,
     )

@@ -1,7 +1,10 @@
 """The feedback log: every routing decision and every outcome label, on a length-bounded Redis Stream.
 
-When Redis is unreachable, records wait in a bounded in-memory buffer (oldest dropped first when it
-overflows, counted and logged) and are flushed, in order, before the next append that succeeds.
+When Redis is unreachable, or the Redis circuit breaker is open, records wait in a bounded in-memory
+buffer (oldest dropped first when it overflows, counted and logged) and are flushed, in order,
+before the next append that succeeds. A record that cannot be serialized is logged and counted
+(``cascade.records.dropped``) and never stops the others. Each decision also stores which tenant
+owns its request id, so that only that tenant may label it.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel, Field
 from redis.exceptions import RedisError
 
+from cascade.breaker import RedisBreaker
 from cascade.schemas import RoutedAnswer
+from cascade.telemetry import count_dropped
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +33,7 @@ class FeedbackConfig(BaseModel):
     stream: str = "cascade:feedback"
     max_length: int = Field(default=1_000_000, ge=1000, description="approximate stream length bound")
     buffer_size: int = Field(default=10_000, ge=1, description="records kept in memory while Redis is down")
+    owner_ttl_s: int = Field(default=7 * 24 * 3600, ge=60, description="how long a request id may be labelled")
 
 
 def decision_record(answer: RoutedAnswer) -> dict[str, Any]:
@@ -53,6 +59,16 @@ def outcome_record(request_id: str, tenant: str, correct: bool | None = None, sc
             "source": source}
 
 
+@dataclass(frozen=True)
+class _Entry:
+    """A serialized record, with what the owner index needs."""
+
+    data: bytes
+    tenant: str
+    decision: bool
+    request_id: str
+
+
 @dataclass
 class FeedbackLog:
     """Appends records to the stream; buffers while Redis is unreachable."""
@@ -60,33 +76,63 @@ class FeedbackLog:
     redis_url: str
     config: FeedbackConfig = field(default_factory=FeedbackConfig)
     dropped: int = 0
+    breaker: RedisBreaker = field(default_factory=RedisBreaker)
 
     def __post_init__(self) -> None:
         self._client = aioredis.Redis.from_url(self.redis_url, socket_connect_timeout=1, socket_timeout=2)
-        self._buffer: deque[dict[str, Any]] = deque()
+        self._buffer: deque[_Entry] = deque()
 
     @property
     def buffered(self) -> int:
         return len(self._buffer)
 
-    def _hold(self, records: Iterable[dict[str, Any]]) -> None:
-        for record in records:
+    def _hold(self, entries: Iterable[_Entry]) -> None:
+        for entry in entries:
             if len(self._buffer) >= self.config.buffer_size:
                 self._buffer.popleft()
                 self.dropped += 1
-            self._buffer.append(record)
+                count_dropped("feedback", entry.tenant, "buffer_full")
+            self._buffer.append(entry)
+
+    def _serialized(self, records: Sequence[dict[str, Any]]) -> list[_Entry]:
+        """Each record as JSON; one that cannot be serialized is logged, counted and left out alone."""
+        out = []
+        for record in records:
+            try:
+                out.append(_Entry(orjson.dumps(record), str(record.get("tenant")), record.get("kind") == "decision",
+                                  str(record.get("request_id"))))
+            except (TypeError, orjson.JSONEncodeError) as error:
+                self.dropped += 1
+                count_dropped("feedback", str(record.get("tenant")), type(error).__name__)
+                log.warning("request %s: %s record not stored, it cannot be serialized: %s",
+                            record.get("request_id"), record.get("kind"), error)
+        return out
+
+    def _owner_key(self, request_id: str) -> str:
+        return f"{self.config.stream}:owner:{request_id}"
 
     async def append(self, records: Sequence[dict[str, Any]]) -> bool:
-        """Write buffered records, then these, in one pipeline; False (and buffered) if Redis is down."""
-        pending = [*self._buffer, *records]
+        """Write buffered records, then these, in one pipeline; False (and buffered) if Redis is down
+        or skipped by the circuit breaker."""
+        entries = self._serialized(records)
+        if self._buffer and not self.breaker.allow():  # Redis skipped: no call, no copy of the buffer
+            self._hold(entries)
+            return False
+        pending = [*self._buffer, *entries]
         if not pending:
             return True
-        try:
+
+        async def write() -> None:
             async with self._client.pipeline(transaction=False) as pipe:
-                for record in pending:
-                    pipe.xadd(self.config.stream, {"data": orjson.dumps(record)}, maxlen=self.config.max_length,
+                for entry in pending:
+                    pipe.xadd(self.config.stream, {"data": entry.data}, maxlen=self.config.max_length,
                               approximate=True)
+                    if entry.decision:
+                        pipe.set(self._owner_key(entry.request_id), entry.tenant, ex=self.config.owner_ttl_s)
                 await pipe.execute()
+
+        try:
+            await self.breaker.call(write, background=True)
         except (RedisError, OSError) as error:
             self._buffer.clear()
             self._hold(pending)
@@ -95,6 +141,14 @@ class FeedbackLog:
             return False
         self._buffer.clear()
         return True
+
+    async def owner(self, request_id: str) -> str | None:
+        """The tenant whose decision ``request_id`` is, or None if unknown (``RedisError`` if Redis is
+        unreachable or skipped)."""
+        raw = await self.breaker.call(lambda: self._client.get(self._owner_key(request_id)), background=True)
+        if raw is None:
+            return next((e.tenant for e in self._buffer if e.decision and e.request_id == request_id), None)
+        return raw.decode() if isinstance(raw, bytes) else str(raw)
 
     async def flush(self) -> bool:
         """Try to write what is buffered."""

@@ -25,7 +25,8 @@ import numpy as np
 from cascade.answers import token_f1
 from cascade.cache import SemanticCache
 from cascade.costs import ModelPrice, total_cost
-from cascade.engines.base import Engine, PromptTooLongError
+from cascade.engines.base import Engine, InvalidInputError, PromptTooLongError, input_error
+from cascade.errors import public_message
 from cascade.feedback import FeedbackLog, decision_record, outcome_record
 from cascade.policies import CascadePolicy, Policy
 from cascade.schemas import Generation, Query, RoutedAnswer, Signals, StageLatency, TierAttempt
@@ -78,7 +79,7 @@ class Trail:
     result: RoutedAnswer | None = None
     batch_size: int = 1
     vector: np.ndarray | None = None
-    rejected: PromptTooLongError | None = None
+    rejected: Exception | None = None
     started_ns: int = field(default_factory=time.time_ns)
     links: dict[str, Any] = field(default_factory=dict)
 
@@ -153,7 +154,23 @@ class Router:
 
     async def begin(self, queries: Sequence[Query]) -> list[Trail]:
         """Cache lookup for the batch, then one first-tier call for the misses; hits come back done.
-        A query forcing a tier is never answered from the cache (its answer is still stored)."""
+        A query forcing a tier is never answered from the cache (its answer is still stored).
+
+        Never raises for the batch: if it fails, its halves are tried apart until the queries that
+        fail are alone, and each of those comes back with the error in ``rejected``."""
+        try:
+            return await self._begin(queries)
+        except Exception as error:
+            if len(queries) == 1:
+                log.warning("query %s rejected: %s", queries[0].id, error, exc_info=not isinstance(error, ValueError))
+                return [Trail(queries[0], len(self.tiers), rejected=error)]
+            log.warning("a batch of %d queries failed (%s); routing its halves apart", len(queries),
+                        type(error).__name__)
+        half = len(queries) // 2
+        left, right = await asyncio.gather(self.begin(queries[:half]), self.begin(queries[half:]))
+        return [*left, *right]
+
+    async def _begin(self, queries: Sequence[Query]) -> list[Trail]:
         for query in queries:
             self.check_controls(query)
         started_ns, looking = time.time_ns(), time.perf_counter()
@@ -170,7 +187,7 @@ class Router:
         for i, (query, hit) in enumerate(zip(queries, hits, strict=True)):
             if hit is None:
                 trail = next(passed)
-                trail.vector = lookup.vectors[i]
+                trail.vector = lookup.vector(i)
             else:
                 trail = Trail(query, len(self.tiers), result=hit.model_copy(
                     update={"batch_size": len(queries), "latency": [cache_stage]}))
@@ -179,16 +196,25 @@ class Router:
         return trails
 
     async def record(self, trails: Sequence[Trail]) -> None:
-        """One cache store for the fresh answers and one feedback append for all finished trails."""
+        """One cache store for the fresh answers and one feedback append for all finished trails.
+        Never raises: a record that cannot be stored is logged and counted alone (see the cache and
+        the feedback log); an unexpected fault is logged with the request ids it concerned."""
         done = [t for t in trails if t.result is not None]
         fresh = [t for t in done if t.vector is not None]
-        if self.cache is not None and fresh:
-            await self.cache.store([t.query for t in fresh], [t.result for t in fresh if t.result is not None],
-                                   np.stack([t.vector for t in fresh if t.vector is not None]), self.tiers[-1].name)
-        if self.feedback is not None and done:
-            answers = [t.result for t in done if t.result is not None]
-            await self.feedback.append([decision_record(a) for a in answers])
-            self._start_shadow_checks([t.query for t in done], answers)
+        try:
+            if self.cache is not None and fresh:
+                await self.cache.store([t.query for t in fresh], [t.result for t in fresh if t.result is not None],
+                                       np.stack([t.vector for t in fresh if t.vector is not None]),
+                                       self.tiers[-1].name)
+        except Exception:
+            log.exception("cache store failed for requests %s", [t.query.id for t in fresh])
+        try:
+            if self.feedback is not None and done:
+                answers = [t.result for t in done if t.result is not None]
+                await self.feedback.append([decision_record(a) for a in answers])
+                self._start_shadow_checks([t.query for t in done], answers)
+        except Exception:
+            log.exception("feedback append failed for requests %s", [t.query.id for t in done])
 
     def _start_shadow_checks(self, queries: Sequence[Query], answers: Sequence[RoutedAnswer]) -> None:
         """Send a random share of accepted first-tier answers to the last tier, off the request path."""
@@ -283,28 +309,42 @@ class Router:
                 for trail in trails:
                     trail.links[f"tier:{tier.name}"] = span.get_span_context()
                 generations = await self._generate(tier, [t.query for t in trails])
-        except PromptTooLongError as error:  # reject that query alone, answer its batch-mates
-            too_long = [t for t in trails if t.query.id == error.query_id]
-            if not too_long:
-                raise
-            too_long[0].rejected = error
-            rest = [t for t in trails if t.rejected is None]
-            if rest:
-                await self._run_tier(rest, index)
-            return
-        except Exception as error:  # a failing pool degrades service, it never drops the request
-            log.warning("tier %s failed for %d queries: %s", tier.name, len(trails), error)
+        except Exception as error:
+            if input_error(error):  # one query's content: reject it alone, answer its batch-mates
+                await self._isolate(trails, index, error)
+                return
+            # a failing pool degrades service, it never drops the request
+            log.warning("tier %s failed for %d queries %s: %r", tier.name, len(trails),
+                        [t.query.id for t in trails], error)
             elapsed = (time.perf_counter() - started) * 1000
+            message = public_message(error)
             for trail in trails:
                 trail.latency.append(StageLatency(stage=f"tier:{tier.name}", ms=elapsed))
                 trail.attempts.append(TierAttempt(tier=tier.name, model=tier.engine.model, decision=None,
                                                   confidence=None, prompt_tokens=0, completion_tokens=0,
-                                                  cost=0.0, error=str(error)))
-                trail.reasons.append(f"{tier.name} tier failed ({type(error).__name__}: {error})")
+                                                  cost=0.0, error=message))
+                trail.reasons.append(f"{tier.name} tier failed ({message})")
                 trail.next_tier = index + 1
             return
         generated_ms = (time.perf_counter() - started) * 1000
         self._decide(trails, index, generations, generated_ms)
+
+    async def _isolate(self, trails: list[Trail], index: int, error: Exception) -> None:
+        """A tier refused a batch because of some query's input: reject the query the error names (or
+        the only one), else run the batch's halves apart until the culprits are alone."""
+        named = [t for t in trails if t.query.id == getattr(error, "query_id", None)]
+        if named or len(trails) == 1:
+            culprit = (named or trails)[0]
+            log.warning("query %s rejected by tier %s: %s", culprit.query.id, self.tiers[index].name, error)
+            culprit.rejected = error if isinstance(error, (PromptTooLongError, InvalidInputError)) else (
+                InvalidInputError(culprit.query.id, f"the {self.tiers[index].name} model cannot read this input "
+                                                    f"({type(error).__name__})"))
+            rest = [t for t in trails if t.rejected is None]
+            if rest:
+                await self._run_tier(rest, index)
+            return
+        half = len(trails) // 2
+        await asyncio.gather(self._run_tier(trails[:half], index), self._run_tier(trails[half:], index))
 
     async def _generate(self, tier: Tier, queries: list[Query]) -> list[Generation]:
         call = tier.engine.generate(queries)
@@ -378,7 +418,7 @@ class Router:
 
     def _fallback(self, trail: Trail) -> RoutedAnswer:
         if trail.best is None:
-            raise AllTiersFailedError(f"query {trail.query.id}: every tier failed: " + "; ".join(trail.reasons))
+            raise AllTiersFailedError("every tier failed: " + "; ".join(trail.reasons))
         trail.reasons.append(f"returning the {trail.best.tier.name} tier's answer, marked degraded")
         return self._answer(trail, degraded=True)
 

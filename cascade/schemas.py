@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -15,6 +16,22 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+MAX_SEED = 2**63 - 1
+
+
+def valid_text(value: str) -> str:
+    """``value`` if it is valid Unicode (encodable as UTF-8); a lone UTF-16 surrogate is refused."""
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise ValueError(f"text is not valid Unicode: lone surrogate {value[error.start]!r} at position "
+                             f"{error.start}") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(valid_text)]
 
 
 def _float_array(value: Any) -> np.ndarray:
@@ -47,7 +64,7 @@ class Message(BaseModel):
     """One chat message (OpenAI shape)."""
 
     role: Role
-    content: str
+    content: Text
 
 
 class GenerationParams(BaseModel):
@@ -58,9 +75,9 @@ class GenerationParams(BaseModel):
     max_tokens: int = Field(default=32, ge=1, le=4096)
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    stop: list[str] = Field(default_factory=list)
+    stop: list[Text] = Field(default_factory=list)
     top_logprobs: int = Field(default=20, ge=0, le=20)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
 
 
 class RoutingControls(BaseModel):
@@ -82,8 +99,8 @@ class Query(BaseModel):
     id: str = Field(default_factory=lambda: uuid.uuid4().hex)
     tenant: str = "default"
     messages: list[Message] | None = None
-    prompt: str | None = None
-    context: list[str] = Field(default_factory=list)
+    prompt: Text | None = None
+    context: list[Text] = Field(default_factory=list)
     params: GenerationParams = Field(default_factory=GenerationParams)
     routing: RoutingControls = Field(default_factory=RoutingControls)
 

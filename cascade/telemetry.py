@@ -119,6 +119,28 @@ def continued(headers: Mapping[str, str] | None) -> Iterator[None]:
         otel_context.detach(token)
 
 
+_counters: dict[str, Any] = {}
+
+
+def _counter(name: str, description: str) -> Any:
+    """A counter on the global meter, created once per process (after ``configure_from_env``)."""
+    if name not in _counters:
+        _counters[name] = metrics.get_meter(SCOPE).create_counter(name, unit="{record}", description=description)
+    return _counters[name]
+
+
+def count_dropped(kind: str, tenant: str, reason: str) -> None:
+    """Count a record that could not be stored (``kind``: cache, feedback) in ``cascade.records.dropped``."""
+    _counter("cascade.records.dropped", "records that could not be stored").add(
+        1, {"kind": kind, "tenant": tenant, "reason": reason})
+
+
+def count_refused_feedback(tenant: str) -> None:
+    """Count a feedback label refused because the request id is not the caller's."""
+    _counter("cascade.feedback.refused", "feedback labels refused: request id of another tenant").add(
+        1, {"tenant": tenant})
+
+
 class Telemetry:
     """The router's tracer and instruments; providers default to the global ones."""
 

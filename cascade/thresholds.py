@@ -31,6 +31,8 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel, Field
 from redis.exceptions import RedisError, ResponseError
 
+from cascade.breaker import CircuitOpenError, RedisBreaker
+
 log = logging.getLogger(__name__)
 THRESHOLDS_KEY = "cascade:thresholds"
 
@@ -214,6 +216,7 @@ class LiveThresholds:
     key: str = THRESHOLDS_KEY
     refresh_s: float = 2.0
     values: dict[str, float] = field(default_factory=dict)
+    breaker: RedisBreaker = field(default_factory=RedisBreaker)
     _read_at: float = float("-inf")
 
     def __post_init__(self) -> None:
@@ -225,7 +228,9 @@ class LiveThresholds:
             return
         self._read_at = time.monotonic()
         try:
-            raw = await self._client.hgetall(self.key)  # type: ignore[misc]
+            raw = await self.breaker.call(lambda: self._client.hgetall(self.key))  # type: ignore[arg-type,return-value]
+        except CircuitOpenError:
+            return
         except (RedisError, OSError) as error:
             log.warning("live thresholds unreachable, keeping the last values: %s", error)
             return

@@ -19,8 +19,10 @@ from services.openai_api import (
     CompletionRequest,
     chat_queries,
     chat_response,
+    check_prompt_size,
     completion_queries,
     completion_response,
+    printable,
 )
 from services.tenants import Caller, TenantDirectory
 
@@ -33,7 +35,7 @@ class BatchCreate(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     input_file_id: str = Field(min_length=1)
-    endpoint: str
+    endpoint: str = Field(json_schema_extra={"enum": ["/v1/chat/completions", "/v1/completions"]})
     completion_window: str = "24h"
     metadata: dict[str, str] | None = None
 
@@ -45,6 +47,7 @@ class ParsedLine:
     custom_id: str
     query: Query | None = None
     error: dict[str, Any] | None = None
+    status: int = 400
 
 
 def custom_ids(lines: list[bytes], first: int = 0) -> list[str]:
@@ -62,7 +65,8 @@ def custom_ids(lines: list[bytes], first: int = 0) -> list[str]:
 
 def parse_line(line: bytes, custom_id: str, endpoint: str, caller: Caller, tenants: TenantDirectory,
                settings: CascadeSettings) -> ParsedLine:
-    """A query from one line, or an error naming what is wrong with it."""
+    """A query from one line, or an error naming what is wrong with it: the same checks and limits as
+    an interactive request (``max_prompt_chars``, ``max_tokens_limit``, valid text, ranges)."""
     try:
         item = orjson.loads(line)
     except orjson.JSONDecodeError as error:
@@ -84,10 +88,14 @@ def parse_line(line: bytes, custom_id: str, endpoint: str, caller: Caller, tenan
         params = request.params(settings.generation, settings.server.max_tokens_limit)
         build = chat_queries if isinstance(request, ChatCompletionRequest) else completion_queries
         [query] = build(request, caller.tenant, params, controls)  # type: ignore[arg-type]
+        check_prompt_size(query, settings.server.max_prompt_chars,
+                          "body.messages" if isinstance(request, ChatCompletionRequest) else "body.prompt")
     except ValidationError as error:
         return ParsedLine(custom_id, error={"code": "invalid_request", "message": validation_summary(error, "body")})
     except ApiError as error:
-        return ParsedLine(custom_id, error={"code": error.code or "invalid_request", "message": error.message})
+        param = error.param if error.param is None or error.param.startswith("body") else f"body.{error.param}"
+        return ParsedLine(custom_id, error={"code": error.code or "invalid_request", "message": error.message,
+                                            "param": param}, status=error.status)
     except ValueError as error:
         return ParsedLine(custom_id, error={"code": "invalid_request", "message": str(error)})
     return ParsedLine(custom_id, query=query)
@@ -101,6 +109,7 @@ def output_line(custom_id: str, answer: RoutedAnswer, endpoint: str) -> bytes:
 
 
 def error_line(custom_id: str, error: dict[str, Any], status_code: int = 400) -> bytes:
+    error = {k: printable(v) if isinstance(v, str) else v for k, v in error.items()}
     return orjson.dumps({"id": f"batch_req_{uuid.uuid4().hex[:24]}", "custom_id": custom_id,
                          "response": {"status_code": status_code, "request_id": None,
                                       "body": {"error": {**error, "type": "invalid_request_error"}}},

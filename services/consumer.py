@@ -10,6 +10,7 @@ so the handlers submit their routing to an event loop the replica keeps on its o
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import hmac
 import logging
@@ -23,7 +24,8 @@ import orjson
 from ray.serve.task_consumer import task_handler
 
 from cascade.config import CascadeSettings
-from cascade.engines.base import PromptTooLongError
+from cascade.engines.base import InvalidInputError, PromptTooLongError
+from cascade.errors import public_message
 from cascade.factory import build_router
 from cascade.router import AllTiersFailedError
 from cascade.schemas import Query, RoutedAnswer
@@ -61,6 +63,7 @@ class RoutingConsumer:
         self.tenants = TenantDirectory(self.settings.server, [t.name for t in self.settings.tiers])
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, name="consumer-loop", daemon=True).start()
+        self._deliveries: set[concurrent.futures.Future[None]] = set()
 
     def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
@@ -93,7 +96,7 @@ class RoutingConsumer:
         caller = self.tenants.caller_of(batch["tenant"])
         parsed = [parse_line(line, cid, batch["endpoint"], caller, self.tenants, self.settings)
                   for line, cid in zip(lines, ids, strict=True) if cid not in done]
-        errors = {p.custom_id: error_line(p.custom_id, p.error) for p in parsed if p.error is not None}
+        errors = {p.custom_id: error_line(p.custom_id, p.error, p.status) for p in parsed if p.error is not None}
         pending = [p for p in parsed if p.query is not None]
         results: dict[str, bytes] = {}
         for attempt in range(self.queue.route_attempts):
@@ -105,8 +108,13 @@ class RoutingConsumer:
                 if isinstance(outcome, RoutedAnswer):
                     results[line.custom_id] = output_line(line.custom_id, outcome, batch["endpoint"])
                 elif isinstance(outcome, PromptTooLongError):
-                    errors[line.custom_id] = error_line(line.custom_id, {"code": "context_length_exceeded",
-                                                                         "message": str(outcome)}, 413)
+                    errors[line.custom_id] = error_line(line.custom_id, {
+                        "code": "context_length_exceeded", "param": "body", "message":
+                        f"prompt of {outcome.prompt_tokens} tokens plus max_tokens {outcome.max_tokens} exceeds "
+                        f"the model's context window of {outcome.context_window} tokens"}, 413)
+                elif isinstance(outcome, InvalidInputError):
+                    errors[line.custom_id] = error_line(line.custom_id, {"code": "invalid_input", "param": "body",
+                                                                         "message": outcome.reason}, 400)
                 else:
                     retry.append((line, outcome))
             pending = [line for line, _ in retry]
@@ -114,7 +122,8 @@ class RoutingConsumer:
                 time.sleep(self.queue.retry_backoff_s * 2**attempt)
             elif retry:
                 for line, outcome in retry:
-                    reason = f"{type(outcome).__name__}: {outcome}"
+                    reason = public_message(outcome)
+                    log.warning("batch %s line %s dead-lettered: %r", batch["id"], line.custom_id, outcome)
                     self.store.dead_letter(batch["id"], line.custom_id, reason)
                     status = 503 if isinstance(outcome, AllTiersFailedError) else 500
                     message = f"failed {self.queue.route_attempts} times: {reason}"
@@ -165,6 +174,8 @@ class RoutingConsumer:
         return True
 
     def _webhook(self, tenant: str, job_id: str, response: dict[str, Any]) -> None:
+        """Deliver the final answer to the tenant's webhook off the handler's path: the task is done
+        once the job is stored; delivery runs on the replica's loop with a timeout and retries."""
         config = self.settings.server.tenants.get(tenant)
         if config is None or not config.webhook_url:
             return
@@ -172,13 +183,23 @@ class RoutingConsumer:
         headers = {"Content-Type": "application/json", "X-Cascade-Job": job_id}
         if config.webhook_secret:
             headers["X-Cascade-Signature"] = signature(config.webhook_secret, body)
-        for attempt in range(3):
-            try:
-                httpx.post(config.webhook_url, content=body, headers=headers, timeout=10).raise_for_status()
-                return
-            except httpx.HTTPError as error:
-                log.warning("webhook for job %s failed (attempt %d): %s", job_id, attempt + 1, error)
-                time.sleep(0.5 * 2**attempt)
+        delivery = asyncio.run_coroutine_threadsafe(self._deliver(config.webhook_url, job_id, body, headers),
+                                                    self.loop)
+        self._deliveries.add(delivery)
+        delivery.add_done_callback(self._deliveries.discard)
+
+    async def _deliver(self, url: str, job_id: str, body: bytes, headers: dict[str, str]) -> None:
+        queue = self.queue
+        async with httpx.AsyncClient(timeout=queue.webhook_timeout_s) as client:
+            for attempt in range(queue.webhook_attempts):
+                try:
+                    (await client.post(url, content=body, headers=headers)).raise_for_status()
+                    return
+                except httpx.HTTPError as error:
+                    log.warning("webhook for job %s failed (attempt %d of %d): %s", job_id, attempt + 1,
+                                queue.webhook_attempts, error)
+                    await asyncio.sleep(0.5 * 2**attempt)
+        log.error("webhook for job %s not delivered after %d attempts", job_id, queue.webhook_attempts)
 
     def __del__(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)

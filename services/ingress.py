@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Annotated, Any
 
@@ -22,16 +23,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from opentelemetry.propagate import extract
 from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cascade.config import CascadeSettings
-from cascade.engines.base import PromptTooLongError
+from cascade.engines.base import InvalidInputError, PromptTooLongError
 from cascade.factory import build_router
 from cascade.feedback import outcome_record
-from cascade.router import AllTiersFailedError, Trail
+from cascade.router import AllTiersFailedError, Trail, UnknownTierError
 from cascade.schemas import Query, RoutedAnswer
-from cascade.telemetry import configure_from_env
+from cascade.telemetry import configure_from_env, count_refused_feedback
 from services.batch_api import ENDPOINTS, BatchCreate, batch_object, custom_ids
 from services.batch_store import TERMINAL, BatchStore, new_id
+from services.limits import BODY_LIMITS, BodyLimitMiddleware, RateLimiter
 from services.openai_api import (
     DONE,
     ROUTER_MODEL,
@@ -42,9 +45,11 @@ from services.openai_api import (
     chat_queries,
     chat_response,
     chat_stream,
+    check_prompt_size,
     completion_queries,
     completion_response,
     completion_stream,
+    error_responses,
     job_event,
     routing_object,
 )
@@ -56,6 +61,10 @@ from services.tenants import Caller, TenantDirectory
 log = logging.getLogger(__name__)
 
 api = FastAPI(title="cascade router", description="OpenAI-compatible LLM router: small model first, escalate on doubt")
+api.add_middleware(BodyLimitMiddleware)  # reads services.limits.BODY_LIMITS, which each replica sets
+OWNERS_KEPT = 100_000  # recent request ids and their tenants kept in memory for feedback checks
+COMPLETION_ERRORS = error_responses(400, 401, 403, 404, 413, 422, 429, 503)
+STORE_ERRORS = error_responses(401, 404, 413, 422, 503)
 
 
 def _public(record: dict[str, Any]) -> dict[str, Any]:
@@ -69,7 +78,10 @@ def _json(body: dict[str, Any]) -> Response:
 
 
 def _field(location: Sequence[int | str]) -> str:
-    return ".".join(str(part) for part in location if part != "body") or "body"
+    """A validation error's location as a dotted field name, without pydantic's union-member tags."""
+    parts = [str(p) for p in location if p != "body" and not (isinstance(p, str) and (
+        "[" in p or p in {"str", "int", "float", "bool", "list", "dict", "none"}))]
+    return ".".join(parts) or "body"
 
 
 @api.exception_handler(ApiError)
@@ -82,6 +94,14 @@ async def _store_down(request: Request, error: redis.RedisError) -> JSONResponse
     message = f"the batch and job store (Redis) is unreachable: {type(error).__name__}"
     return JSONResponse(ApiError(503, message, kind="service_unavailable").body(), status_code=503,
                         headers={"Retry-After": "10"})
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+    """FastAPI's own refusals (a body it cannot decode, an unknown path or method) in the error shape."""
+    kind = "not_found_error" if error.status_code == 404 else "invalid_request_error"
+    return JSONResponse(ApiError(error.status_code, str(error.detail), kind=kind).body(),
+                        status_code=error.status_code, headers=dict(error.headers or {}))
 
 
 @api.exception_handler(RequestValidationError)
@@ -104,6 +124,8 @@ class RouterIngress:
         limit_threads()
         configure_from_env()
         self.settings = CascadeSettings(**settings)
+        BODY_LIMITS.default = self.settings.server.max_body_bytes
+        BODY_LIMITS.uploads = self.settings.server.max_upload_bytes
         tiers = self.settings.tiers
         self.pools = {t.name: PoolEngine(pools[t.name], t.engine.model) for t in tiers}
         self.router = build_router(self.settings, with_redis=self.settings.server.use_redis, engines=self.pools)
@@ -122,6 +144,12 @@ class RouterIngress:
         self.tasks = TaskQueue(self.settings) if redis_url else None
         self._sweeper = asyncio.create_task(self._sweep_stalled_batches()) if redis_url else None
         self._records = self.router.cache is not None or self.router.feedback is not None
+        self.breaker = self.router.feedback.breaker if self.router.feedback is not None else None
+        limited = server.rate_limit_per_minute is not None or any(
+            t.rate_limit_per_minute is not None for t in server.tenants.values())
+        self.rate = RateLimiter(self.settings.redis_url, self.breaker) if (
+            limited and self.breaker is not None and self.settings.redis_url) else None
+        self._owners: OrderedDict[str, str] = OrderedDict()
 
     async def _sweep_stalled_batches(self) -> None:
         """Re-queue the unfinished chunks of batches that stopped progressing (a task lost with its
@@ -141,8 +169,31 @@ class RouterIngress:
                 log.warning("stalled-batch sweep skipped: %s", error)
 
     async def _record_batch(self, trails: list[Trail]) -> list[None]:
-        await self.router.record(trails)
+        try:
+            await self.router.record(trails)
+        except Exception:  # never let one batch's records fail the callers it was grouped with
+            log.exception("recording requests %s failed", [t.query.id for t in trails])
         return [None] * len(trails)
+
+    async def _admit(self, tenant: str) -> None:
+        """429 with ``Retry-After`` when the tenant is over its request rate (counted in Redis)."""
+        if self.rate is None:
+            return
+        config = self.settings.server.tenants.get(tenant)
+        limit = (config.rate_limit_per_minute if config is not None else None) or \
+            self.settings.server.rate_limit_per_minute
+        if limit is None:
+            return
+        wait = await self.rate.retry_after(tenant, limit)
+        if wait is not None:
+            raise ApiError(429, f"tenant {tenant!r} is over its limit of {limit} requests per minute; "
+                                f"retry in {wait} s", kind="rate_limit_error", code="rate_limit_exceeded",
+                           headers={"Retry-After": str(wait)})
+
+    def _remember_owner(self, request_id: str, tenant: str) -> None:
+        self._owners[request_id] = tenant
+        if len(self._owners) > OWNERS_KEPT:
+            self._owners.popitem(last=False)
 
     async def route(self, queries: list[Query], headers: Mapping[str, str],
                     progressive: bool = False) -> tuple[list[RoutedAnswer], list[str | None]]:
@@ -151,12 +202,9 @@ class RouterIngress:
         traced as a continuation of the caller's trace (W3C ``traceparent``), if any. Returns the
         answers and, per answer, its job id (None where the answer is final)."""
         limit = self.settings.server.max_prompt_chars
+        param = "messages" if queries and queries[0].messages else "prompt"
         for query in queries:
-            size = len(query.question) + sum(len(c) for c in query.context) + sum(
-                len(m.content) for m in query.messages or [])
-            if size > limit:
-                raise ApiError(413, f"prompt of {size} characters exceeds this server's limit of {limit}",
-                               param="messages" if query.messages else "prompt", code="prompt_too_long")
+            check_prompt_size(query, limit, param)
         self._in_flight += 1
         try:
             alone = self._in_flight == 1 and len(queries) == 1
@@ -174,20 +222,40 @@ class RouterIngress:
                         log.warning("progressive job not queued, finishing in the request: %s", error)
         try:
             answers = await asyncio.gather(*(self.router.finish(t) for t in trails))
-        except PromptTooLongError as error:
-            raise ApiError(413, str(error), param="messages", code="context_length_exceeded") from None
-        except AllTiersFailedError as error:
-            raise ApiError(503, f"no model pool could answer: {error}", kind="service_unavailable",
-                           code="all_tiers_failed", headers={"Retry-After": "5"}) from None
+        except Exception as error:
+            raise self._client_error(error, param, [t.query.id for t in trails]) from None
         parent = extract(dict(headers))
         for trail, answer in zip(trails, answers, strict=True):
             self.router.telemetry.trace_answer(answer, trail.started_ns, trail.links, parent=parent)
         self.router.telemetry.record_answers(answers)
+        for answer in answers:
+            self._remember_owner(answer.request_id, answer.tenant)
         for trail in trails if self._records else []:
             task = asyncio.create_task(self._record(trail))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
         return list(answers), jobs
+
+    @staticmethod
+    def _client_error(error: Exception, param: str, request_ids: list[str]) -> ApiError:
+        """The answer to a request the router could not answer: its own input's fault (4xx naming the
+        field), no pool (503), or an internal fault (500, logged with the request id, no details)."""
+        if isinstance(error, ApiError):
+            return error
+        if isinstance(error, PromptTooLongError):
+            return ApiError(413, f"prompt of {error.prompt_tokens} tokens plus max_tokens {error.max_tokens} exceeds "
+                                 f"the model's context window of {error.context_window} tokens",
+                            param=param, code="context_length_exceeded")
+        if isinstance(error, InvalidInputError):
+            return ApiError(400, error.reason, param=param, code="invalid_input")
+        if isinstance(error, UnknownTierError):
+            return ApiError(400, str(error), param="routing.tier")
+        if isinstance(error, AllTiersFailedError):
+            return ApiError(503, f"no model pool could answer: {error}", kind="service_unavailable",
+                            code="all_tiers_failed", headers={"Retry-After": "5"})
+        log.error("requests %s failed", request_ids, exc_info=error)
+        return ApiError(500, f"internal error while routing request {request_ids[0] if request_ids else ''}; "
+                             "it is logged under that id", kind="server_error", code="internal_error")
 
     def _require_queue(self) -> None:
         if self.store is None or self.tasks is None:
@@ -214,12 +282,15 @@ class RouterIngress:
     def _params(self, request: ChatCompletionRequest | CompletionRequest) -> Any:
         return request.params(self.settings.generation, self.settings.server.max_tokens_limit)
 
-    @api.post("/v1/chat/completions")
+    @api.post("/v1/chat/completions", responses={
+        200: {"content": {"text/event-stream": {}}, "description": "the answer, or its events when stream is true"},
+        **COMPLETION_ERRORS})
     async def chat_completions(self, request: ChatCompletionRequest, raw: Request,
                                authorization: Annotated[str | None, Header()] = None) -> Response:
         caller = self._caller(authorization)
+        await self._admit(caller.tenant)
         controls = self.tenants.controls(caller, request.model, request.routing)
-        queries = self._queries(lambda: chat_queries(request, caller.tenant, self._params(request), controls))
+        queries = chat_queries(request, caller.tenant, self._params(request), controls)
         [answer], [job] = await self.route(queries, raw.headers, request.progressive)
         routing = {**routing_object(answer), "provisional": job is not None, "job_id": job}
         if request.stream:
@@ -242,12 +313,15 @@ class RouterIngress:
             await asyncio.sleep(0.25)
         yield DONE
 
-    @api.post("/v1/completions")
+    @api.post("/v1/completions", responses={
+        200: {"content": {"text/event-stream": {}}, "description": "the answers, or their events when stream is true"},
+        **COMPLETION_ERRORS})
     async def completions(self, request: CompletionRequest, raw: Request,
                           authorization: Annotated[str | None, Header()] = None) -> Response:
         caller = self._caller(authorization)
+        await self._admit(caller.tenant)
         controls = self.tenants.controls(caller, request.model, request.routing)
-        queries = self._queries(lambda: completion_queries(request, caller.tenant, self._params(request), controls))
+        queries = completion_queries(request, caller.tenant, self._params(request), controls)
         answers, jobs = await self.route(queries, raw.headers, request.progressive and not request.stream)
         if any(jobs):
             body = completion_response(answers)
@@ -259,16 +333,7 @@ class RouterIngress:
             return StreamingResponse(completion_stream(answers), media_type="text/event-stream")
         return _json(completion_response(answers))
 
-    @staticmethod
-    def _queries(build: Callable[[], list[Query]]) -> list[Query]:
-        """Core queries from a request; a question the core refuses is a 400 naming the field."""
-        try:
-            return build()
-        except ValueError as error:
-            raise ApiError(400, str(error).splitlines()[-1].strip() if str(error) else "invalid request",
-                           param="messages") from None
-
-    @api.get("/v1/jobs/{job_id}")
+    @api.get("/v1/jobs/{job_id}", responses=error_responses(401, 404, 503))
     async def job(self, job_id: str, authorization: Annotated[str | None, Header()] = None) -> Response:
         """A progressive request's job: ``running`` with the provisional response, or ``completed``
         with the final one."""
@@ -280,8 +345,9 @@ class RouterIngress:
             raise ApiError(404, f"no job {job_id}", param="job_id", code="not_found")
         return _json({k: v for k, v in job.items() if k not in {"query", "tenant"}})
 
-    @api.post("/v1/files")
-    async def create_file(self, file: Annotated[UploadFile, File()], purpose: Annotated[str, Form()],
+    @api.post("/v1/files", responses=error_responses(400, 401, 413, 422, 503))
+    async def create_file(self, file: Annotated[UploadFile, File()],
+                          purpose: Annotated[str, Form(json_schema_extra={"enum": ["batch"]})],
                           authorization: Annotated[str | None, Header()] = None) -> Response:
         caller = self._caller(authorization)
         self._require_queue()
@@ -289,6 +355,14 @@ class RouterIngress:
         if purpose != "batch":
             raise ApiError(400, f"purpose {purpose!r} is not supported; use 'batch'", param="purpose")
         content = await file.read()
+        limit, max_lines = self.settings.server.max_upload_bytes, self.settings.queue.max_lines
+        if len(content) > limit:
+            raise ApiError(413, f"the file has {len(content)} bytes; this server's limit is {limit}", param="file",
+                           code="file_too_large")
+        lines = sum(1 for line in content.splitlines() if line.strip())
+        if lines > max_lines:
+            raise ApiError(413, f"the file has {lines} lines; this server's limit is {max_lines} lines per file",
+                           param="file", code="file_too_large")
         meta = await asyncio.to_thread(self.store.save_file, caller.tenant, file.filename or "input.jsonl",
                                        purpose, content)
         return _json(_public(meta))
@@ -300,13 +374,13 @@ class RouterIngress:
             raise ApiError(404, f"no file {file_id}", param="file_id", code="not_found")
         return meta
 
-    @api.get("/v1/files/{file_id}")
+    @api.get("/v1/files/{file_id}", responses=STORE_ERRORS)
     async def file_meta(self, file_id: str, authorization: Annotated[str | None, Header()] = None) -> Response:
         caller = self._caller(authorization)
         self._require_queue()
         return _json(_public(await self._own_file(file_id, caller.tenant)))
 
-    @api.get("/v1/files/{file_id}/content")
+    @api.get("/v1/files/{file_id}/content", responses=STORE_ERRORS)
     async def file_content(self, file_id: str, authorization: Annotated[str | None, Header()] = None) -> Response:
         caller = self._caller(authorization)
         self._require_queue()
@@ -315,7 +389,7 @@ class RouterIngress:
         content = await asyncio.to_thread(self.store.file_content, file_id)
         return Response(content or b"", media_type="application/octet-stream")
 
-    @api.post("/v1/batches")
+    @api.post("/v1/batches", responses=error_responses(400, 401, 404, 413, 422, 429, 503))
     async def create_batch(self, request: BatchCreate,
                            authorization: Annotated[str | None, Header()] = None) -> Response:
         """Split the input file into chunks and queue them; the consumer routes each chunk as a batch."""
@@ -335,7 +409,7 @@ class RouterIngress:
             raise ApiError(400, f"the input file has {len(lines)} lines; a batch takes 1 to {queue.max_lines}",
                            param="input_file_id")
         ids = custom_ids(lines)
-        duplicates = sorted({c for c in ids if ids.count(c) > 1}) if len(set(ids)) != len(ids) else []
+        duplicates = sorted(c for c, n in Counter(ids).items() if n > 1)  # linear: a 50,000-line file stays cheap
         if duplicates:
             raise ApiError(400, f"custom_id values must be unique; repeated: {duplicates[:5]}", param="input_file_id")
         batch = batch_object(new_id("batch"), caller.tenant, request, len(lines))
@@ -355,13 +429,13 @@ class RouterIngress:
             raise ApiError(404, f"no batch {batch_id}", param="batch_id", code="not_found")
         return batch
 
-    @api.get("/v1/batches/{batch_id}")
+    @api.get("/v1/batches/{batch_id}", responses=STORE_ERRORS)
     async def get_batch(self, batch_id: str, authorization: Annotated[str | None, Header()] = None) -> Response:
         caller = self._caller(authorization)
         self._require_queue()
         return _json(_public(await self._own_batch(batch_id, caller.tenant)))
 
-    @api.post("/v1/batches/{batch_id}/cancel")
+    @api.post("/v1/batches/{batch_id}/cancel", responses=error_responses(400, 401, 404, 409, 413, 422, 503))
     async def cancel_batch(self, batch_id: str, authorization: Annotated[str | None, Header()] = None) -> Response:
         """Stop the lines not yet routed; the batch becomes ``cancelled`` once its queued chunks drain."""
         caller = self._caller(authorization)
@@ -374,7 +448,7 @@ class RouterIngress:
         await asyncio.to_thread(self.store.update_batch, batch_id, status="cancelling", cancelling_at=int(time.time()))
         return _json(_public(await self._own_batch(batch_id, caller.tenant)))
 
-    @api.get("/v1/models")
+    @api.get("/v1/models", responses=error_responses(401))
     async def models(self, authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
         self._caller(authorization)
         entries = [{"id": ROUTER_MODEL, "object": "model", "created": 0, "owned_by": "cascade"}]
@@ -382,14 +456,28 @@ class RouterIngress:
                     for t in self.settings.tiers]
         return {"object": "list", "data": entries}
 
-    @api.post("/v1/feedback", status_code=202)
+    @api.post("/v1/feedback", status_code=202, responses=error_responses(400, 401, 404, 413, 422, 503))
     async def feedback(self, request: FeedbackRequest,
                        authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        """Label an answered request; only the tenant that made the request may label it."""
         caller = self._caller(authorization)
         log_ = self.router.feedback
         if log_ is None:
             raise ApiError(503, "the feedback log is off on this server (server.use_redis is false)",
                            kind="service_unavailable")
+        owner = self._owners.get(request.request_id)
+        if owner is None:
+            try:
+                owner = await log_.owner(request.request_id)
+            except (redis.RedisError, OSError):
+                raise ApiError(503, "request ids cannot be checked while the feedback store is unreachable",
+                               kind="service_unavailable", headers={"Retry-After": "5"}) from None
+        if owner != caller.tenant:
+            count_refused_feedback(caller.tenant)
+            log.warning("tenant %s: feedback on request %s refused (not its request)", caller.tenant,
+                        request.request_id)
+            raise ApiError(404, f"no request {request.request_id} of this tenant", param="request_id",
+                           code="not_found")
         record = outcome_record(request.request_id, caller.tenant, correct=request.correct, score=request.score,
                                 source=request.source)
         stored = await log_.append([record])
@@ -402,6 +490,7 @@ class RouterIngress:
         ready = [bool(state.get("ready")) for state in pools.values()]
         status = "ok" if all(ready) else "degraded" if any(ready) else "down"
         body = {"status": status, "pools": pools, "cache": self.router.cache is not None,
+                "redis": self.breaker.status() if self.breaker is not None else None,
                 "feedback_buffered": self._buffered(), "controller": await self._controller_status()}
         return JSONResponse(body, status_code=503 if status == "down" else 200)
 
@@ -420,4 +509,6 @@ class RouterIngress:
         if self._sweeper is not None:
             self._sweeper.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        if self.rate is not None:
+            await self.rate.close()
         await self.router.close()

@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from cascade.schemas import GenerationParams, Message, Query, RoutedAnswer, RoutingControls
+from cascade.schemas import MAX_SEED, GenerationParams, Message, Query, RoutedAnswer, RoutingControls, Text
 
 ROUTER_MODEL = "cascade"
 
@@ -34,7 +34,46 @@ class ApiError(Exception):
         self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+        return {"error": {"message": printable(self.message), "type": self.kind,
+                          "param": None if self.param is None else printable(self.param), "code": self.code}}
+
+
+def printable(text: str) -> str:
+    """``text`` made encodable as UTF-8 (a lone surrogate becomes U+FFFD), so no answer fails to encode."""
+    return text if text.isascii() else text.encode("utf-8", "replace").decode("utf-8")
+
+
+class ErrorDetail(BaseModel):
+    """The ``error`` object of every 4xx and 5xx answer (OpenAI's shape)."""
+
+    message: str
+    type: str
+    param: str | None = Field(description="the request field at fault, dotted")
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx and 5xx answer."""
+
+    error: ErrorDetail
+
+
+_STATUS = {
+    400: "an empty question, max_tokens over the limit, or a value the server does not support",
+    401: "missing or unknown API key",
+    403: "the tenant's plan does not allow this",
+    404: "unknown model, or no such file, batch, job or request id for this tenant",
+    409: "the batch is already finished",
+    413: "request body, upload, file lines or prompt over this server's limits (the limit is in the message)",
+    422: "a field is missing, malformed or out of range (param names it)",
+    429: "over the tenant's rate limit or queue quota; see Retry-After",
+    503: "no model pool could answer, or a store this call needs is down; see Retry-After",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the error statuses a route answers."""
+    return {code: {"model": ErrorResponse, "description": _STATUS[code]} for code in codes}
 
 
 class RoutingOverride(BaseModel):
@@ -42,7 +81,7 @@ class RoutingOverride(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    tier: str | None = Field(default=None, description="answer from this tier only")
+    tier: Text | None = Field(default=None, description="answer from this tier only")
     threshold: float | None = Field(default=None, ge=0.0, le=1.0, description="escalate below this confidence")
 
 
@@ -50,14 +89,14 @@ class TextPart(BaseModel):
     """One text part of a message's content list."""
 
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ChatMessage(BaseModel):
     """A chat message as clients send it: string content or a list of text parts."""
 
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    content: Text | list[TextPart]
 
     def core(self) -> Message:
         text = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
@@ -69,16 +108,16 @@ class _GenerationRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    model: str = ROUTER_MODEL
+    model: Text = ROUTER_MODEL
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    stop: str | list[str] | None = None
-    seed: int | None = None
+    stop: Text | list[Text] | None = None
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     n: Literal[1] = 1
     stream: bool = False
-    context: list[str] = Field(default_factory=list, max_length=64)
+    context: list[Text] = Field(default_factory=list, max_length=64)
     routing: RoutingOverride | None = None
     progressive: bool = Field(default=False, description="return an escalated request's small answer at once, "
                                                          "marked provisional; the final answer follows as a job")
@@ -115,7 +154,10 @@ class ChatCompletionRequest(_GenerationRequest):
 class CompletionRequest(_GenerationRequest):
     """``POST /v1/completions``: one prompt, or a list answered as one choice each."""
 
-    prompt: str | list[str]
+    prompt: Text | list[Text] = Field(json_schema_extra={  # a question: not empty, not only whitespace
+        "anyOf": [{"type": "string", "minLength": 1, "pattern": r"\S"},
+                  {"type": "array", "items": {"type": "string", "minLength": 1, "pattern": r"\S"},
+                   "minItems": 1, "maxItems": 64}]})
 
     @field_validator("prompt")
     @classmethod
@@ -128,12 +170,14 @@ class CompletionRequest(_GenerationRequest):
 class FeedbackRequest(BaseModel):
     """``POST /v1/feedback``: the outcome of an answered request."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "anyOf": [{"required": ["correct"], "properties": {"correct": {"type": "boolean"}}},
+                  {"required": ["score"], "properties": {"score": {"type": "number"}}}]})
 
-    request_id: str = Field(min_length=1, max_length=128)
+    request_id: Text = Field(min_length=1, max_length=128)
     correct: bool | None = None
     score: float | None = Field(default=None, ge=0.0, le=1.0)
-    source: str = Field(default="user", max_length=64)
+    source: Text = Field(default="user", max_length=64)
 
     @model_validator(mode="after")
     def _has_outcome(self) -> FeedbackRequest:
@@ -142,17 +186,51 @@ class FeedbackRequest(BaseModel):
         return self
 
 
+def _built(build: Any, param: str) -> list[Query]:
+    try:
+        return list(build())
+    except ValidationError as error:
+        problem = error.errors()[0]
+        message = str(problem.get("msg", "invalid request")).removeprefix("Value error, ")
+        raise ApiError(400, message, param=param) from None
+
+
 def chat_queries(request: ChatCompletionRequest, tenant: str, params: GenerationParams,
                  controls: RoutingControls) -> list[Query]:
-    return [Query(tenant=tenant, messages=[m.core() for m in request.messages], context=request.context,
-                  params=params, routing=controls)]
+    """The core query of a chat request; 400 naming ``messages`` when there is no question."""
+    messages = [m.core() for m in request.messages]
+    users = [m for m in messages if m.role == "user"]
+    if not users or not users[-1].content.strip():
+        raise ApiError(400, "messages has no user message with text: there is no question to answer",
+                       param="messages")
+    return _built(lambda: [Query(tenant=tenant, messages=messages, context=request.context, params=params,
+                                 routing=controls)], "messages")
 
 
 def completion_queries(request: CompletionRequest, tenant: str, params: GenerationParams,
                        controls: RoutingControls) -> list[Query]:
+    """One core query per prompt; 400 naming ``prompt`` when a prompt is empty."""
     prompts = [request.prompt] if isinstance(request.prompt, str) else request.prompt
-    return [Query(tenant=tenant, prompt=p, context=request.context, params=params, routing=controls)
-            for p in prompts]
+    for i, prompt in enumerate(prompts):
+        if not prompt.strip():
+            where = "prompt" if isinstance(request.prompt, str) else f"prompt.{i}"
+            raise ApiError(400, f"{where} is empty: there is no question to answer", param=where)
+    return _built(lambda: [Query(tenant=tenant, prompt=p, context=request.context, params=params, routing=controls)
+                           for p in prompts], "prompt")
+
+
+def prompt_chars(query: Query) -> int:
+    """Characters the model is given: the prompt or every message (the question once), and the context."""
+    text = len(query.prompt) if query.prompt is not None else sum(len(m.content) for m in query.messages or [])
+    return text + sum(len(c) for c in query.context)
+
+
+def check_prompt_size(query: Query, limit: int, param: str) -> None:
+    """413 naming ``param`` when the query is longer than ``limit`` characters."""
+    size = prompt_chars(query)
+    if size > limit:
+        raise ApiError(413, f"prompt of {size} characters exceeds this server's limit of {limit}",
+                       param=param, code="prompt_too_long")
 
 
 def routing_object(answer: RoutedAnswer) -> dict[str, Any]:

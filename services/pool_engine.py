@@ -3,17 +3,36 @@ Ray Serve pools exactly as it drives in-process engines."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
+from cascade.engines.base import EngineError
 from cascade.schemas import Generation, Query
 from cascade.telemetry import carrier
+
+log = logging.getLogger(__name__)
 
 
 def unwrap(error: BaseException) -> BaseException:
     """The exception the replica raised, not Ray's wrapper around it."""
     cause = getattr(error, "cause", None)
     return cause if isinstance(cause, BaseException) else error
+
+
+def _from_ray(error: BaseException) -> bool:
+    return type(error).__module__.split(".")[0] == "ray"
+
+
+def plain_error(error: BaseException, model: str) -> BaseException:
+    """The replica's own exception where it survived Ray (its type kept), else an ``EngineError`` that
+    names the pool and Ray's error type only: Ray's messages carry tracebacks, paths and actor ids,
+    which are logged here and never reach a client."""
+    cause = unwrap(error)
+    if not _from_ray(cause):
+        return cause
+    log.warning("pool %s call failed: %s", model, error)
+    return EngineError(f"the {model} pool could not answer ({type(cause).__name__})")
 
 
 class PoolEngine:
@@ -33,7 +52,7 @@ class PoolEngine:
         try:
             return list(await self.handle.generate.remote(list(queries), carrier()))
         except Exception as error:
-            raise unwrap(error) from None
+            raise plain_error(error, self.model) from None
 
     def health(self) -> dict[str, object]:
         return {"engine": "pool", "model": self.model}
@@ -43,4 +62,4 @@ class PoolEngine:
         try:
             return dict(await self.handle.health.remote())
         except Exception as error:
-            return {"model": self.model, "ready": False, "error": str(unwrap(error))}
+            return {"model": self.model, "ready": False, "error": str(plain_error(error, self.model))}

@@ -59,12 +59,14 @@ def tier(name: str, policy: str, **engine_args: Any) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def base_url(redis_url: str, webhook: str) -> Iterator[str]:
     settings = CascadeSettings(
-        tiers=[tier("small", "v1", uncertain_marker="What"), tier("large", "accept", delay_s=0.05)],
+        tiers=[tier("small", "v1", uncertain_marker="What", context_window=2000),
+               tier("large", "accept", delay_s=0.05)],
         redis_url=redis_url, cache={"enabled": False},
         server={"ingress": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.05}},
                 "tenants": {"acme": {"api_keys": ["k-acme"], "webhook_url": webhook, "webhook_secret": SECRET},
                             "small-co": {"api_keys": ["k-small"]}}},
         queue={"chunk_size": 8, "visibility_timeout_s": 5, "tenant_quota_lines": 450, "retry_backoff_s": 0.05,
+               "max_lines": 500,
                "consumer": {"num_replicas": 1, "max_ongoing_requests": 2, "ray_actor_options": {"num_cpus": 0.05}}})
     with serve_apps({"": settings}) as url:
         yield url
@@ -163,6 +165,45 @@ def test_malformed_lines_land_in_the_error_file(base_url: str, data_dir: Path) -
     assert "temperature" in errors["bad-temp"]["error"]["message"]
     assert errors["bad-temp"]["response"]["status_code"] == 400
     assert len(lines_of(api, batch.output_file_id)) == 10
+
+
+def test_over_long_batch_lines_fail_alone_and_their_chunk_mates_succeed(base_url: str, data_dir: Path) -> None:
+    """In one chunk of 8: a line over the server's prompt limit (refused when parsed, as an interactive
+    request would be) and a line over the model's context window (refused by the pool, across Ray);
+    the six others are answered; each error names its own line only and carries no traceback."""
+    api = client(base_url)
+
+    def line(custom_id: str, prompt: str) -> bytes:
+        return orjson.dumps({"custom_id": custom_id, "method": "POST", "url": "/v1/completions",
+                             "body": {"prompt": prompt}})
+
+    content = line("too-many-chars", "x" * 33_000) + b"\n" + batch_file(data_dir, 6) + line("too-many-tokens",
+                                                                                          "word " * 2500)
+    batch = wait(api, submit(api, content).id)
+    assert batch.status == "completed" and batch.request_counts.completed == 6 and batch.request_counts.failed == 2
+    raw = api.files.content(batch.error_file_id).content
+    errors = {e["custom_id"]: e for e in (orjson.loads(x) for x in raw.splitlines() if x.strip())}
+    chars, tokens = errors["too-many-chars"], errors["too-many-tokens"]
+    assert chars["response"]["status_code"] == 413 and chars["error"]["code"] == "prompt_too_long"
+    assert "33000 characters" in chars["error"]["message"] and "32000" in chars["error"]["message"]
+    assert tokens["response"]["status_code"] == 413 and tokens["error"]["code"] == "context_length_exceeded"
+    assert "context window of 2000 tokens" in tokens["error"]["message"]
+    for leak in (b"Traceback", b"site-packages", b"File \"", b"actor_id", b"pid="):
+        assert leak not in raw, leak
+    answered = [o["custom_id"] for o in lines_of(api, batch.output_file_id)]
+    assert len(answered) == 6 and not set(answered) & set(errors)
+    for custom_id, entry in errors.items():
+        told = orjson.dumps(entry["error"]).decode()
+        assert not any(other in told for other in [*answered, *errors] if other != custom_id), told
+
+
+def test_an_upload_over_the_line_limit_is_413_with_the_limit(base_url: str) -> None:
+    api = client(base_url)
+    too_many = b"".join(orjson.dumps({"custom_id": f"c{i}", "method": "POST", "url": "/v1/completions",
+                                      "body": {"prompt": "q"}}) + b"\n" for i in range(501))
+    with pytest.raises(openai.APIStatusError) as raised:
+        api.files.create(file=("many.jsonl", io.BytesIO(too_many)), purpose="batch")
+    assert raised.value.status_code == 413 and "limit is 500 lines" in raised.value.message
 
 
 def test_cancel_stops_the_remaining_work(base_url: str, data_dir: Path) -> None:

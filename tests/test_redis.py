@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import redis
 
+from cascade.breaker import BreakerConfig, RedisBreaker
 from cascade.cache import CacheConfig, SemanticCache
 from cascade.config import CascadeSettings, load_settings
 from cascade.embeddings import MiniLMEmbedder
@@ -265,20 +266,105 @@ async def test_redis_down_mid_run_loses_no_request_and_buffers_feedback(tmp_path
                                                                         embedder: MiniLMEmbedder) -> None:
     server = LocalRedis(port=free_port(), state_dir=tmp_path, data_dir=tmp_path / "data")
     server.start()
-    log = FeedbackLog(server.url, FeedbackConfig(stream="test:feedback-faults"))
-    cache = SemanticCache(server.url, CacheConfig(index_name="test-faults"), embedder)
+    breaker = RedisBreaker(BreakerConfig(cooldown_s=0.5))
+    log = FeedbackLog(server.url, FeedbackConfig(stream="test:feedback-faults"), breaker=breaker)
+    cache = SemanticCache(server.url, CacheConfig(index_name="test-faults"), embedder, breaker=breaker)
     router = two_tier_router(cache=cache, feedback=log)
     batches = [[Query(prompt=f"easy batch {b} question {i}") for i in range(3)] for b in range(3)]
     assert len(await router.route(batches[0])) == 3
     server.stop()
     answers = await router.route(batches[1])
     assert len(answers) == 3 and all(a.answer for a in answers), "no request fails while Redis is down"
-    assert log.buffered == 3 and cache.stats.errors >= 1
+    assert log.buffered == 3 and cache.stats.errors >= 1 and breaker.state == "open"
     server.start()
+    await asyncio.sleep(0.6)  # the breaker's cool-down: then one call probes Redis and closes it
     again = await router.route(batches[0] + batches[2])
     assert log.buffered == 0
     assert all(a.cache_hit for a in again[:3]), "the cache is back (data kept in the data directory)"
     recorded = [r["request_id"] for _, r in await log.read_all()]
     assert recorded == [q.id for q in batches[0] + batches[1] + batches[0] + batches[2]]
+    await router.close()
+    server.stop()
+
+
+async def test_a_question_the_embedder_cannot_read_is_a_miss_for_it_alone(cache: SemanticCache) -> None:
+    """MiniLM's tokenizer raises on a lone surrogate; a query that got past the door with one (here built
+    without validation) is served without the cache, and its batch-mates keep theirs."""
+    router = two_tier_router(cache=cache)
+    batch = [Query(prompt=f"hard: question {i} about France?", context=[PARIS]) for i in range(7)]
+    batch.insert(2, Query(prompt="hard: x", context=[PARIS]).model_copy(update={"prompt": "hard \ud800 hi"}))
+    trails = await router.begin(batch)
+    assert all(t.rejected is None for t in trails)
+    assert [t.vector is None for t in trails] == [i == 2 for i in range(8)]
+    first = await router.route(batch)
+    assert len(first) == 8 and not any(a.cache_hit for a in first)
+    again = await router.route([q.model_copy(update={"id": f"again-{i}"}) for i, q in enumerate(batch)])
+    assert [a.cache_hit for a in again] == [i != 2 for i in range(8)]
+
+
+async def test_a_record_that_cannot_be_stored_is_dropped_alone_and_counted(local_redis: LocalRedis,
+                                                                          embedder: MiniLMEmbedder) -> None:
+    cache = SemanticCache(local_redis.url, CacheConfig(index_name="test-poisoned-records", ttl_s=60), embedder)
+    log = FeedbackLog(local_redis.url, FeedbackConfig(stream="test:feedback-poisoned"))
+    router = two_tier_router(cache=cache, feedback=log)
+    batch = [Query(prompt=f"hard: record {i}?", context=[PARIS]) for i in range(4)]
+    overflowing = batch[1].params.model_copy(update={"seed": 2**70})  # what skipping validation let through
+    batch[1] = batch[1].model_copy(update={"params": overflowing})
+    answers = await router.route(batch)
+    assert len(answers) == 4 and cache.stats.stores == 3, "the entry whose scope cannot be hashed alone is lost"
+    decisions = [r["request_id"] for _, r in await log.read_all() if r["kind"] == "decision"]
+    assert decisions == [q.id for q in batch], "the feedback records of its batch-mates (and its own) are stored"
+    stored = await log.append([outcome_record("a", "t", score=0.5), {"kind": "outcome", "request_id": "b",
+                                                                     "tenant": "t", "score": 2**70},
+                               outcome_record("c", "t", correct=True)])
+    assert stored and log.dropped == 1
+    outcomes = [r["request_id"] for _, r in await log.read_all() if r["kind"] == "outcome"]
+    assert outcomes == ["a", "c"]
+    await router.close()
+
+
+async def test_feedback_log_knows_which_tenant_owns_a_request_id(local_redis: LocalRedis) -> None:
+    log = FeedbackLog(local_redis.url, FeedbackConfig(stream="test:feedback-owners"))
+    router = two_tier_router(feedback=log)
+    [answer] = await router.route([Query(tenant="acme", prompt="easy question")])
+    assert await log.owner(answer.request_id) == "acme"
+    assert await log.owner("no-such-request") is None
+    await router.close()
+
+
+async def test_redis_not_answering_opens_the_circuit_and_no_call_is_tried_during_the_cool_down(
+        tmp_path: Path, embedder: MiniLMEmbedder) -> None:
+    """Redis stopped (SIGSTOP: connections open, no answers, the worst case): the first batch waits one
+    timeout, then the cache, feedback and thresholds skip Redis without a call until the cool-down ends;
+    nothing is lost and the buffered feedback reaches the stream when Redis answers again."""
+    import os
+    import signal
+
+    server = LocalRedis(port=free_port(), state_dir=tmp_path, data_dir=tmp_path / "data")
+    server.start()
+    breaker = RedisBreaker(BreakerConfig(timeout_ms=50, cooldown_s=2.0))
+    cache = SemanticCache(server.url, CacheConfig(index_name="test-breaker"), embedder, breaker=breaker)
+    log = FeedbackLog(server.url, FeedbackConfig(stream="test:feedback-breaker"), breaker=breaker)
+    live = LiveThresholds(server.url, breaker=breaker, refresh_s=0.0)
+    router = two_tier_router(cache=cache, feedback=log, thresholds=live)
+    await router.route([Query(prompt="easy warm-up")])
+    pid = server.pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        answers = await router.route([Query(prompt=f"easy while stopped {i}") for i in range(3)])
+        assert len(answers) == 3 and breaker.state == "open" and breaker.failures == 1
+        attempts = breaker.attempts
+        for b in range(5):
+            answers = await router.route([Query(prompt=f"easy batch {b} question {i}") for i in range(3)])
+            assert len(answers) == 3 and all(a.answer for a in answers)
+        assert breaker.attempts == attempts, "no Redis call is attempted during the cool-down"
+        assert breaker.skipped >= 5 and log.buffered == 18
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    await asyncio.sleep(2.1)
+    await router.route([Query(prompt="easy after the outage")])
+    assert breaker.state == "closed" and log.buffered == 0
+    assert len([r for _, r in await log.read_all() if r["kind"] == "decision"]) == 1 + 3 + 15 + 1
     await router.close()
     server.stop()

@@ -5,6 +5,7 @@ per scenario (each with its own route prefix)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -65,9 +66,23 @@ def controlled(redis_url: str) -> CascadeSettings:
                                        min_samples=10, max_step=1.0, hysteresis=0.0)})
 
 
+def guarded(redis_url: str) -> CascadeSettings:
+    """Redis on (feedback, rate limits; cache and queue off), pools that refuse unreadable or over-long
+    input as real engines do, three tenants, one of them rate-limited, and a small body limit."""
+    limits = {"context_window": 300, "unreadable_marker": "POISON"}
+    return CascadeSettings(
+        tiers=[scripted_tier("small", "slm", uncertain_marker="hard", **limits),
+               scripted_tier("large", "llm", policy="accept", **limits)],
+        redis_url=redis_url, cache={"enabled": False}, queue={"enabled": False},
+        server={"use_redis": True, "batch_wait_timeout_s": 0.05, "max_prompt_chars": 2000,
+                "max_body_bytes": 64 * 1024, "ingress": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.05}},
+                "tenants": {"a": {"api_keys": ["key-a"]}, "b": {"api_keys": ["key-b"]},
+                            "busy": {"api_keys": ["key-busy"], "rate_limit_per_minute": 3}}})
+
+
 @pytest.fixture(scope="module")
 def base_url(redis_url: str) -> Iterator[str]:
-    with serve_apps({**SCENARIOS, "controlled": controlled(redis_url)}) as url:
+    with serve_apps({**SCENARIOS, "controlled": controlled(redis_url), "guarded": guarded(redis_url)}) as url:
         yield url
 
 
@@ -252,3 +267,117 @@ def test_threshold_controller_deployment_moves_the_live_threshold(base_url: str)
     assert routing["tier"] == "small" and "live threshold" in routing["reason"], routing["reason"]
     health = httpx.get(f"{base_url}/controlled/healthz").json()
     assert health["controller"]["running"] and health["controller"]["tenants"] >= 1
+
+
+def assert_no_server_details(text: str) -> None:
+    for leak in ("Traceback", "File \"", "site-packages", "/cascade/", "pid=", "actor_id", "ServeReplica"):
+        assert leak not in text, f"{leak!r} in {text[:300]}"
+
+
+async def test_a_poisoned_request_in_a_concurrent_group_of_8_fails_alone(base_url: str) -> None:
+    """One request the pool cannot read (its tokenizer raises for the whole batch) and one with a lone
+    surrogate, sent with six others at once: those two fail with a 4xx naming the field, the six are
+    answered."""
+    async with httpx.AsyncClient(base_url=f"{base_url}/guarded", timeout=60,
+                                 headers={"Authorization": "Bearer key-a"}) as api:
+        bodies: list[dict[str, Any]] = [{"prompt": f"word{i} easy"} for i in range(8)]
+        bodies[3] = {"prompt": "POISON is in this one"}
+        bodies[6] = {"prompt": "\ud800 hi"}
+        responses = await asyncio.gather(*(  # json.dumps escapes the surrogate as a client's JSON would
+            api.post("/v1/completions", content=json.dumps(b), headers={"Content-Type": "application/json"})
+            for b in bodies))
+    statuses = [r.status_code for r in responses]
+    assert statuses == [422 if i == 6 else 400 if i == 3 else 200 for i in range(8)], statuses
+    assert [r.json()["choices"][0]["text"] for i, r in enumerate(responses) if i not in (3, 6)] == \
+        [f"word{i}" for i in range(8) if i not in (3, 6)]
+    poisoned, surrogate = responses[3].json()["error"], responses[6].json()["error"]
+    assert poisoned["param"] == "prompt" and poisoned["code"] == "invalid_input"
+    assert surrogate["param"] == "prompt" and "lone surrogate" in surrogate["message"]
+    for response in responses:
+        assert_no_server_details(response.text)
+
+
+async def test_a_prompt_too_long_for_the_model_is_413_without_a_traceback(base_url: str) -> None:
+    async with httpx.AsyncClient(base_url=f"{base_url}/guarded", timeout=60,
+                                 headers={"Authorization": "Bearer key-a"}) as api:
+        alone = await api.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "w " * 400}]})
+        grouped = await asyncio.gather(*(api.post("/v1/completions", json={"prompt": p})
+                                         for p in ["one easy", "w " * 400, "two easy"]))
+    for response in (alone, grouped[1]):
+        assert response.status_code == 413, response.text
+        error = response.json()["error"]
+        assert error["code"] == "context_length_exceeded" and "context window of 300 tokens" in error["message"]
+        assert "retry-after" not in response.headers and len(response.text) < 600
+        assert_no_server_details(response.text)
+    assert alone.json()["error"]["param"] == "messages" and grouped[1].json()["error"]["param"] == "prompt"
+    assert [grouped[0].status_code, grouped[2].status_code] == [200, 200]
+
+
+@pytest.mark.parametrize("seed", [-5, 2**63, 2**70])
+def test_out_of_range_integers_are_refused_at_the_door(base_url: str, seed: int) -> None:
+    response = httpx.post(f"{base_url}/guarded/v1/completions", json={"prompt": "an easy one", "seed": seed},
+                          headers={"Authorization": "Bearer key-a"})
+    assert response.status_code == 422 and response.json()["error"]["param"] == "seed"
+    fine = httpx.post(f"{base_url}/guarded/v1/completions", json={"prompt": "an easy one", "seed": 2**63 - 1},
+                      headers={"Authorization": "Bearer key-a"})
+    assert fine.status_code == 200
+
+
+@pytest.mark.parametrize(("path", "body", "param"), [
+    ("/v1/completions", {"prompt": ""}, "prompt"),
+    ("/v1/completions", {"prompt": ["fine", "  "]}, "prompt.1"),
+    ("/v1/chat/completions", {"messages": [{"role": "system", "content": "no question"}]}, "messages"),
+])
+def test_an_empty_question_is_400_naming_the_field(base_url: str, path: str, body: dict[str, Any],
+                                                   param: str) -> None:
+    response = httpx.post(f"{base_url}/guarded{path}", json=body, headers={"Authorization": "Bearer key-a"})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param and "no question" in error["message"] and "pydantic" not in error["message"]
+
+
+def test_a_chat_message_is_counted_once_against_the_prompt_limit(base_url: str) -> None:
+    response = httpx.post(f"{base_url}/guarded/v1/chat/completions", headers={"Authorization": "Bearer key-a"},
+                          json={"messages": [{"role": "user", "content": "easy " + "x" * 1500}]})
+    assert response.status_code == 200, response.text
+
+
+def test_a_foreign_tenants_feedback_label_is_refused(base_url: str) -> None:
+    a, b = {"Authorization": "Bearer key-a"}, {"Authorization": "Bearer key-b"}
+    answer = httpx.post(f"{base_url}/guarded/v1/completions", json={"prompt": "an easy one"}, headers=a).json()
+    request_id = answer["routing"]["request_id"]
+    label = {"request_id": request_id, "correct": True}
+    foreign = httpx.post(f"{base_url}/guarded/v1/feedback", json=label, headers=b)
+    assert foreign.status_code == 404 and foreign.json()["error"]["param"] == "request_id"
+    unknown = httpx.post(f"{base_url}/guarded/v1/feedback", json={"request_id": "nope", "score": 0.5}, headers=a)
+    assert unknown.status_code == 404
+    own = httpx.post(f"{base_url}/guarded/v1/feedback", json=label, headers=a)
+    assert own.status_code == 202 and own.json()["accepted"]
+
+
+def test_over_the_tenant_rate_limit_is_429_with_retry_after(base_url: str) -> None:
+    busy, other = {"Authorization": "Bearer key-busy"}, {"Authorization": "Bearer key-a"}
+    statuses = [httpx.post(f"{base_url}/guarded/v1/completions", json={"prompt": f"easy {i}"}, headers=busy)
+                for i in range(5)]
+    assert [r.status_code for r in statuses][:3] == [200, 200, 200]
+    limited = [r for r in statuses if r.status_code == 429]
+    assert limited and 1 <= int(limited[0].headers["retry-after"]) <= 61
+    assert limited[0].json()["error"]["code"] == "rate_limit_exceeded"
+    assert httpx.post(f"{base_url}/guarded/v1/completions", json={"prompt": "easy"}, headers=other).status_code == 200
+
+
+def test_a_body_over_the_limit_is_413_before_it_is_parsed(base_url: str) -> None:
+    response = httpx.post(f"{base_url}/guarded/v1/completions", content=b"{" + b" " * (70 * 1024),
+                          headers={"Content-Type": "application/json"})
+    assert response.status_code == 413, "refused before authentication and parsing"
+    assert "65536 bytes" in response.json()["error"]["message"]
+
+
+def test_openapi_lists_the_errors_the_server_answers_and_health_reports_redis(base_url: str) -> None:
+    document = httpx.get(f"{base_url}/guarded/openapi.json").json()
+    for path in ("/v1/chat/completions", "/v1/completions"):
+        responses = document["paths"][path]["post"]["responses"]
+        assert {"400", "401", "403", "404", "413", "422", "429", "503"} <= set(responses), sorted(responses)
+        assert responses["413"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorResponse")
+    health = httpx.get(f"{base_url}/guarded/healthz").json()
+    assert health["redis"]["state"] == "closed" and httpx.get(f"{base_url}/main/healthz").json()["redis"] is None

@@ -17,7 +17,10 @@ class ModelNotFoundError(EngineError):
 
 
 class PromptTooLongError(EngineError, ValueError):
-    """A prompt plus its requested completion does not fit the model's context window."""
+    """A prompt plus its requested completion does not fit the model's context window.
+
+    Picklable with its fields, so it keeps its type across Ray (a pool replica raises it, the
+    router answers 413)."""
 
     def __init__(self, query_id: str, prompt_tokens: int, max_tokens: int, context_window: int) -> None:
         super().__init__(
@@ -26,7 +29,28 @@ class PromptTooLongError(EngineError, ValueError):
         )
         self.query_id = query_id
         self.prompt_tokens = prompt_tokens
+        self.max_tokens = max_tokens
         self.context_window = context_window
+
+    def __reduce__(self) -> tuple[type[PromptTooLongError], tuple[str, int, int, int]]:
+        return type(self), (self.query_id, self.prompt_tokens, self.max_tokens, self.context_window)
+
+
+class InvalidInputError(EngineError, ValueError):
+    """An engine cannot read one query's input (e.g. text its tokenizer refuses): that query alone fails."""
+
+    def __init__(self, query_id: str, reason: str) -> None:
+        super().__init__(f"query {query_id}: {reason}")
+        self.query_id = query_id
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type[InvalidInputError], tuple[str, str]]:
+        return type(self), (self.query_id, self.reason)
+
+
+def input_error(error: BaseException) -> bool:
+    """Whether an engine error is caused by a query's content (not by the engine being down)."""
+    return isinstance(error, (PromptTooLongError, InvalidInputError, UnicodeError))
 
 
 @runtime_checkable

@@ -27,9 +27,10 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from cascade.engines.base import EngineError, ModelNotFoundError, PromptTooLongError
 from cascade.prompts import chat_messages, plain_prompt
@@ -260,3 +261,26 @@ class LlamaCppEngine:
 def _first_stop(text: str, stops: Sequence[str]) -> int:
     positions = [i for i in (text.find(s) for s in stops) if i >= 0]
     return min(positions) if positions else -1
+
+
+class LlamaCppConfig(BaseModel):
+    """``engine: {kind: llamacpp, ...}``: a GGUF model in-process (a packaged name or a path)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["llamacpp"] = "llamacpp"
+    model: str = Field(description="packaged model name (smollm2, gemma3-270m) or a .gguf path")
+    prompt_format: Literal["chat", "plain"] = Field(
+        default="chat", description="chat template for instruct models, plain completion for base models")
+    stop: list[str] = Field(default_factory=list, description="stop strings added to every request")
+    context_window: int = Field(default=2048, ge=64)
+    threads: int = Field(default=1, ge=1)
+    extra_buffer_types: bool = Field(
+        default=False, description="let llama.cpp repack weights for CPU-specific kernels (AMX, ...); off by "
+                                   "default, its AMX path crashes (see this module's docstring)")
+    flash_attention: bool = False
+
+    def build(self) -> LlamaCppEngine:
+        return LlamaCppEngine(self.model, prompt_format=self.prompt_format, stop=self.stop,
+                              context_window=self.context_window, threads=self.threads,
+                              extra_buffer_types=self.extra_buffer_types, flash_attention=self.flash_attention)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from cascade.engines.base import EngineError, PromptTooLongError
 from cascade.prompts import chat_messages
@@ -148,3 +149,20 @@ def _parse_chat_completion(body: dict[str, Any], model: str, k: int, elapsed_ms:
         completion_tokens=int(usage.get("completion_tokens", len(content))),
         decode_ms=elapsed_ms,
     )
+
+
+class OpenAIConfig(BaseModel):
+    """``engine: {kind: openai, ...}``: any OpenAI-compatible endpoint (a hosted API, a vLLM server)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["openai"] = "openai"
+    model: str = Field(description="the served model id")
+    base_url: str = Field(description="e.g. http://vllm:8000/v1")
+    api_key: str | None = None
+    timeout_s: float = Field(default=60.0, gt=0)
+    max_retries: int = Field(default=3, ge=0)
+
+    def build(self) -> OpenAIEngine:
+        return OpenAIEngine(self.base_url, self.model, api_key=self.api_key, timeout_s=self.timeout_s,
+                            max_retries=self.max_retries)

@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from cascade.engines.base import EngineError
+from cascade.engines.base import EngineError, PromptTooLongError
 from cascade.schemas import Generation, Query
 
 
@@ -37,6 +38,10 @@ class ScriptedArgs(BaseModel):
     fail: str | None = Field(default=None, description="every call fails with this message")
     uncertain_marker: str | None = Field(default=None,
                                          description="questions containing it are answered with probability 0.05")
+    context_window: int | None = Field(default=None, ge=1,
+                                       description="a prompt of more words than this raises PromptTooLongError")
+    unreadable_marker: str | None = Field(
+        default=None, description="a batch holding a question with it fails as a tokenizer would (UnicodeEncodeError)")
 
 
 def marked_reply(marker: str) -> Callable[[Query], ScriptedReply]:
@@ -57,6 +62,8 @@ class ScriptedEngine:
     script: Callable[[Query], ScriptedReply] = echo_reply
     delay_s: float = 0.0
     failure: Exception | None = None
+    context_window: int | None = None
+    unreadable_marker: str | None = None
     calls: list[list[str]] = field(default_factory=list)
 
     async def start(self) -> None:
@@ -71,7 +78,8 @@ class ScriptedEngine:
         args = ScriptedArgs.model_validate(engine_args)
         script = echo_reply if args.uncertain_marker is None else marked_reply(args.uncertain_marker)
         return cls(model, script=script, delay_s=args.delay_s,
-                   failure=None if args.fail is None else RuntimeError(args.fail))
+                   failure=None if args.fail is None else RuntimeError(args.fail),
+                   context_window=args.context_window, unreadable_marker=args.unreadable_marker)
 
     def health(self) -> dict[str, object]:
         return {"engine": "scripted", "model": self.model, "ready": True, "failing": self.failure is not None}
@@ -82,6 +90,12 @@ class ScriptedEngine:
             await asyncio.sleep(self.delay_s)
         if self.failure is not None:
             raise EngineError(f"{self.model}: {self.failure}") from self.failure
+        for query in queries:
+            words = len(query.question.split()) + sum(len(c.split()) for c in query.context)
+            if self.context_window is not None and words + query.params.max_tokens > self.context_window:
+                raise PromptTooLongError(query.id, words, query.params.max_tokens, self.context_window)
+            if self.unreadable_marker is not None and self.unreadable_marker in query.question:
+                raise UnicodeEncodeError("utf-8", query.question, 0, 1, "the scripted tokenizer cannot read it")
         return [self._generation(q, self.script(q)) for q in queries]
 
     def _generation(self, query: Query, reply: ScriptedReply) -> Generation:
@@ -100,3 +114,16 @@ class ScriptedEngine:
             prompt_tokens=len(query.question.split()) + sum(len(c.split()) for c in query.context),
             completion_tokens=len(logprobs),
         )
+
+
+class ScriptedConfig(BaseModel):
+    """``engine: {kind: scripted, ...}``: a stand-in for unit tests of routing logic and benchmarks."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["scripted"] = "scripted"
+    model: str
+    engine_args: dict[str, Any] = Field(default_factory=dict, description="see ScriptedArgs")
+
+    def build(self) -> ScriptedEngine:
+        return ScriptedEngine.from_args(self.model, self.engine_args)

@@ -13,9 +13,10 @@ import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from cascade.engines.base import EngineError, ModelNotFoundError, PromptTooLongError
 from cascade.prompts import chat_messages, plain_prompt
@@ -138,3 +139,18 @@ class VLLMEngine:
             completion_tokens=len(sampled),
             decode_ms=(time.perf_counter() - started) * 1000,
         )
+
+
+class VLLMConfig(BaseModel):
+    """``engine: {kind: vllm, ...}``: vLLM's AsyncLLM in-process, the GPU production path."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["vllm"] = "vllm"
+    model: str = Field(description="a model directory or a model id the node can load")
+    prompt_format: Literal["chat", "plain"] = "chat"
+    stop: list[str] = Field(default_factory=list, description="stop strings added to every request")
+    engine_args: dict[str, Any] = Field(default_factory=dict, description="vLLM AsyncEngineArgs")
+
+    def build(self) -> VLLMEngine:
+        return VLLMEngine(self.model, prompt_format=self.prompt_format, stop=self.stop, engine_args=self.engine_args)

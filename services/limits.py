@@ -1,0 +1,127 @@
+"""Limits on what a client may send: request body size (checked before anything is parsed) and a
+per-tenant request rate kept in Redis, so that every ingress replica counts against the same limit."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from cascade.breaker import RedisBreaker
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+@dataclass
+class BodyLimits:
+    """Largest request body in bytes: ``uploads`` for ``POST /v1/files``, ``default`` elsewhere."""
+
+    default: int = 8 << 20
+    uploads: int = 64 << 20
+
+    def of(self, path: str) -> int:
+        return self.uploads if path.rstrip("/").endswith("/v1/files") else self.default
+
+
+BODY_LIMITS = BodyLimits()  # this process's limits: the ingress sets them from its settings when it starts
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def too_large_body(limit: int, what: str = "request body") -> bytes:
+    return orjson.dumps({"error": {"message": f"{what} exceeds this server's limit of {limit} bytes",
+                                   "type": "invalid_request_error", "param": None, "code": "request_too_large"}})
+
+
+class BodyLimitMiddleware:
+    """ASGI middleware: 413 when Content-Length is over the limit, before the body is read, and when a
+    body sent without it (chunked) grows past the limit while it is received."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], limits: BodyLimits | None = None,
+                 ) -> None:
+        self.app = app
+        self.limits = limits  # None: this module's BODY_LIMITS, read at each request (Serve copies the app)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") in {"GET", "HEAD", "OPTIONS"}:
+            await self.app(scope, receive, send)
+            return
+        limit = (self.limits or BODY_LIMITS).of(str(scope.get("path", "")))
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            await self._refuse(send, limit)
+            return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _TooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _TooLarge:
+            if not started:
+                await self._refuse(send, limit)
+
+    @staticmethod
+    async def _refuse(send: Send, limit: int) -> None:
+        body = too_large_body(limit)
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class RateLimiter:
+    """Requests per tenant per minute, counted in Redis (a fixed one-minute window per tenant).
+    While Redis is unreachable (or skipped by the breaker) requests are let through, not refused."""
+
+    def __init__(self, redis_url: str, breaker: RedisBreaker, prefix: str = "cascade:rate") -> None:
+        self._client = aioredis.Redis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=1)
+        self.breaker = breaker
+        self.prefix = prefix
+
+    async def retry_after(self, tenant: str, per_minute: int) -> int | None:
+        """Seconds until the tenant may ask again if this request is over its limit, else None."""
+        now = time.time()
+        key = f"{self.prefix}:{tenant}:{int(now // 60)}"
+
+        async def count() -> list[Any]:
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.incr(key)
+                pipe.expire(key, 120)
+                return list(await pipe.execute())
+
+        try:
+            used = int((await self.breaker.call(count))[0])
+        except (RedisError, OSError) as error:
+            log.debug("rate limit not checked for tenant %s: %s", tenant, error)
+            return None
+        return max(1, int(60 - now % 60) + 1) if used > per_minute else None
+
+    async def close(self) -> None:
+        await self._client.aclose()
