@@ -31,22 +31,7 @@ def pool_name(tier: str) -> str:
     return f"pool-{tier}"
 
 
-def build_app(settings: CascadeSettings) -> Application:
-    """The router ingress bound to one pool deployment per tier, each with its own Serve options."""
-    pools = {
-        t.name: serve.deployment(name=pool_name(t.name), **t.deployment.serve_options())(ModelPool)
-        .bind(t.model_dump(mode="json"))
-        for t in settings.tiers
-    }
-    ingress = serve.deployment(name=INGRESS_NAME, **settings.server.ingress.serve_options())(
-        serve.ingress(api)(RouterIngress))
-    controller = None
-    if settings.controller is not None and settings.server.use_redis:
-        if settings.redis_url is None:
-            raise ValueError("the threshold controller deployment needs redis_url (cascade serve resolves it)")
-        controller = serve.deployment(name=CONTROLLER_NAME, num_replicas=1, ray_actor_options={"num_cpus": 0.05})(
-            ThresholdControllerDeployment).bind(settings.redis_url, settings.controller.model_dump(mode="json"))
-    return ingress.bind(settings.model_dump(mode="json"), pools, controller, consumer_of(settings, pools))
+CONTROLLER_OPTIONS: dict[str, Any] = {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.05}}
 
 
 def queued(settings: CascadeSettings) -> bool:
@@ -54,17 +39,45 @@ def queued(settings: CascadeSettings) -> bool:
     return settings.server.use_redis and settings.queue.enabled
 
 
-def consumer_of(settings: CascadeSettings, pools: dict[str, Any]) -> Any:
-    """The task-consumer deployment, autoscaling on queue depth; None when the queue is off."""
-    if not queued(settings):
-        return None
-    if settings.redis_url is None:
-        raise ValueError("the task queue needs redis_url (cascade serve resolves it)")
-    options = settings.queue.consumer.serve_options()
-    if "autoscaling_config" in options:
-        options["autoscaling_config"] = autoscaling_on_queue_depth(settings)
-    consumer = task_consumer(task_processor_config=processor_config(settings))(RoutingConsumer)
-    return serve.deployment(name=CONSUMER_NAME, **options)(consumer).bind(settings.model_dump(mode="json"), pools)
+def controlled(settings: CascadeSettings) -> bool:
+    """Whether the threshold controller deployment runs beside the router."""
+    return settings.controller is not None and settings.server.use_redis
+
+
+def topology(settings: CascadeSettings) -> dict[str, dict[str, Any]]:
+    """Every deployment of the application, by name, with its Serve options: the one description of
+    the app that ``build_app`` and ``serve_config`` both derive from."""
+    deployments = {INGRESS_NAME: settings.server.ingress.serve_options()}
+    deployments |= {pool_name(t.name): t.deployment.serve_options() for t in settings.tiers}
+    if controlled(settings):
+        deployments[CONTROLLER_NAME] = CONTROLLER_OPTIONS
+    if queued(settings):
+        consumer = settings.queue.consumer.serve_options()
+        if "autoscaling_config" in consumer and settings.redis_url is not None:
+            consumer["autoscaling_config"] = autoscaling_on_queue_depth(settings)
+        deployments[CONSUMER_NAME] = consumer
+    return deployments
+
+
+def build_app(settings: CascadeSettings) -> Application:
+    """The router ingress bound to one pool deployment per tier (and the controller and task consumer
+    when configured), each with the Serve options ``topology`` gives it."""
+    options = topology(settings)
+    dumped = settings.model_dump(mode="json")
+    pools = {t.name: serve.deployment(name=pool_name(t.name), **options[pool_name(t.name)])(ModelPool)
+             .bind(t.model_dump(mode="json")) for t in settings.tiers}
+    controller = consumer = None
+    if (CONTROLLER_NAME in options or CONSUMER_NAME in options) and settings.redis_url is None:
+        raise ValueError("the threshold controller and the task queue need redis_url (cascade serve resolves it)")
+    if CONTROLLER_NAME in options:
+        assert settings.controller is not None
+        controller = serve.deployment(name=CONTROLLER_NAME, **options[CONTROLLER_NAME])(
+            ThresholdControllerDeployment).bind(settings.redis_url, settings.controller.model_dump(mode="json"))
+    if CONSUMER_NAME in options:
+        deployment = task_consumer(task_processor_config=processor_config(settings))(RoutingConsumer)
+        consumer = serve.deployment(name=CONSUMER_NAME, **options[CONSUMER_NAME])(deployment).bind(dumped, pools)
+    ingress = serve.deployment(name=INGRESS_NAME, **options[INGRESS_NAME])(serve.ingress(api)(RouterIngress))
+    return ingress.bind(dumped, pools, controller, consumer)
 
 
 def app_from_args(args: dict[str, Any]) -> Application:
@@ -78,15 +91,6 @@ def serve_config(settings: CascadeSettings, *, host: str = "0.0.0.0") -> dict[st
     The application's ``args`` hold only the settings the configuration sets (defaults are the
     same code on the cluster), so that ``CASCADE_*`` variables of the pods, e.g. tenant keys from a
     Secret, still apply to everything the file leaves unset."""
-    deployments = [{"name": INGRESS_NAME, **settings.server.ingress.serve_options()}]
-    deployments += [{"name": pool_name(t.name), **t.deployment.serve_options()} for t in settings.tiers]
-    if settings.controller is not None and settings.server.use_redis:
-        deployments.append({"name": CONTROLLER_NAME, "num_replicas": 1, "ray_actor_options": {"num_cpus": 0.05}})
-    if queued(settings):
-        consumer = settings.queue.consumer.serve_options()
-        if "autoscaling_config" in consumer and settings.redis_url is not None:
-            consumer["autoscaling_config"] = autoscaling_on_queue_depth(settings)
-        deployments.append({"name": CONSUMER_NAME, **consumer})
     return {
         "proxy_location": "EveryNode",
         "http_options": {"host": host, "port": settings.server.port},
@@ -95,7 +99,7 @@ def serve_config(settings: CascadeSettings, *, host: str = "0.0.0.0") -> dict[st
             "route_prefix": "/",
             "import_path": "services.app:app_from_args",
             "args": {"settings": settings.model_dump(mode="json", exclude_unset=True)},
-            "deployments": deployments,
+            "deployments": [{"name": name, **options} for name, options in topology(settings).items()],
         }],
     }
 

@@ -76,7 +76,7 @@ def main() -> None:
     from ray import serve
 
     from services.app import build_app
-    from services.echo import Echo
+    from tests.benchmarks.echo import Echo
 
     port = free_port()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
