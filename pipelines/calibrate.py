@@ -21,6 +21,7 @@ from cascade.schemas import Generation, GenerationParams, Message, Query, Signal
 from cascade.signals import signals_of
 from pipelines.datasets import QARecord
 from pipelines.metrics import exact_match, token_f1
+from pipelines.token_series import TokenSeries
 
 ABSTAIN_INSTRUCTION = "If the context does not contain the answer, reply: unanswerable."
 
@@ -38,6 +39,7 @@ class TierOutcome(BaseModel):
     completion_tokens: int
     latency_ms: float
     cost: float
+    tokens: TokenSeries | None = Field(default=None, description="per-token series; None in older records")
 
 
 class CalibrationRecord(BaseModel):
@@ -47,6 +49,7 @@ class CalibrationRecord(BaseModel):
     dataset: str
     question: str
     answers: list[str]
+    group: str = Field(default="", description="the SQuAD article or HotpotQA question; empty in older records")
     tiers: list[TierOutcome] = Field(default_factory=list)
     samples: list[str] = Field(default_factory=list)
     sample_tokens: int = 0
@@ -76,13 +79,14 @@ def _outcome(tier: Tier, generation: Generation, signals: Signals, gold: Sequenc
         prompt_tokens=generation.prompt_tokens, completion_tokens=generation.completion_tokens,
         latency_ms=generation.prompt_ms + generation.decode_ms,
         cost=float(tier.price.cost_of([generation])[0]),
+        tokens=TokenSeries.of(generation),
     )
 
 
 async def _calibrate_one(router: Router, record: QARecord, params: GenerationParams, samples: int) -> CalibrationRecord:
     query = query_for(record, params)
     result = CalibrationRecord(id=record.id, dataset=record.dataset, question=record.question,
-                               answers=list(record.answers))
+                               answers=list(record.answers), group=record.group)
     try:
         for tier in router.tiers:
             [generation] = await tier.engine.generate([query])

@@ -32,6 +32,7 @@ class QARecord:
     context: tuple[str, ...]
     answers: tuple[str, ...]
     dataset: str
+    group: str = ""  # what held-out splits keep together: the SQuAD article, the HotpotQA question
 
     @property
     def answerable(self) -> bool:
@@ -52,12 +53,13 @@ def _read_json(path: Path) -> Any:
         raise DatasetError(f"dataset file {path} is not valid JSON: {error}") from None
 
 
-def _squad_questions(document: Any, path: Path) -> Iterator[tuple[dict[str, Any], str]]:
+def _squad_questions(document: Any, path: Path) -> Iterator[tuple[str, dict[str, Any], str]]:
+    """(article title, question, paragraph) for every question of a SQuAD document."""
     try:
-        for article in document["data"]:
+        for number, article in enumerate(document["data"]):
             for paragraph in article["paragraphs"]:
                 for qa in paragraph["qas"]:
-                    yield qa, paragraph["context"]
+                    yield str(article.get("title", f"article-{number}")), qa, paragraph["context"]
     except (KeyError, TypeError) as error:
         raise DatasetError(f"{path} is not in SQuAD's layout (data[].paragraphs[].qas[]): missing {error}") from None
 
@@ -72,12 +74,12 @@ def load_squad(path: str | Path | None = None, *, unanswerable: bool = True,
     if file.is_dir():
         file = file / SQUAD_V2_SUBSET
     records: list[QARecord] = []
-    for qa, context in _squad_questions(_read_json(file), file):
+    for title, qa, context in _squad_questions(_read_json(file), file):
         try:
             impossible = bool(qa.get("is_impossible", False))
             answers = () if impossible else tuple(dict.fromkeys(a["text"] for a in qa["answers"]))
             record = QARecord(id=str(qa["id"]), question=qa["question"], context=(context,), answers=answers,
-                              dataset="squad_v2" if unanswerable else "squad")
+                              dataset="squad_v2" if unanswerable else "squad", group=title)
         except (KeyError, TypeError) as error:
             raise DatasetError(f"{file}: question {qa.get('id', '?')} is malformed: missing {error}") from None
         if impossible and not unanswerable:
@@ -93,10 +95,10 @@ def _hotpot_record(item: dict[str, Any]) -> QARecord:
         context = tuple(f"{c['title']}: {c['paragraph_text']}" for c in item["contexts"])
         answers = tuple(dict.fromkeys(span for a in item["answers_objects"] for span in a["spans"]))
         return QARecord(id=str(item["question_id"]), question=item["question_text"], context=context,
-                        answers=answers, dataset="hotpotqa")
+                        answers=answers, dataset="hotpotqa", group=str(item["question_id"]))
     context = tuple(f"{title}: {''.join(sentences)}" for title, sentences in item["context"])  # official JSON
     return QARecord(id=str(item["_id"]), question=item["question"], context=context, answers=(item["answer"],),
-                    dataset="hotpotqa")
+                    dataset="hotpotqa", group=str(item["_id"]))
 
 
 def load_hotpotqa(path: str | Path | None = None, *, limit: int | None = None) -> list[QARecord]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from cascade.config import CascadeSettings
 from loadtest.driver import check_target
 from loadtest.plan import plan_capacity
 from loadtest.workload import parse_mix, sample_workload
-from tests.conftest import serve_apps
+from tests.conftest import CASCADE, serve_apps
 
 
 def tier(name: str, policy: str, price: float, **engine_args: Any) -> dict[str, Any]:
@@ -36,7 +35,7 @@ def deployment() -> Iterator[str]:
 
 
 def cascade(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cascade", *args], capture_output=True, text=True, timeout=600)
+    return subprocess.run([CASCADE, *args], capture_output=True, text=True, timeout=600)
 
 
 def test_short_load_test_writes_csv_summary_and_plot(deployment: str, tmp_path: Path, data_dir: Path) -> None:

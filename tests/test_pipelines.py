@@ -4,22 +4,43 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import orjson
+import pytest
 
-from cascade.config import load_settings
+from cascade.config import CascadeSettings
 from cascade.policies import LogisticPolicy, load_policy
 from cascade.schemas import Signals
 from pipelines.calibrate import CalibrationRecord, TierOutcome, calibrate, read_records
 from pipelines.datasets import load_qa
+from pipelines.metrics import exact_match
+from pipelines.token_series import TokenSeries, pack, unpack
+from tests.conftest import CASCADE, embedded_settings
 
 
+def test_token_series_round_trip_within_float16() -> None:
+    values = np.array([-0.01, -1.5, -7.25, -20.0, 0.0], np.float32)
+    assert np.allclose(unpack(pack(values)), values, rtol=1e-3, atol=1e-3)
+    assert TokenSeries(logprob=pack(values)).arrays()["entropy"] is None
+
+
+def test_older_records_without_tokens_or_groups_stay_readable(tmp_path: Path) -> None:
+    old = synthetic_records(1)[0].model_dump(mode="json")
+    for tier in old["tiers"]:
+        del tier["tokens"]
+    del old["group"]
+    path = tmp_path / "old.jsonl"
+    path.write_bytes(orjson.dumps(old) + b"\n")
+    [record] = read_records(path)
+    assert record.group == "" and record.tiers[0].tokens is None
+
+
+@pytest.mark.model
 async def test_calibrate_records_every_tier_and_resumes(data_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "records.jsonl"
-    settings = load_settings()
+    settings = CascadeSettings(**embedded_settings())
     questions = load_qa("squad_v2", data_dir, limit=3)
     first = await calibrate(settings, questions[:2], out, samples=1)
     assert [r.id for r in first] == [q.id for q in questions[:2]]
@@ -30,7 +51,14 @@ async def test_calibrate_records_every_tier_and_resumes(data_dir: Path, tmp_path
         assert [t.tier for t in record.tiers] == ["small", "large"]
         assert all(t.cost > 0 and t.prompt_tokens > 0 and t.exact_match in (0.0, 1.0) for t in record.tiers)
         assert len(record.samples) == 1 and record.sample_tokens > 0
-    assert resumed[0].tiers[1].answer == "France" and resumed[0].tiers[1].exact_match == 1.0
+        assert record.group, "each record names its SQuAD article, for splits by article"
+        for tier, question in ((t, q) for t in record.tiers for q in questions if q.id == record.id):
+            assert tier.exact_match == exact_match(tier.answer, question.answers)
+            assert tier.tokens is not None
+            series = tier.tokens.arrays()
+            assert len(series["logprob"]) == tier.completion_tokens or len(series["logprob"]) < tier.completion_tokens
+            assert series["entropy"] is not None and len(series["entropy"]) == len(series["logprob"])
+            assert series["margin"] is not None and (series["margin"] >= 0).all()
 
 
 def synthetic_records(n: int, seed: int = 0) -> list[CalibrationRecord]:
@@ -51,7 +79,7 @@ def synthetic_records(n: int, seed: int = 0) -> list[CalibrationRecord]:
 
 
 def cascade(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cascade", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([CASCADE, *args], capture_output=True, text=True, timeout=300)
 
 
 def test_fit_then_evaluate_round_trip(tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from pipelines.prerouters import (
     utility_sweep,
 )
 from pipelines.routing_metrics import aiq, model_shares, non_decreasing_hull, operating_points, qnc, rci
+from tests.conftest import CASCADE
 
 Split = tuple[Features, np.ndarray, np.ndarray, Features, np.ndarray, np.ndarray]
 
@@ -101,7 +101,7 @@ def test_learned_routers_beat_random_and_oracle_beats_all(mbpp: Split) -> None:
 
 def test_routerbench_cli_writes_the_summary(data_dir: Path, tmp_path: Path) -> None:
     bench = data_dir / "routerbench"
-    result = subprocess.run([sys.executable, "-m", "cascade", "routerbench", "--train", str(bench / "mbpp_train.csv"),
+    result = subprocess.run([CASCADE, "routerbench", "--train", str(bench / "mbpp_train.csv"),
                              "--test", str(bench / "mbpp_test.csv"), "--out", str(tmp_path)],
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr

@@ -1,0 +1,289 @@
+"""``cascade evaluate --protocol grouped``: held-out evaluation of deferral over repeated grouped splits.
+
+Questions are split by group (the SQuAD article; the HotpotQA question) into fit / calibrate / test
+parts, ``splits`` times with different seeds. Every method ranks the test questions by an escalation
+score; its deferral curve is routed quality against the share escalated, and its area (AUDC) sums
+the curve up. Every figure comes with a 95% interval from a paired bootstrap of the test questions
+(the same resamples for every method, averaged over the splits), so differences between methods
+are judged against their own noise.
+
+Baselines: random, the seed presets v1–v3 (binary rules: their flagged answers first), Chow-average
+(mean logprob), sum of logprobs, Chow-quantile (min, 10th, 25th, 50th percentile logprob), the oracle.
+Learned: logistic and gradient-boosted deferral on the token features, for both targets.
+
+A threshold with a guarantee: on the calibration split, Learn-then-Test with fixed-sequence testing
+walks from escalating everything towards escalating less, and keeps the last threshold whose
+Clopper–Pearson upper bound (level 1 − δ) on the share of questions lost (small wrong, large right,
+not escalated) stays within (1 − target) × large-only quality. Then routed quality ≥ target ×
+large-only quality holds with probability ≥ 1 − δ (up to the plug-in estimate of large-only
+quality); the realized violation rate over the test splits is reported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from cascade.policies import PRESETS
+from cascade.signals import SignalBatch
+from pipelines.calibrate import CalibrationRecord
+from pipelines.deferral import DeferralModel, ModelKind, Target, feature_matrix, feature_names, labels_of
+
+FRACTIONS = (0.5, 0.2, 0.3)  # fit, calibrate, test (by questions, whole groups at a time)
+LEVELS = (0.97, 0.99)
+LEARNED: tuple[tuple[ModelKind, Target], ...] = (("logistic", "small_wrong"), ("logistic", "escalation_helps"),
+                                                 ("boosted", "small_wrong"), ("boosted", "escalation_helps"))
+
+
+@dataclass(frozen=True)
+class Data:
+    """The records as arrays, one row per usable question."""
+
+    features: np.ndarray
+    signals: SignalBatch
+    small: np.ndarray
+    large: np.ndarray
+    groups: np.ndarray
+
+    @classmethod
+    def of(cls, records: Sequence[CalibrationRecord], metric: str = "exact_match",
+           contexts: Mapping[str, str] | None = None) -> Data:
+        usable = [r for r in records if r.error is None and len(r.tiers) >= 2]
+        if len(usable) < 20:
+            raise ValueError(f"{len(usable)} usable records: too few for a held-out protocol")
+        return cls(features=feature_matrix(usable, contexts),
+                   signals=SignalBatch.from_rows([r.tiers[0].signals for r in usable]),
+                   small=np.array([getattr(r.tiers[0], metric) for r in usable], np.float64),
+                   large=np.array([getattr(r.tiers[-1], metric) for r in usable], np.float64),
+                   groups=np.array([r.group or r.id for r in usable]))
+
+
+@dataclass(frozen=True)
+class Split:
+    fit: np.ndarray
+    calibrate: np.ndarray
+    test: np.ndarray
+
+
+def grouped_splits(groups: np.ndarray, splits: int, seed: int = 0) -> list[Split]:
+    """``splits`` random partitions into fit / calibrate / test that never cut a group."""
+    names, sizes = np.unique(groups, return_counts=True)
+    if len(names) < 3:
+        raise ValueError(f"{len(names)} groups: a grouped split needs at least three")
+    result = []
+    for number in range(splits):
+        order = np.random.default_rng(seed + number).permutation(len(names))
+        share = np.cumsum(sizes[order]) / sizes.sum()
+        part = np.searchsorted(np.cumsum(FRACTIONS)[:2], share - sizes[order] / sizes.sum() / 2, side="right")
+        part[0], part[-1] = 0, 2  # never an empty fit or test part
+        if not (part == 1).any():
+            part[len(part) // 2] = 1
+        chosen = {p: set(names[order][part == p]) for p in range(3)}
+        result.append(Split(*(np.flatnonzero(np.isin(groups, list(chosen[p]))) for p in range(3))))
+    return result
+
+
+def oracle_score(small: np.ndarray, large: np.ndarray) -> np.ndarray:
+    """Escalate where it helps first, where it changes nothing next, where it hurts last."""
+    return (large - small) + 0.5
+
+
+def baseline_scores(data: Data, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Escalation scores of the baselines for every question (higher: escalate first)."""
+    column = feature_names().index
+    scores = {"random": rng.random(len(data.small))}
+    for name, preset in PRESETS.items():
+        scores[f"preset {name}"] = preset.decide(data.signals).escalate.astype(np.float64)
+    scores["mean logprob (Chow-average)"] = -data.signals.column("mean_logprob")
+    scores["sum logprob"] = -data.features[:, column("sum_logprob")]
+    for q in ("00", "10", "25", "50"):
+        label = "min logprob (Chow-quantile)" if q == "00" else f"logprob q{q} (Chow-quantile)"
+        scores[label] = -data.features[:, column(f"logprob_q{q}")]
+    return scores
+
+
+def learned_scores(data: Data, split: Split, seed: int) -> dict[str, np.ndarray]:
+    """Each learned model fitted on the fit part, calibrated on the calibrate part, scored everywhere."""
+    scores = {}
+    for kind, target in LEARNED:
+        wanted = labels_of(data.small, data.large, target)
+        try:
+            model = DeferralModel.fit(data.features[split.fit], wanted[split.fit], kind, target, seed)
+        except ValueError:
+            continue
+        model.calibrate(data.features[split.calibrate], wanted[split.calibrate])
+        scores[f"learned {kind} ({target.replace('_', ' ')})"] = model.escalation_score(data.features)
+    return scores
+
+
+def weighted_curves(score: np.ndarray, small: np.ndarray, large: np.ndarray,
+                    weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Deferral curves for each row of bootstrap ``weights``: (share escalated, quality), both (B, n+1)."""
+    order = np.lexsort((np.arange(len(score)), -score))
+    w = weights[:, order]
+    total = w.sum(axis=1, keepdims=True)
+    shares = np.concatenate([np.zeros((len(w), 1)), np.cumsum(w, axis=1) / total], axis=1)
+    base = (w * small[order]).sum(axis=1, keepdims=True)
+    gains = np.cumsum(w * (large[order] - small[order]), axis=1)
+    quality = np.concatenate([base, base + gains], axis=1) / total
+    return shares, quality
+
+
+def curve_area(shares: np.ndarray, quality: np.ndarray) -> np.ndarray:
+    return np.asarray(np.trapezoid(quality, shares, axis=1))
+
+
+def savings(shares: np.ndarray, quality: np.ndarray, needed: np.ndarray) -> np.ndarray:
+    """Share of large calls saved at the least escalation whose quality reaches ``needed`` (per row)."""
+    meets = quality >= needed[:, None] - 1e-12
+    first = np.where(meets.any(axis=1), np.argmax(meets, axis=1), shares.shape[1] - 1)
+    return 1.0 - shares[np.arange(len(shares)), first]
+
+
+def guaranteed_threshold(score: np.ndarray, small: np.ndarray, large: np.ndarray, level: float,
+                         delta: float) -> float:
+    """Learn-then-Test on a calibration set: the most permissive threshold (escalate when score ≥
+    threshold) reached by fixed-sequence testing from "escalate everything", each step's
+    Clopper–Pearson upper bound on the lost share staying within the allowed loss."""
+    from scipy.stats import beta
+
+    n = len(score)
+    allowed = (1.0 - level) * float(large.mean())
+    lost = ((small < 0.5) & (large > 0.5)).astype(np.int64)
+    thresholds = np.concatenate([[-np.inf], np.unique(score), [np.inf]])  # escalating fewer and fewer
+    order = np.argsort(score, kind="stable")
+    lost_below = np.concatenate([[0], np.cumsum(lost[order])])  # lost among the i lowest scores
+    kept = np.searchsorted(score[order], thresholds, side="left")  # answers below each threshold
+    k = lost_below[kept]
+    upper = np.where(k >= n, 1.0, beta.ppf(1 - delta, k + 1, np.maximum(n - k, 1)))
+    failing = np.flatnonzero(upper > allowed)
+    last = (failing[0] - 1) if failing.size else len(thresholds) - 1
+    return float(thresholds[max(last, 0)])
+
+
+def _interval(values: np.ndarray) -> dict[str, float]:
+    low, high = np.percentile(values, [2.5, 97.5])
+    return {"mean": float(np.mean(values)), "low": float(low), "high": float(high)}
+
+
+def run_protocol(data: Data, *, splits: int = 10, seed: int = 0, bootstrap: int = 500, delta: float = 0.1,
+                 on_split: Callable[[int], None] = lambda number: None) -> dict[str, Any]:
+    """The whole protocol as one JSON-ready dictionary (see the module docstring)."""
+    parts = grouped_splits(data.groups, splits, seed)
+    rng = np.random.default_rng(seed)
+    per_method: dict[str, dict[str, list[np.ndarray]]] = {}
+    guarantee: dict[str, list[dict[str, float]]] = {}
+    curves: dict[str, list[np.ndarray]] = {}
+    grid = np.linspace(0.0, 1.0, 51)
+    for number, split in enumerate(parts):
+        scores = {**baseline_scores(data, rng), **learned_scores(data, split, seed + number),
+                  "oracle": oracle_score(data.small, data.large)}
+        test = split.test
+        small, large = data.small[test], data.large[test]
+        weights = np.vstack([np.ones(len(test)), rng.multinomial(len(test), np.full(len(test), 1 / len(test)),
+                                                                  size=bootstrap)]).astype(np.float64)
+        large_quality = (weights * large).sum(axis=1) / weights.sum(axis=1)
+        for name, score in scores.items():
+            shares, quality = weighted_curves(score[test], small, large, weights)
+            figures = per_method.setdefault(name, {"audc": [], **{f"saved_at_{round(lv * 100)}": [] for lv in LEVELS}})
+            figures["audc"].append(curve_area(shares, quality))
+            for level in LEVELS:
+                figures[f"saved_at_{round(level * 100)}"].append(savings(shares, quality, level * large_quality))
+            curves.setdefault(name, []).append(np.interp(grid, shares[0], quality[0]))
+            if name.startswith("learned") or name.startswith("min logprob"):
+                cal = split.calibrate
+                for level in LEVELS:
+                    threshold = guaranteed_threshold(score[cal], data.small[cal], data.large[cal], level, delta)
+                    escalate = score[test] >= threshold
+                    routed = float(np.where(escalate, large, small).mean())
+                    guarantee.setdefault(f"{name} @ {round(level * 100)}%", []).append({
+                        "quality_ratio": routed / max(float(large.mean()), 1e-12),
+                        "saved": float(1 - escalate.mean()), "violated": float(routed < level * large.mean())})
+        on_split(number + 1)
+    methods = {name: {metric: {**_interval(np.mean(values, axis=0)[1:]), "point": float(np.mean(values, axis=0)[0])}
+                      for metric, values in figures.items()} for name, figures in per_method.items()}
+    audc = {name: np.mean(figures["audc"], axis=0) for name, figures in per_method.items()}
+    presets = [n for n in audc if n.startswith("preset")]
+    best_preset = max(presets, key=lambda n: audc[n][0])
+    learned = [n for n in audc if n.startswith("learned")]
+    best_learned = max(learned, key=lambda n: audc[n][0]) if learned else None
+    comparisons = {}
+    if best_learned is not None:
+        for other in (best_preset, "min logprob (Chow-quantile)"):
+            difference = (audc[best_learned] - audc[other])[1:]
+            comparisons[f"{best_learned} − {other}"] = {**_interval(difference),
+                                                         "point": float((audc[best_learned] - audc[other])[0])}
+    return {
+        "n": len(data.small), "groups": len(np.unique(data.groups)), "splits": splits, "bootstrap": bootstrap,
+        "delta": delta, "fractions": dict(zip(("fit", "calibrate", "test"), FRACTIONS, strict=True)),
+        "small_quality": float(data.small.mean()), "large_quality": float(data.large.mean()),
+        "methods": methods, "best_preset": best_preset, "best_learned": best_learned, "audc_differences": comparisons,
+        "guarantee": {name: {"violation_rate": float(np.mean([r["violated"] for r in rows])),
+                             "mean_quality_ratio": float(np.mean([r["quality_ratio"] for r in rows])),
+                             "mean_saved": float(np.mean([r["saved"] for r in rows]))}
+                      for name, rows in guarantee.items()},
+        "curves": {"shares": grid.tolist(), **{name: np.mean(c, axis=0).tolist() for name, c in curves.items()}},
+    }
+
+
+def _cell(figure: Mapping[str, float]) -> str:
+    return f"{figure['point']:.3f} [{figure['low']:.3f}, {figure['high']:.3f}]"
+
+
+def markdown(summary: Mapping[str, Any], title: str) -> str:
+    lines = [f"# {title}", "",
+             f"{summary['n']} questions in {summary['groups']} groups; {summary['splits']} grouped splits "
+             f"(fit/calibrate/test {summary['fractions']['fit']}/{summary['fractions']['calibrate']}/"
+             f"{summary['fractions']['test']}); 95% paired-bootstrap intervals ({summary['bootstrap']} resamples "
+             f"of each test split, averaged over the splits). Small-only quality {summary['small_quality']:.3f}, "
+             f"large-only {summary['large_quality']:.3f}.", "",
+             "| method | AUDC | large calls saved at ≥97% | at ≥99% |", "| --- | --- | --- | --- |"]
+    for name, figures in sorted(summary["methods"].items(), key=lambda item: -item[1]["audc"]["point"]):
+        lines.append(f"| {name} | {_cell(figures['audc'])} | {_cell(figures['saved_at_97'])} | "
+                     f"{_cell(figures['saved_at_99'])} |")
+    lines += ["", "AUDC differences (paired):", ""]
+    lines += [f"- {name}: {_cell(figure)}" for name, figure in summary["audc_differences"].items()]
+    lines += ["", f"Thresholds with a guarantee (Learn-then-Test, δ = {summary['delta']}), realized on the test "
+              "splits:",
+              "", "| method @ target | violation rate | mean quality / large-only | mean large calls saved |",
+              "| --- | --- | --- | --- |"]
+    lines += [f"| {name} | {row['violation_rate']:.2f} | {row['mean_quality_ratio']:.3f} | {row['mean_saved']:.3f} |"
+              for name, row in summary["guarantee"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: Mapping[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 5))
+    shares = summary["curves"]["shares"]
+    shown = ["random", "oracle", summary["best_preset"], "min logprob (Chow-quantile)",
+             "mean logprob (Chow-average)", summary["best_learned"]]
+    for name in dict.fromkeys(n for n in shown if n):
+        axis.plot(shares, summary["curves"][name], label=name, linewidth=2 if name == summary["best_learned"] else 1)
+    axis.axhline(summary["large_quality"], color="grey", linestyle=":", label="large only")
+    axis.set_xlabel("share escalated to the large tier")
+    axis.set_ylabel("routed quality (mean over test splits)")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def write_protocol(records: Sequence[CalibrationRecord], out: Path, *, title: str, metric: str = "exact_match",
+                   contexts: Mapping[str, str] | None = None, **options: Any) -> dict[str, Any]:
+    """Run the protocol and write ``summary.json``, ``summary.md`` and ``deferral_curves.png`` to ``out``."""
+    summary = run_protocol(Data.of(records, metric, contexts), **options)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+    (out / "summary.md").write_text(markdown(summary, title))
+    plot(summary, out / "deferral_curves.png")
+    return summary
