@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel
 
 from cascade.answers import token_f1
 from cascade.cache import SemanticCache
@@ -45,6 +46,17 @@ class UnknownTierError(ValueError):
     """A routing control names a tier the router does not have."""
 
 
+class TierNotAllowedError(ValueError):
+    """A query forces a tier above the highest one its plan allows."""
+
+    def __init__(self, query_id: str, forced: str, cap: str) -> None:
+        super().__init__(f"query {query_id}: this plan stops at the {cap} tier; it cannot force {forced}")
+        self.query_id, self.forced, self.cap = query_id, forced, cap
+
+    def __reduce__(self) -> tuple[type, tuple[str, str, str]]:
+        return type(self), (self.query_id, self.forced, self.cap)
+
+
 @dataclass
 class Tier:
     """One rung of the cascade: a model, its price and the policy judging its answers."""
@@ -56,14 +68,28 @@ class Tier:
     timeout_s: float | None = None
 
 
-@dataclass
-class _Answered:
-    """The most recent answer a query got, kept as the fallback if later tiers fail."""
+class BestAnswer(BaseModel):
+    """The most recent answer a query got: returned if it is accepted, or as the fallback (marked
+    degraded) if every later tier fails."""
 
-    tier: Tier
-    generation: Generation
+    tier: str
+    model: str
+    text: str
+    finish_reason: str
     signals: Signals
     confidence: float
+
+
+class TrailCheckpoint(BaseModel):
+    """Everything needed to resume a trail elsewhere (a progressive answer's job): JSON-able."""
+
+    query: Query
+    next_tier: int
+    attempts: list[TierAttempt]
+    latency: list[StageLatency]
+    reasons: list[str]
+    best: BestAnswer | None
+    batch_size: int
 
 
 @dataclass
@@ -75,8 +101,9 @@ class Trail:
     attempts: list[TierAttempt] = field(default_factory=list)
     latency: list[StageLatency] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
-    best: _Answered | None = None
+    best: BestAnswer | None = None
     result: RoutedAnswer | None = None
+    deferred: bool = False
     batch_size: int = 1
     vector: np.ndarray | None = None
     rejected: Exception | None = None
@@ -86,6 +113,16 @@ class Trail:
     @property
     def done(self) -> bool:
         return self.result is not None
+
+    @property
+    def escalated(self) -> bool:
+        """Answered by some tier, escalated, not finished: what a progressive answer defers."""
+        return self.result is None and self.best is not None and self.rejected is None
+
+    def checkpoint(self) -> TrailCheckpoint:
+        """The trail as it stands, to be resumed by ``Router.resume``."""
+        return TrailCheckpoint(query=self.query, next_tier=self.next_tier, attempts=self.attempts,
+                               latency=self.latency, reasons=self.reasons, best=self.best, batch_size=self.batch_size)
 
 
 class Router:
@@ -134,10 +171,14 @@ class Router:
             raise UnknownTierError(f"unknown tier {name!r}; tiers are {list(self._index)}") from None
 
     def check_controls(self, query: Query) -> None:
-        """Raise ``UnknownTierError`` if the query's routing controls name a tier that does not exist."""
+        """Raise ``UnknownTierError`` if the query's routing controls name a tier that does not exist,
+        ``TierNotAllowedError`` if it forces a tier above its plan's highest."""
         for name in (query.routing.force_tier, query.routing.max_tier):
             if name is not None:
                 self.tier_index(name)
+        forced, cap = query.routing.force_tier, query.routing.max_tier
+        if forced is not None and cap is not None and self.tier_index(forced) > self.tier_index(cap):
+            raise TierNotAllowedError(query.id, forced, cap)
 
     async def route(self, queries: Sequence[Query]) -> list[RoutedAnswer]:
         """Answer a batch: cache lookup, first tier batched, escalations concurrently, one answer per
@@ -200,7 +241,7 @@ class Router:
         Never raises: a record that cannot be stored is logged and counted alone (see the cache and
         the feedback log); an unexpected fault is logged with the request ids it concerned."""
         done = [t for t in trails if t.result is not None]
-        fresh = [t for t in done if t.vector is not None]
+        fresh = [t for t in done if t.vector is not None and not t.deferred]
         try:
             if self.cache is not None and fresh:
                 await self.cache.store([t.query for t in fresh], [t.result for t in fresh if t.result is not None],
@@ -269,6 +310,22 @@ class Router:
             raise AllTiersFailedError(f"query {trail.query.id} has no answer yet")
         answer = self._answer(trail, degraded=False)
         return answer.model_copy(update={"reason": answer.reason + " → provisional: the next tier's answer follows"})
+
+    def defer(self, trail: Trail) -> tuple[RoutedAnswer, TrailCheckpoint]:
+        """Progressive answers: end an escalated trail here with its provisional answer, and hand back
+        the checkpoint from which ``resume`` + ``finish`` produce the final one (every tier's attempt
+        and cost included). A deferred answer goes to the feedback log but not to the cache."""
+        provisional = self.provisional(trail)
+        checkpoint = trail.checkpoint()
+        trail.result, trail.deferred = provisional, True
+        return provisional, checkpoint
+
+    def resume(self, checkpoint: TrailCheckpoint) -> Trail:
+        """The trail a checkpoint describes, ready for ``finish``; its route goes on where it stopped."""
+        self.check_controls(checkpoint.query)
+        return Trail(checkpoint.query, checkpoint.next_tier, attempts=list(checkpoint.attempts),
+                     latency=list(checkpoint.latency), reasons=list(checkpoint.reasons), best=checkpoint.best,
+                     batch_size=checkpoint.batch_size)
 
     def _start_of(self, query: Query, start_tier: int) -> int:
         forced = query.routing.force_tier
@@ -371,7 +428,9 @@ class Router:
                 confidence=confidence, prompt_tokens=generation.prompt_tokens,
                 completion_tokens=generation.completion_tokens, cost=float(costs[i])))
             trail.reasons.append(self._explain(index, signals, i, bool(escalate[i]), live[i], held[i]))
-            trail.best = _Answered(tier, generation, signals.row(i), confidence)
+            trail.best = BestAnswer(tier=tier.name, model=generation.model, text=generation.text,
+                                    finish_reason=generation.finish_reason, signals=signals.row(i),
+                                    confidence=confidence)
             if escalate[i]:
                 trail.next_tier = index + 1
             else:
@@ -419,26 +478,26 @@ class Router:
     def _fallback(self, trail: Trail) -> RoutedAnswer:
         if trail.best is None:
             raise AllTiersFailedError("every tier failed: " + "; ".join(trail.reasons))
-        trail.reasons.append(f"returning the {trail.best.tier.name} tier's answer, marked degraded")
+        trail.reasons.append(f"returning the {trail.best.tier} tier's answer, marked degraded")
         return self._answer(trail, degraded=True)
 
     @staticmethod
     def _answer(trail: Trail, degraded: bool) -> RoutedAnswer:
-        assert trail.best is not None
-        generation = trail.best.generation
+        best = trail.best
+        assert best is not None
         return RoutedAnswer(
             request_id=trail.query.id,
             tenant=trail.query.tenant,
-            answer=generation.text,
-            tier=trail.best.tier.name,
-            model=generation.model,
-            confidence=trail.best.confidence,
-            signals=trail.best.signals,
+            answer=best.text,
+            tier=best.tier,
+            model=best.model,
+            confidence=best.confidence,
+            signals=best.signals,
             reason=" → ".join(trail.reasons),
             cost=total_cost(trail.attempts),
             degraded=degraded,
             batch_size=trail.batch_size,
-            finish_reason=generation.finish_reason,
+            finish_reason=best.finish_reason,
             prompt_tokens=sum(a.prompt_tokens for a in trail.attempts),
             completion_tokens=sum(a.completion_tokens for a in trail.attempts),
             attempts=trail.attempts,

@@ -27,12 +27,12 @@ from cascade.config import CascadeSettings
 from cascade.engines.base import InvalidInputError, PromptTooLongError
 from cascade.errors import public_message
 from cascade.factory import build_router
-from cascade.router import AllTiersFailedError
+from cascade.router import AllTiersFailedError, TrailCheckpoint
 from cascade.schemas import Query, RoutedAnswer
 from cascade.telemetry import configure_from_env
 from services.batch_api import custom_ids, error_line, output_line, parse_line
 from services.batch_store import BatchStore
-from services.openai_api import chat_response
+from services.openai_api import response_of
 from services.pool import limit_threads
 from services.pool_engine import PoolEngine
 from services.tenants import TenantDirectory
@@ -158,16 +158,16 @@ class RoutingConsumer:
         job = self.store.job(job_id)
         if job is None or job.get("status") == "completed":
             return False
-        query = Query.model_validate(job["query"])
+        checkpoint = TrailCheckpoint.model_validate(job["trail"])
 
         async def finish() -> RoutedAnswer:
-            [trail] = await self.router.first_pass([query], start_tier=int(job["next_tier"]))
+            trail = self.router.resume(checkpoint)
             answer = await self.router.finish(trail)
             await self.router.record([trail])
             return answer
 
         answer = self._run(finish())
-        body = chat_response(answer)
+        body = response_of(job.get("shape", "chat"), answer)
         if not self.store.complete_job(job_id, {"answer": answer.answer, "response": body}):
             return False
         self._webhook(job["tenant"], job_id, body)

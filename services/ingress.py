@@ -29,7 +29,7 @@ from cascade.config import CascadeSettings
 from cascade.engines.base import InvalidInputError, PromptTooLongError
 from cascade.factory import build_router
 from cascade.feedback import outcome_record
-from cascade.router import AllTiersFailedError, Trail, UnknownTierError
+from cascade.router import AllTiersFailedError, TierNotAllowedError, Trail, UnknownTierError
 from cascade.schemas import Query, RoutedAnswer
 from cascade.telemetry import configure_from_env, count_refused_feedback
 from services.batch_api import ENDPOINTS, BatchCreate, batch_object, custom_ids
@@ -42,6 +42,7 @@ from services.openai_api import (
     ChatCompletionRequest,
     CompletionRequest,
     FeedbackRequest,
+    Shape,
     chat_queries,
     chat_response,
     chat_stream,
@@ -51,6 +52,7 @@ from services.openai_api import (
     completion_stream,
     error_responses,
     job_event,
+    response_of,
     routing_object,
 )
 from services.pool import limit_threads
@@ -195,8 +197,8 @@ class RouterIngress:
         if len(self._owners) > OWNERS_KEPT:
             self._owners.popitem(last=False)
 
-    async def route(self, queries: list[Query], headers: Mapping[str, str],
-                    progressive: bool = False) -> tuple[list[RoutedAnswer], list[str | None]]:
+    async def route(self, queries: list[Query], headers: Mapping[str, str], progressive: bool = False,
+                    shape: Shape = "chat") -> tuple[list[RoutedAnswer], list[str | None]]:
         """Route a request's queries: batched first pass, then each its own escalation (or, when
         ``progressive``, a job on the task queue while the small answer returns as provisional);
         traced as a continuation of the caller's trace (W3C ``traceparent``), if any. Returns the
@@ -215,9 +217,9 @@ class RouterIngress:
         if progressive:
             self._require_queue()
             for i, trail in enumerate(trails):
-                if trail.result is None and trail.best is not None and trail.rejected is None:
+                if trail.escalated:
                     try:
-                        jobs[i] = await self._start_job(trail)
+                        jobs[i] = await self._start_job(trail, shape)
                     except (redis.RedisError, OSError) as error:  # no queue: answer in full, now
                         log.warning("progressive job not queued, finishing in the request: %s", error)
         try:
@@ -250,6 +252,9 @@ class RouterIngress:
             return ApiError(400, error.reason, param=param, code="invalid_input")
         if isinstance(error, UnknownTierError):
             return ApiError(400, str(error), param="routing.tier")
+        if isinstance(error, TierNotAllowedError):
+            return ApiError(403, f"this plan stops at the {error.cap} tier", param="routing.tier",
+                            kind="permission_error")
         if isinstance(error, AllTiersFailedError):
             return ApiError(503, f"no model pool could answer: {error}", kind="service_unavailable",
                             code="all_tiers_failed", headers={"Retry-After": "5"})
@@ -262,18 +267,18 @@ class RouterIngress:
             raise ApiError(503, "the task queue is off on this server (needs server.use_redis and queue.enabled)",
                            kind="service_unavailable")
 
-    async def _start_job(self, trail: Trail) -> str:
-        """Queue the rest of an escalated query's route and make its small answer the provisional one."""
+    async def _start_job(self, trail: Trail, shape: Shape) -> str:
+        """Queue the rest of an escalated query's route (its checkpoint, resumed by the consumer) and
+        return its small answer as the provisional one."""
         assert self.store is not None and self.tasks is not None
-        provisional = self.router.provisional(trail)
         job_id = new_id("job")
+        provisional, checkpoint = self.router.defer(trail)
         routing = {**routing_object(provisional), "provisional": True, "job_id": job_id}
         await asyncio.to_thread(self.store.save_job, {
             "id": job_id, "object": "cascade.job", "tenant": trail.query.tenant, "status": "running",
-            "created_at": int(time.time()), "next_tier": trail.next_tier,
-            "query": trail.query.model_dump(mode="json"), "provisional": chat_response(provisional, routing)})
+            "created_at": int(time.time()), "shape": shape, "trail": checkpoint.model_dump(mode="json"),
+            "provisional": response_of(shape, provisional, routing)})
         await asyncio.to_thread(self.tasks.finish_job, job_id)
-        trail.result = provisional
         return job_id
 
     def _caller(self, authorization: str | None) -> Caller:
@@ -322,7 +327,8 @@ class RouterIngress:
         await self._admit(caller.tenant)
         controls = self.tenants.controls(caller, request.model, request.routing)
         queries = completion_queries(request, caller.tenant, self._params(request), controls)
-        answers, jobs = await self.route(queries, raw.headers, request.progressive and not request.stream)
+        answers, jobs = await self.route(queries, raw.headers, request.progressive and not request.stream,
+                                         shape="completion")
         if any(jobs):
             body = completion_response(answers)
             body["routings"] = [{**r, "provisional": j is not None, "job_id": j}

@@ -293,6 +293,19 @@ def completion_response(answers: list[RoutedAnswer]) -> dict[str, Any]:
     }
 
 
+Shape = Literal["chat", "completion"]
+
+
+def response_of(shape: Shape, answer: RoutedAnswer, routing: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One answer as the endpoint it was asked through would answer it (a progressive job's bodies)."""
+    if shape == "chat":
+        return chat_response(answer, routing)
+    body = completion_response([answer])
+    if routing is not None:
+        body["routing"] = body["routings"][0] = {**body["routings"][0], **routing}
+    return body
+
+
 def _pieces(text: str) -> list[str]:
     """The answer in word-sized pieces, whitespace kept, so streamed pieces join to the text."""
     words = text.split(" ")

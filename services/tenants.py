@@ -65,9 +65,5 @@ class TenantDirectory:
                                param="routing", kind="permission_error")
             if forced is not None and forced not in self.tier_names:
                 raise ApiError(400, f"routing.tier {forced!r} is not one of {self.tier_names}", param="routing.tier")
-            cap = caller.profile.max_tier
-            if forced is not None and cap is not None and self.tier_names.index(forced) > self.tier_names.index(cap):
-                raise ApiError(403, f"tenant {caller.tenant!r}: this plan stops at the {cap} tier",
-                               param="routing.tier", kind="permission_error")
         return RoutingControls(force_tier=forced, max_tier=caller.profile.max_tier,
                                threshold=threshold if threshold is not None else caller.profile.threshold)

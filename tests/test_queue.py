@@ -254,7 +254,10 @@ def test_progressive_answer_by_polling_and_by_signed_webhook(base_url: str) -> N
     while (job := httpx.get(job_url, headers=headers).json())["status"] != "completed":
         assert time.monotonic() < deadline
         time.sleep(0.2)
-    assert job["response"]["routing"]["tier"] == "large"
+    final = job["response"]["routing"]
+    assert final["tier"] == "large" and [a["tier"] for a in final["attempts"]] == ["small", "large"]
+    assert final["cost"] == pytest.approx(routing["cost"] + final["attempts"][1]["cost"]), "small + large"
+    assert job["response"]["object"] == "chat.completion"
     while not Receiver.received:
         assert time.monotonic() < deadline, "the webhook was not called"
         time.sleep(0.1)
@@ -267,6 +270,20 @@ def test_progressive_answer_by_polling_and_by_signed_webhook(base_url: str) -> N
     assert accepted["routing"]["provisional"] is False and accepted["routing"]["job_id"] is None
     assert httpx.get(f"{base_url}/v1/jobs/{routing['job_id']}",
                      headers={"Authorization": "Bearer k-small"}).status_code == 404
+
+
+def test_a_progressive_completion_is_delivered_as_a_completion(base_url: str) -> None:
+    headers = {"Authorization": "Bearer k-acme"}
+    provisional = httpx.post(f"{base_url}/v1/completions", headers=headers, timeout=30, json={
+        "prompt": "What completes here?", "progressive": True}).json()
+    routing = provisional["routing"]
+    assert routing["provisional"] is True and provisional["object"] == "text_completion"
+    deadline, job_url = time.monotonic() + 30, f"{base_url}/v1/jobs/{routing['job_id']}"
+    while (job := httpx.get(job_url, headers=headers).json())["status"] != "completed":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert job["response"]["object"] == "text_completion" and job["response"]["choices"][0]["text"]
+    assert [a["tier"] for a in job["response"]["routing"]["attempts"]] == ["small", "large"]
 
 
 def test_progressive_stream_ends_with_the_final_answer(base_url: str) -> None:

@@ -174,3 +174,36 @@ async def test_throughput_mode_reports_failures_per_query() -> None:
     router = two_tier_router(broken, down)
     outcomes = await router.finish_together(await router.first_pass(queries(3)))
     assert len(outcomes) == 3 and all(isinstance(o, AllTiersFailedError) for o in outcomes)
+
+
+async def test_a_forced_tier_above_the_plan_cap_is_refused_by_the_core() -> None:
+    from cascade.router import TierNotAllowedError
+    from cascade.schemas import RoutingControls
+
+    router = two_tier_router()
+    capped = Query(prompt="anything", routing=RoutingControls(force_tier="large", max_tier="small"))
+    trail, *others = await router.begin([capped, *queries(2)])
+    assert all(t.rejected is None for t in others), "its batch-mates are answered"
+    assert isinstance(trail.rejected, TierNotAllowedError) and "stops at the small tier" in str(trail.rejected)
+    with pytest.raises(TierNotAllowedError):
+        await router.route([capped])
+    answers = await router.route([Query(prompt="anything", routing=RoutingControls(force_tier="small",
+                                                                                   max_tier="small"))])
+    assert answers[0].tier == "small"
+
+
+async def test_a_deferred_trail_resumes_and_its_final_answer_pays_for_every_tier() -> None:
+    """Progressive answers: the provisional small answer now; the checkpoint (JSON round trip, as the
+    queue stores it) resumes the same trail, whose final answer lists both tiers' attempts and cost."""
+    from cascade.router import TrailCheckpoint
+
+    router = two_tier_router()
+    [trail] = await router.begin(queries(1))  # "hard question number 0": the small tier escalates it
+    assert trail.escalated, "the test needs a query the small tier escalates"
+    provisional, checkpoint = router.defer(trail)
+    assert trail.done and trail.deferred and provisional.tier == "small"
+    resumed = router.resume(TrailCheckpoint.model_validate_json(checkpoint.model_dump_json()))
+    final = await router.finish(resumed)
+    assert [a.tier for a in final.attempts] == ["small", "large"] and final.tier == "large"
+    assert final.cost == pytest.approx(provisional.cost + final.attempts[1].cost)
+    assert final.cost == pytest.approx(sum(a.cost for a in final.attempts))
