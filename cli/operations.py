@@ -11,8 +11,8 @@ import orjson
 import typer
 from rich.table import Table
 
-from cascade.config import load_settings
 from cli.common import ConfigOption, DataDirOption, clear_errors, err, numbers, out, pairs
+from services.settings import load_service_settings
 
 redis_app = typer.Typer(help="The local Redis (vector search) for the embedded default.", no_args_is_help=True)
 thresholds_app = typer.Typer(help="Online threshold control.", no_args_is_help=True)
@@ -22,7 +22,7 @@ PortOption = Annotated[int | None, typer.Option("--port", help="default: redis_p
 def _local_redis(port: int | None, data_dir: Path | None = None) -> Any:
     from cascade.local_redis import LocalRedis
 
-    return LocalRedis(port=port or load_settings().redis_port, data_dir=data_dir)
+    return LocalRedis(port=port or load_service_settings().redis_port, data_dir=data_dir)
 
 
 @redis_app.command("start")
@@ -60,7 +60,7 @@ def thresholds_run(
     from cascade.factory import resolve_redis
     from cascade.thresholds import ControllerConfig, ThresholdController, ThresholdTarget
 
-    settings = load_settings(config)
+    settings = load_service_settings(config)
     url = resolve_redis(settings)
     target_spec = ThresholdTarget.model_validate({"kind": target, "value": value, "tier": tier})
     controller = ThresholdController(url, ControllerConfig(target=target_spec, stream=settings.feedback.stream))
@@ -99,7 +99,7 @@ def loadtest(
 
     summary = run_loadtest(url, mix=mix, concurrency=numbers(concurrency, int), rates=numbers(rate),
                            requests=requests, duration_s=duration, thresholds=numbers(thresholds) or [None],
-                           out=out_dir, data_dir=data_dir or load_settings().data_dir, seed=seed,
+                           out=out_dir, data_dir=data_dir or load_service_settings().data_dir, seed=seed,
                            allow_remote=allow_remote, max_tokens=max_tokens, on_run=show)
     out.print(f"wrote {out_dir}/summary.json, runs.csv, requests.csv and cost_vs_throughput.png "
               f"({len(summary['runs'])} runs)")

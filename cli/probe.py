@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 PROBE_QUESTION = "What is the capital of France?"
+PROBE_CONTEXT = "Paris is the capital and largest city of France."
 
 
 @dataclass(frozen=True)
@@ -54,19 +55,19 @@ def probe_tier(tier: str, config: Path | None = None, *, max_tokens: int = 4, ti
 
 
 async def _generate(tier: str, config: Path | None, max_tokens: int) -> dict[str, Any]:
-    from cascade.config import load_settings
     from cascade.factory import build_engine
     from cascade.schemas import GenerationParams, Query
+    from services.settings import load_service_settings
 
-    settings = load_settings(config)
+    settings = load_service_settings(config)
     configs = {t.name: t for t in settings.tiers}
     if tier not in configs:
         raise ValueError(f"no tier {tier!r} in the configuration (tiers: {', '.join(configs)})")
     engine = build_engine(configs[tier].engine)
     await engine.start()
     try:
-        [generation] = await engine.generate([Query(prompt=PROBE_QUESTION, params=GenerationParams(
-            max_tokens=max_tokens, temperature=0.0))])
+        [generation] = await engine.generate([Query(prompt=PROBE_QUESTION, context=[PROBE_CONTEXT],
+                                                    params=GenerationParams(max_tokens=max_tokens, temperature=0.0))])
         health = engine.health()
     finally:
         await engine.close()

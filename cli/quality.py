@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Annotated
 import orjson
 import typer
 
-from cascade.config import load_settings
 from cli.common import ConfigOption, DataDirOption, clear_errors, err, out
+from services.settings import load_service_settings
 
 if TYPE_CHECKING:
     from pipelines.outcomes import Outcomes
@@ -37,7 +37,7 @@ def calibrate(
     from pipelines.calibrate import calibrate as run_calibration
     from pipelines.datasets import load_qa
 
-    settings = load_settings(config)
+    settings = load_service_settings(config)
     records = load_qa(dataset, data_dir or settings.data_dir, limit=None if limit is None else offset + limit)[offset:]
     with Progress(console=err) as progress:
         task = progress.add_task(f"calibrating {dataset}", total=len(records))

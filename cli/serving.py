@@ -12,9 +12,9 @@ import orjson
 import typer
 from rich.table import Table
 
-from cascade.config import load_settings
 from cascade.schemas import Query, RoutedAnswer
 from cli.common import ApiKeyOption, ConfigOption, DataDirOption, UrlOption, clear_errors, err, out
+from services.settings import load_service_settings
 
 
 async def _route(settings_path: Path | None, queries: list[Query]) -> list[RoutedAnswer]:
@@ -22,7 +22,7 @@ async def _route(settings_path: Path | None, queries: list[Query]) -> list[Route
     from cascade.telemetry import configure_from_env
 
     configure_from_env()
-    router = build_router(load_settings(settings_path), with_redis=True)
+    router = build_router(load_service_settings(settings_path), with_redis=True)
     await router.start()
     try:
         return await router.route(queries)
@@ -47,7 +47,7 @@ def _ask_remote(url: str, api_key: str | None, question: str, context: list[str]
 def _ask_local(config: Path | None, question: str, context: list[str]) -> dict[str, Any]:
     from services.openai_api import routing_object
 
-    settings = load_settings(config)
+    settings = load_service_settings(config)
     query = Query(prompt=question, context=context, params=settings.generation)
     [answer] = asyncio.run(_route(config, [query]))
     return {"answer": answer.answer, **routing_object(answer)}
@@ -100,7 +100,7 @@ def serve(
     from services.app import rayservice_patch, serve_config
     from services.local import serve_locally, sigterm_as_interrupt, stop_locally
 
-    settings = load_settings(config)
+    settings = load_service_settings(config)
     if print_config:
         if config_format not in {"serve", "rayservice-patch"}:
             raise ValueError(f"--format {config_format!r}: choose serve or rayservice-patch")
@@ -143,7 +143,7 @@ def demo(
     from pipelines.demo import DemoFailedError, run_demo, summarize
     from pipelines.metrics import exact_match
 
-    settings = load_settings(config)
+    settings = load_service_settings(config)
     records = load_squad(data_dir or settings.data_dir, limit=n)
     if url is None:
         from services.local import serve_locally, stop_locally

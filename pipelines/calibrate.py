@@ -13,7 +13,7 @@ from pathlib import Path
 import orjson
 from pydantic import BaseModel, Field
 
-from cascade.config import CascadeSettings
+from cascade.config import CoreSettings
 from cascade.engines.base import PromptTooLongError
 from cascade.factory import build_router
 from cascade.router import Router, Tier
@@ -103,7 +103,7 @@ async def _calibrate_one(router: Router, record: QARecord, params: GenerationPar
     return result
 
 
-async def calibrate(settings: CascadeSettings, records: Sequence[QARecord], out: Path, *, samples: int = 0,
+async def calibrate(settings: CoreSettings, records: Sequence[QARecord], out: Path, *, samples: int = 0,
                     on_progress: Callable[[int], None] = lambda done: None) -> list[CalibrationRecord]:
     """Run every tier on every record not yet in ``out``; returns all records in the file."""
     done = {r.id for r in read_records(out)}

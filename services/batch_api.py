@@ -10,7 +10,6 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from cascade.config import CascadeSettings
 from cascade.errors import validation_summary
 from cascade.schemas import Query, RoutedAnswer
 from services.openai_api import (
@@ -24,6 +23,7 @@ from services.openai_api import (
     completion_response,
     printable,
 )
+from services.settings import CascadeSettings
 from services.tenants import Caller, TenantDirectory
 
 ENDPOINTS = {"/v1/chat/completions", "/v1/completions"}

@@ -23,7 +23,6 @@ import httpx
 import orjson
 from ray.serve.task_consumer import task_handler
 
-from cascade.config import CascadeSettings
 from cascade.engines.base import InvalidInputError, PromptTooLongError
 from cascade.errors import public_message
 from cascade.factory import build_router
@@ -35,6 +34,7 @@ from services.batch_store import BatchStore
 from services.openai_api import response_of
 from services.pool import limit_threads
 from services.pool_engine import PoolEngine
+from services.settings import CascadeSettings
 from services.tenants import TenantDirectory
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,6 @@ from opentelemetry.propagate import extract
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cascade.config import CascadeSettings
 from cascade.engines.base import InvalidInputError, PromptTooLongError
 from cascade.factory import build_router
 from cascade.feedback import outcome_record
@@ -58,6 +57,7 @@ from services.openai_api import (
 from services.pool import limit_threads
 from services.pool_engine import PoolEngine, unwrap
 from services.queue import TaskQueue
+from services.settings import CascadeSettings
 from services.tenants import Caller, TenantDirectory
 
 log = logging.getLogger(__name__)

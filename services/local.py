@@ -13,8 +13,8 @@ from typing import Any
 
 import httpx
 
-from cascade.config import CascadeSettings
 from cascade.factory import resolve_redis
+from services.settings import CascadeSettings
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # A one-machine cluster: Ray binds every socket (GCS, raylet, workers, agents) to loopback. Ray reads

@@ -7,7 +7,7 @@ from typing import Any
 
 from ray.serve.schema import CeleryAdapterConfig, TaskProcessorConfig
 
-from cascade.config import CascadeSettings
+from services.settings import CascadeSettings
 
 
 def processor_config(settings: CascadeSettings) -> TaskProcessorConfig:

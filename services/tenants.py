@@ -5,9 +5,9 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass
 
-from cascade.config import RoutingProfile, ServerConfig
 from cascade.schemas import RoutingControls
 from services.openai_api import ROUTER_MODEL, ApiError, RoutingOverride
+from services.settings import RoutingProfile, ServerConfig
 
 DEFAULT_TENANT = "default"
 

@@ -50,7 +50,7 @@ def llama_options() -> dict[str, bool]:
 
 def embedded_settings(**overrides: Any) -> dict[str, Any]:
     """The embedded default configuration as a dict, with the tests' llama.cpp options and overrides."""
-    from cascade.config import CascadeSettings
+    from services.settings import CascadeSettings
 
     settings = CascadeSettings().model_dump(mode="json", exclude_unset=False)
     tiers = [{"name": t["name"], "engine": {**t["engine"], **llama_options()}, "policy": t["policy"],

@@ -13,8 +13,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from cascade.config import CascadeSettings
 from cascade.local_redis import LocalRedis
+from services.settings import CascadeSettings
 from tests.conftest import free_port, serve_apps
 
 CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"

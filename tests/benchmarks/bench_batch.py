@@ -27,7 +27,7 @@ from tests.conftest import DATA_DIR, free_port
 
 
 def settings(redis_url: str) -> Any:
-    from cascade.config import CascadeSettings
+    from services.settings import CascadeSettings
 
     def tier(name: str, policy: str, delay_s: float, per_gpu_second: float) -> dict[str, Any]:
         return {"name": name, "policy": policy, "price": {"per_gpu_second": per_gpu_second},

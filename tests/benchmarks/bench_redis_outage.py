@@ -28,8 +28,8 @@ from cascade.local_redis import LocalRedis
 from cascade.router import Router
 from cascade.schemas import Query
 from cascade.thresholds import LiveThresholds
+from tests.cascade.test_redis import two_tier_router
 from tests.conftest import free_port
-from tests.test_redis import two_tier_router
 
 
 async def latencies(router: Router, n: int, label: str) -> np.ndarray:

@@ -25,7 +25,7 @@ QUESTION = {"model": "cascade", "prompt": "Which river flows through Paris?", "m
 
 
 def scripted_settings() -> Any:
-    from cascade.config import CascadeSettings
+    from services.settings import CascadeSettings
 
     def tier(name: str, policy: str) -> dict[str, Any]:
         return {"name": name, "policy": policy, "engine": {"kind": "scripted", "model": f"{name}-model"},

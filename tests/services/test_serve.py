@@ -15,8 +15,8 @@ import openai
 import pytest
 
 from cascade.cache import CacheConfig
-from cascade.config import CascadeSettings
 from cascade.thresholds import ControllerConfig, ThresholdTarget
+from services.settings import CascadeSettings
 from tests.conftest import serve_apps
 
 SLOW_LLM_S = 1.5

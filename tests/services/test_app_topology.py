@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from cascade.config import CascadeSettings
 from services.app import CONSUMER_NAME, CONTROLLER_NAME, INGRESS_NAME, pool_name, serve_config, topology
+from services.settings import CascadeSettings
 
 
 def settings(**overrides: object) -> CascadeSettings:

@@ -19,9 +19,9 @@ import openai
 import orjson
 import pytest
 
-from cascade.config import CascadeSettings
 from pipelines.datasets import load_qa
 from services.batch_store import BatchStore
+from services.settings import CascadeSettings
 from tests.conftest import free_port, serve_apps
 
 SECRET = "webhook-secret"

@@ -10,13 +10,13 @@ import numpy as np
 import orjson
 import pytest
 
-from cascade.config import CascadeSettings
 from cascade.policies import LogisticPolicy, load_policy
 from cascade.schemas import Signals
 from pipelines.calibrate import CalibrationRecord, TierOutcome, calibrate, read_records
 from pipelines.datasets import load_qa
 from pipelines.metrics import exact_match
 from pipelines.token_series import TokenSeries, pack, unpack
+from services.settings import CascadeSettings
 from tests.conftest import CASCADE, embedded_settings
 
 

