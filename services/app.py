@@ -14,11 +14,11 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.task_consumer import task_consumer
 
-from services.consumer import RoutingConsumer
+from services.batch.consumer import RoutingConsumer
+from services.batch.queue import autoscaling_on_queue_depth, processor_config
 from services.controller import ThresholdControllerDeployment
 from services.ingress import RouterIngress, api
 from services.pool import ModelPool
-from services.queue import autoscaling_on_queue_depth, processor_config
 from services.settings import CascadeSettings
 
 APP_NAME = "cascade"

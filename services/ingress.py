@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Annotated, Any
 
@@ -31,8 +31,9 @@ from cascade.feedback import outcome_record
 from cascade.router import AllTiersFailedError, TierNotAllowedError, Trail, UnknownTierError
 from cascade.schemas import Query, RoutedAnswer
 from cascade.telemetry import configure_from_env, count_refused_feedback
-from services.batch_api import ENDPOINTS, BatchCreate, batch_object, custom_ids
-from services.batch_store import TERMINAL, BatchStore, new_id
+from services.batch.api import BatchApi, public
+from services.batch.schema import BatchCreate
+from services.batch.store import new_id
 from services.limits import BODY_LIMITS, BodyLimitMiddleware, RateLimiter
 from services.openai_api import (
     DONE,
@@ -56,7 +57,6 @@ from services.openai_api import (
 )
 from services.pool import limit_threads
 from services.pool_engine import PoolEngine, unwrap
-from services.queue import TaskQueue
 from services.settings import CascadeSettings
 from services.tenants import Caller, TenantDirectory
 
@@ -67,11 +67,6 @@ api.add_middleware(BodyLimitMiddleware)  # reads services.limits.BODY_LIMITS, wh
 OWNERS_KEPT = 100_000  # recent request ids and their tenants kept in memory for feedback checks
 COMPLETION_ERRORS = error_responses(400, 401, 403, 404, 413, 422, 429, 503)
 STORE_ERRORS = error_responses(401, 404, 413, 422, 503)
-
-
-def _public(record: dict[str, Any]) -> dict[str, Any]:
-    """A stored file or batch without its owner."""
-    return {k: v for k, v in record.items() if k != "tenant"}
 
 
 def _json(body: dict[str, Any]) -> Response:
@@ -142,9 +137,8 @@ class RouterIngress:
         self._background: set[asyncio.Task[None]] = set()
         self._in_flight = 0
         redis_url = self.settings.redis_url if server.use_redis and self.settings.queue.enabled else None
-        self.store = BatchStore(redis_url) if redis_url else None
-        self.tasks = TaskQueue(self.settings) if redis_url else None
-        self._sweeper = asyncio.create_task(self._sweep_stalled_batches()) if redis_url else None
+        self.batches = BatchApi(self.settings, redis_url) if redis_url else None
+        self._sweeper = asyncio.create_task(self.batches.sweep_stalled_batches()) if self.batches else None
         self._records = self.router.cache is not None or self.router.feedback is not None
         self.breaker = self.router.feedback.breaker if self.router.feedback is not None else None
         limited = server.rate_limit_per_minute is not None or any(
@@ -152,23 +146,6 @@ class RouterIngress:
         self.rate = RateLimiter(self.settings.redis_url, self.breaker) if (
             limited and self.breaker is not None and self.settings.redis_url) else None
         self._owners: OrderedDict[str, str] = OrderedDict()
-
-    async def _sweep_stalled_batches(self) -> None:
-        """Re-queue the unfinished chunks of batches that stopped progressing (a task lost with its
-        replica before the broker redelivered it); chunks run idempotently, so a chunk that was only
-        slow costs a repeat, never a duplicate line."""
-        assert self.store is not None and self.tasks is not None
-        after = float(self.settings.queue.visibility_timeout_s)
-        while True:
-            await asyncio.sleep(max(1.0, after / 2))
-            try:
-                for batch_id in await asyncio.to_thread(self.store.active):
-                    for chunk in await asyncio.to_thread(self.store.stalled_chunks, batch_id, after):
-                        log.warning("batch %s chunk %d made no progress for %.0f s; queueing it again",
-                                    batch_id, chunk, after)
-                        await asyncio.to_thread(self.tasks.route_chunk, batch_id, chunk)
-            except (redis.RedisError, OSError) as error:
-                log.warning("stalled-batch sweep skipped: %s", error)
 
     async def _record_batch(self, trails: list[Trail]) -> list[None]:
         try:
@@ -215,7 +192,7 @@ class RouterIngress:
             self._in_flight -= 1
         jobs: list[str | None] = [None] * len(trails)
         if progressive:
-            self._require_queue()
+            self._batches()
             for i, trail in enumerate(trails):
                 if trail.escalated:
                     try:
@@ -262,23 +239,23 @@ class RouterIngress:
         return ApiError(500, f"internal error while routing request {request_ids[0] if request_ids else ''}; "
                              "it is logged under that id", kind="server_error", code="internal_error")
 
-    def _require_queue(self) -> None:
-        if self.store is None or self.tasks is None:
+    def _batches(self) -> BatchApi:
+        """The Batch API and jobs of this server; 503 when the task queue is off."""
+        if self.batches is None:
             raise ApiError(503, "the task queue is off on this server (needs server.use_redis and queue.enabled)",
                            kind="service_unavailable")
+        return self.batches
 
     async def _start_job(self, trail: Trail, shape: Shape) -> str:
         """Queue the rest of an escalated query's route (its checkpoint, resumed by the consumer) and
         return its small answer as the provisional one."""
-        assert self.store is not None and self.tasks is not None
         job_id = new_id("job")
         provisional, checkpoint = self.router.defer(trail)
         routing = {**routing_object(provisional), "provisional": True, "job_id": job_id}
-        await asyncio.to_thread(self.store.save_job, {
+        await self._batches().start_job({
             "id": job_id, "object": "cascade.job", "tenant": trail.query.tenant, "status": "running",
             "created_at": int(time.time()), "shape": shape, "trail": checkpoint.model_dump(mode="json"),
             "provisional": response_of(shape, provisional, routing)})
-        await asyncio.to_thread(self.tasks.finish_job, job_id)
         return job_id
 
     def _caller(self, authorization: str | None) -> Caller:
@@ -308,11 +285,10 @@ class RouterIngress:
         """The provisional answer's events, then one event with the final answer when its job is done."""
         for event in chat_stream(answer, routing, done=False):
             yield event
-        assert self.store is not None
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
-            job = await asyncio.to_thread(self.store.job, job_id)
-            if job is not None and job["status"] == "completed":
+            job = await self._batches().completed_job(job_id)
+            if job is not None:
                 yield job_event(job)
                 break
             await asyncio.sleep(0.25)
@@ -344,115 +320,45 @@ class RouterIngress:
         """A progressive request's job: ``running`` with the provisional response, or ``completed``
         with the final one."""
         caller = self._caller(authorization)
-        self._require_queue()
-        assert self.store is not None
-        job = await asyncio.to_thread(self.store.job, job_id)
-        if job is None or job["tenant"] != caller.tenant:
-            raise ApiError(404, f"no job {job_id}", param="job_id", code="not_found")
-        return _json({k: v for k, v in job.items() if k not in {"query", "tenant"}})
+        return _json(await self._batches().job(job_id, caller.tenant))
 
     @api.post("/v1/files", responses=error_responses(400, 401, 413, 422, 503))
     async def create_file(self, file: Annotated[UploadFile, File()],
                           purpose: Annotated[str, Form(json_schema_extra={"enum": ["batch"]})],
                           authorization: Annotated[str | None, Header()] = None) -> Response:
         caller = self._caller(authorization)
-        self._require_queue()
-        assert self.store is not None
-        if purpose != "batch":
-            raise ApiError(400, f"purpose {purpose!r} is not supported; use 'batch'", param="purpose")
+        batches = self._batches()
         content = await file.read()
-        limit, max_lines = self.settings.server.max_upload_bytes, self.settings.queue.max_lines
-        if len(content) > limit:
-            raise ApiError(413, f"the file has {len(content)} bytes; this server's limit is {limit}", param="file",
-                           code="file_too_large")
-        lines = sum(1 for line in content.splitlines() if line.strip())
-        if lines > max_lines:
-            raise ApiError(413, f"the file has {lines} lines; this server's limit is {max_lines} lines per file",
-                           param="file", code="file_too_large")
-        meta = await asyncio.to_thread(self.store.save_file, caller.tenant, file.filename or "input.jsonl",
-                                       purpose, content)
-        return _json(_public(meta))
-
-    async def _own_file(self, file_id: str, tenant: str) -> dict[str, Any]:
-        assert self.store is not None
-        meta = await asyncio.to_thread(self.store.file, file_id)
-        if meta is None or meta["tenant"] != tenant:
-            raise ApiError(404, f"no file {file_id}", param="file_id", code="not_found")
-        return meta
+        return _json(await batches.create_file(caller.tenant, file.filename or "input.jsonl", purpose, content))
 
     @api.get("/v1/files/{file_id}", responses=STORE_ERRORS)
     async def file_meta(self, file_id: str, authorization: Annotated[str | None, Header()] = None) -> Response:
         caller = self._caller(authorization)
-        self._require_queue()
-        return _json(_public(await self._own_file(file_id, caller.tenant)))
+        return _json(public(await self._batches().file(file_id, caller.tenant)))
 
     @api.get("/v1/files/{file_id}/content", responses=STORE_ERRORS)
     async def file_content(self, file_id: str, authorization: Annotated[str | None, Header()] = None) -> Response:
         caller = self._caller(authorization)
-        self._require_queue()
-        assert self.store is not None
-        await self._own_file(file_id, caller.tenant)
-        content = await asyncio.to_thread(self.store.file_content, file_id)
-        return Response(content or b"", media_type="application/octet-stream")
+        content = await self._batches().file_content(file_id, caller.tenant)
+        return Response(content, media_type="application/octet-stream")
 
     @api.post("/v1/batches", responses=error_responses(400, 401, 404, 413, 422, 429, 503))
     async def create_batch(self, request: BatchCreate,
                            authorization: Annotated[str | None, Header()] = None) -> Response:
         """Split the input file into chunks and queue them; the consumer routes each chunk as a batch."""
         caller = self._caller(authorization)
-        self._require_queue()
-        assert self.store is not None and self.tasks is not None
-        if request.endpoint not in ENDPOINTS:
-            raise ApiError(400, f"endpoint {request.endpoint!r} is not one of {sorted(ENDPOINTS)}", param="endpoint")
-        meta = await self._own_file(request.input_file_id, caller.tenant)
-        if meta["purpose"] != "batch":
-            raise ApiError(400, f"file {meta['id']} has purpose {meta['purpose']!r}, not 'batch'",
-                           param="input_file_id")
-        content = await asyncio.to_thread(self.store.file_content, request.input_file_id) or b""
-        lines = [line for line in content.splitlines() if line.strip()]
-        queue = self.settings.queue
-        if not lines or len(lines) > queue.max_lines:
-            raise ApiError(400, f"the input file has {len(lines)} lines; a batch takes 1 to {queue.max_lines}",
-                           param="input_file_id")
-        ids = custom_ids(lines)
-        duplicates = sorted(c for c, n in Counter(ids).items() if n > 1)  # linear: a 50,000-line file stays cheap
-        if duplicates:
-            raise ApiError(400, f"custom_id values must be unique; repeated: {duplicates[:5]}", param="input_file_id")
-        batch = batch_object(new_id("batch"), caller.tenant, request, len(lines))
-        chunks = -(-len(lines) // queue.chunk_size)
-        if not await asyncio.to_thread(self.store.create_batch, batch, lines, chunks, queue.tenant_quota_lines):
-            raise ApiError(429, f"tenant {caller.tenant!r} has more than {queue.tenant_quota_lines} lines queued; "
-                                "retry when some batches finish", kind="rate_limit_error", code="queue_full",
-                           headers={"Retry-After": "60"})
-        for chunk in range(chunks):
-            await asyncio.to_thread(self.tasks.route_chunk, batch["id"], chunk)
-        return _json(_public(batch))
-
-    async def _own_batch(self, batch_id: str, tenant: str) -> dict[str, Any]:
-        assert self.store is not None
-        batch = await asyncio.to_thread(self.store.batch, batch_id)
-        if batch is None or batch["tenant"] != tenant:
-            raise ApiError(404, f"no batch {batch_id}", param="batch_id", code="not_found")
-        return batch
+        return _json(await self._batches().create_batch(caller.tenant, request))
 
     @api.get("/v1/batches/{batch_id}", responses=STORE_ERRORS)
     async def get_batch(self, batch_id: str, authorization: Annotated[str | None, Header()] = None) -> Response:
         caller = self._caller(authorization)
-        self._require_queue()
-        return _json(_public(await self._own_batch(batch_id, caller.tenant)))
+        return _json(await self._batches().batch(batch_id, caller.tenant))
 
     @api.post("/v1/batches/{batch_id}/cancel", responses=error_responses(400, 401, 404, 409, 413, 422, 503))
     async def cancel_batch(self, batch_id: str, authorization: Annotated[str | None, Header()] = None) -> Response:
         """Stop the lines not yet routed; the batch becomes ``cancelled`` once its queued chunks drain."""
         caller = self._caller(authorization)
-        self._require_queue()
-        assert self.store is not None
-        batch = await self._own_batch(batch_id, caller.tenant)
-        if batch["status"] in TERMINAL:
-            raise ApiError(409, f"batch {batch_id} is already {batch['status']}", param="batch_id")
-        await asyncio.to_thread(self.store.cancel, batch_id)
-        await asyncio.to_thread(self.store.update_batch, batch_id, status="cancelling", cancelling_at=int(time.time()))
-        return _json(_public(await self._own_batch(batch_id, caller.tenant)))
+        return _json(await self._batches().cancel_batch(batch_id, caller.tenant))
 
     @api.get("/v1/models", responses=error_responses(401))
     async def models(self, authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:

@@ -15,10 +15,10 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
-from cascade.config import TierConfig
 from cascade.factory import build_engine
 from cascade.schemas import Generation, Query
 from cascade.telemetry import SCOPE, configure_from_env, continued
+from services.settings import PoolTierConfig
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class ModelPool:
         limit_threads()
         configure_from_env()
         self.tracer = trace.get_tracer(SCOPE)
-        self.tier = TierConfig.model_validate(tier)
+        self.tier = PoolTierConfig.model_validate(tier)
         self.engine = build_engine(self.tier.engine)
         await self.engine.start()
         log.info("pool %s ready with %s", self.tier.name, self.engine.model)

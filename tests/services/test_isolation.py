@@ -18,7 +18,7 @@ from cascade.errors import public_message
 from cascade.policies import PRESETS, AcceptAllPolicy
 from cascade.router import Router, Tier
 from cascade.schemas import GenerationParams, Message, Query
-from services.batch_api import parse_line
+from services.batch.schema import parse_line
 from services.limits import BodyLimitMiddleware, BodyLimits
 from services.openai_api import ApiError, ChatCompletionRequest, CompletionRequest, check_prompt_size
 from services.settings import CascadeSettings

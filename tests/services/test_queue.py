@@ -20,7 +20,7 @@ import orjson
 import pytest
 
 from pipelines.datasets import load_qa
-from services.batch_store import BatchStore
+from services.batch.store import BatchStore
 from services.settings import CascadeSettings
 from tests.conftest import free_port, serve_apps
 

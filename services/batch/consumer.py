@@ -29,8 +29,8 @@ from cascade.factory import build_router
 from cascade.router import AllTiersFailedError, TrailCheckpoint
 from cascade.schemas import Query, RoutedAnswer
 from cascade.telemetry import configure_from_env
-from services.batch_api import custom_ids, error_line, output_line, parse_line
-from services.batch_store import BatchStore
+from services.batch.schema import custom_ids, error_line, output_line, parse_line
+from services.batch.store import BatchStore
 from services.openai_api import response_of
 from services.pool import limit_threads
 from services.pool_engine import PoolEngine

@@ -1,0 +1,131 @@
+"""What the Batch API's and the progressive jobs' endpoints do, over the store and the queue; the
+ingress only authenticates and calls these (one instance per ingress replica, none without a queue)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from typing import Any
+
+import redis
+
+from services.batch.queue import TaskQueue
+from services.batch.schema import ENDPOINTS, BatchCreate, batch_object, custom_ids
+from services.batch.store import TERMINAL, BatchStore, new_id
+from services.openai_api import ApiError
+from services.settings import CascadeSettings
+
+log = logging.getLogger(__name__)
+
+
+def public(record: dict[str, Any]) -> dict[str, Any]:
+    """A stored file, batch or job without its owner (and a job without its trail)."""
+    return {k: v for k, v in record.items() if k not in {"tenant", "trail", "query"}}
+
+
+class BatchApi:
+    """Files, batches and jobs of one server, scoped by tenant: another tenant's id is a 404."""
+
+    def __init__(self, settings: CascadeSettings, redis_url: str) -> None:
+        self.settings = settings
+        self.store = BatchStore(redis_url)
+        self.tasks = TaskQueue(settings)
+
+    async def create_file(self, tenant: str, filename: str, purpose: str, content: bytes) -> dict[str, Any]:
+        if purpose != "batch":
+            raise ApiError(400, f"purpose {purpose!r} is not supported; use 'batch'", param="purpose")
+        limit, max_lines = self.settings.server.max_upload_bytes, self.settings.queue.max_lines
+        if len(content) > limit:
+            raise ApiError(413, f"the file has {len(content)} bytes; this server's limit is {limit}", param="file",
+                           code="file_too_large")
+        lines = sum(1 for line in content.splitlines() if line.strip())
+        if lines > max_lines:
+            raise ApiError(413, f"the file has {lines} lines; this server's limit is {max_lines} lines per file",
+                           param="file", code="file_too_large")
+        return public(await asyncio.to_thread(self.store.save_file, tenant, filename, purpose, content))
+
+    async def file(self, file_id: str, tenant: str) -> dict[str, Any]:
+        meta = await asyncio.to_thread(self.store.file, file_id)
+        if meta is None or meta["tenant"] != tenant:
+            raise ApiError(404, f"no file {file_id}", param="file_id", code="not_found")
+        return meta
+
+    async def file_content(self, file_id: str, tenant: str) -> bytes:
+        await self.file(file_id, tenant)
+        return await asyncio.to_thread(self.store.file_content, file_id) or b""
+
+    async def create_batch(self, tenant: str, request: BatchCreate) -> dict[str, Any]:
+        """Split the input file into chunks and queue them; the consumer routes each chunk as a batch."""
+        if request.endpoint not in ENDPOINTS:
+            raise ApiError(400, f"endpoint {request.endpoint!r} is not one of {sorted(ENDPOINTS)}", param="endpoint")
+        meta = await self.file(request.input_file_id, tenant)
+        if meta["purpose"] != "batch":
+            raise ApiError(400, f"file {meta['id']} has purpose {meta['purpose']!r}, not 'batch'",
+                           param="input_file_id")
+        content = await asyncio.to_thread(self.store.file_content, request.input_file_id) or b""
+        lines = [line for line in content.splitlines() if line.strip()]
+        queue = self.settings.queue
+        if not lines or len(lines) > queue.max_lines:
+            raise ApiError(400, f"the input file has {len(lines)} lines; a batch takes 1 to {queue.max_lines}",
+                           param="input_file_id")
+        duplicates = sorted(c for c, n in Counter(custom_ids(lines)).items() if n > 1)
+        if duplicates:
+            raise ApiError(400, f"custom_id values must be unique; repeated: {duplicates[:5]}", param="input_file_id")
+        batch = batch_object(new_id("batch"), tenant, request, len(lines))
+        chunks = -(-len(lines) // queue.chunk_size)
+        if not await asyncio.to_thread(self.store.create_batch, batch, lines, chunks, queue.tenant_quota_lines):
+            raise ApiError(429, f"tenant {tenant!r} has more than {queue.tenant_quota_lines} lines queued; "
+                                "retry when some batches finish", kind="rate_limit_error", code="queue_full",
+                           headers={"Retry-After": "60"})
+        for chunk in range(chunks):
+            await asyncio.to_thread(self.tasks.route_chunk, batch["id"], chunk)
+        return public(batch)
+
+    async def batch(self, batch_id: str, tenant: str) -> dict[str, Any]:
+        batch = await asyncio.to_thread(self.store.batch, batch_id)
+        if batch is None or batch["tenant"] != tenant:
+            raise ApiError(404, f"no batch {batch_id}", param="batch_id", code="not_found")
+        return public(batch)
+
+    async def cancel_batch(self, batch_id: str, tenant: str) -> dict[str, Any]:
+        """Stop the lines not yet routed; the batch becomes ``cancelled`` once its queued chunks drain."""
+        batch = await self.batch(batch_id, tenant)
+        if batch["status"] in TERMINAL:
+            raise ApiError(409, f"batch {batch_id} is already {batch['status']}", param="batch_id")
+        await asyncio.to_thread(self.store.cancel, batch_id)
+        await asyncio.to_thread(self.store.update_batch, batch_id, status="cancelling", cancelling_at=int(time.time()))
+        return await self.batch(batch_id, tenant)
+
+    async def start_job(self, job: dict[str, Any]) -> None:
+        """Store a progressive request's job (its trail checkpoint) and queue its finishing."""
+        await asyncio.to_thread(self.store.save_job, job)
+        await asyncio.to_thread(self.tasks.finish_job, job["id"])
+
+    async def job(self, job_id: str, tenant: str) -> dict[str, Any]:
+        job = await asyncio.to_thread(self.store.job, job_id)
+        if job is None or job["tenant"] != tenant:
+            raise ApiError(404, f"no job {job_id}", param="job_id", code="not_found")
+        return public(job)
+
+    async def completed_job(self, job_id: str) -> dict[str, Any] | None:
+        """The job once completed (for the progressive stream), else None."""
+        job = await asyncio.to_thread(self.store.job, job_id)
+        return job if job is not None and job["status"] == "completed" else None
+
+    async def sweep_stalled_batches(self) -> None:
+        """Re-queue the unfinished chunks of batches that stopped progressing (a task lost with its
+        replica before the broker redelivered it); chunks run idempotently, so a chunk that was only
+        slow costs a repeat, never a duplicate line."""
+        after = float(self.settings.queue.visibility_timeout_s)
+        while True:
+            await asyncio.sleep(max(1.0, after / 2))
+            try:
+                for batch_id in await asyncio.to_thread(self.store.active):
+                    for chunk in await asyncio.to_thread(self.store.stalled_chunks, batch_id, after):
+                        log.warning("batch %s chunk %d made no progress for %.0f s; queueing it again",
+                                    batch_id, chunk, after)
+                        await asyncio.to_thread(self.tasks.route_chunk, batch_id, chunk)
+            except (redis.RedisError, OSError) as error:
+                log.warning("stalled-batch sweep skipped: %s", error)
