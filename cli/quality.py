@@ -91,8 +91,30 @@ def evaluate(
     policy: Annotated[list[Path] | None, typer.Option("--policy", help="policy file (repeatable)")] = None,
     label: LabelOption = "exact_match",
     rows: RowsOption = None,
+    protocol: Annotated[str, typer.Option(
+        "--protocol", help="in-sample (policies on these records) or grouped (held-out, repeated splits by "
+                           "article, bootstrap intervals, baselines and learned deferral)")] = "in-sample",
+    splits: Annotated[int, typer.Option("--splits", min=1, help="grouped: random fit/calibrate/test splits")] = 10,
+    bootstrap: Annotated[int, typer.Option("--bootstrap", min=10, help="grouped: resamples per split")] = 500,
+    delta: Annotated[float, typer.Option("--delta", min=0.001, max=0.5,
+                                         help="grouped: the guarantee's failure probability")] = 0.1,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
-    """Cost–quality curves of policies against small-only, large-only and the v1/v2/v3 presets."""
+    """Cost–quality of routing policies on calibration records: in-sample curves of given policies, or
+    the grouped held-out protocol with intervals, baselines, learned deferral and guaranteed thresholds."""
+    if protocol == "grouped":
+        from pipelines.calibrate import read_records
+        from pipelines.protocol import markdown as protocol_markdown
+        from pipelines.protocol import write_protocol
+
+        if not records.is_file():
+            raise ValueError(f"records file {records} does not exist")
+        summary = write_protocol(read_records(records), out_dir, title=f"Held-out deferral: {records.name}",
+                                 metric=label, splits=splits, bootstrap=bootstrap, delta=delta, seed=seed)
+        out.print(protocol_markdown(summary, f"Held-out deferral: {records.name}"))
+        return
+    if protocol != "in-sample":
+        raise ValueError(f"--protocol must be in-sample or grouped, not {protocol!r}")
     from pipelines.evaluate import markdown, write_evaluation
 
     summary = write_evaluation(_outcomes(records, label, rows), policy or [], out_dir)

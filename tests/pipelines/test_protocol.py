@@ -80,3 +80,22 @@ def test_protocol_end_to_end_on_informative_records(tmp_path: Path) -> None:
     assert all(0.0 <= row["violation_rate"] <= 1.0 for row in summary["guarantee"].values())
     assert (tmp_path / "summary.md").read_text().count("|") > 20 and (tmp_path / "deferral_curves.png").stat().st_size
     assert Data.of(records).features.shape[1] == len(feature_names())
+
+
+def test_cascade_evaluate_grouped_protocol_from_the_command_line(tmp_path: Path) -> None:
+    import subprocess
+
+    import orjson
+
+    from tests.conftest import CASCADE
+
+    records = tmp_path / "records.jsonl"
+    records.write_bytes(b"".join(orjson.dumps(r.model_dump(mode="json")) + b"\n" for r in synthetic(300)))
+    result = subprocess.run([CASCADE, "evaluate", "--records", str(records), "--out", str(tmp_path / "out"),
+                             "--protocol", "grouped", "--splits", "2", "--bootstrap", "20"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "AUDC" in result.stdout and (tmp_path / "out" / "summary.json").is_file()
+    wrong = subprocess.run([CASCADE, "evaluate", "--records", str(records), "--out", str(tmp_path / "x"),
+                            "--protocol", "nested"], capture_output=True, text=True, timeout=120)
+    assert wrong.returncode == 2 and "--protocol must be in-sample or grouped" in " ".join(wrong.stderr.split())
