@@ -126,16 +126,34 @@ def routerbench(
     train: Annotated[list[Path], typer.Option("--train", help="RouterBench CSV to train on (repeatable)")],
     test: Annotated[list[Path], typer.Option("--test", help="RouterBench CSV to test on (repeatable)")],
     out_dir: Annotated[Path, typer.Option("--out", help="folder for summary.json, summary.md and plots")],
-    seed: Annotated[int, typer.Option(help="seed of the random and learned routers")] = 0,
+    seed: Annotated[int, typer.Option(help="first seed of the random and learned routers")] = 0,
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="seeds seed .. seed+seeds-1, mean ± sd")] = 5,
+    prompts: Annotated[str, typer.Option(
+        "--prompts", help="tail: embed prompts without the lines many training prompts share; whole: as stored")
+    ] = "tail",
+    embedding_cache: Annotated[Path | None, typer.Option(
+        "--embedding-cache", help="embeddings on disk by text hash (default ~/.cache/cascade/embeddings)")] = None,
+    export_prerouter: Annotated[Path | None, typer.Option(
+        "--export-prerouter", help="write the fitted ranking router as a pre-router file (JSON)")] = None,
 ) -> None:
-    """Pre-generation routers (random, kNN, MLP regression, ranking, oracle) swept over the budget."""
+    """Pre-generation routers (baselines, kNN, MLP regression, ranking, EquiRouter, oracle) under both
+    decision rules (score − λ·cost and the budget mask), over seeds."""
     from pipelines.routerbench import write_report
 
-    summary = write_report(train, test, out_dir, seed)
+    if prompts not in {"tail", "whole"}:
+        raise ValueError(f"--prompts must be tail or whole, not {prompts!r}")
+    summary = write_report(train, test, out_dir, seed, seeds=seeds, prompts=prompts,  # type: ignore[arg-type]
+                           cache_dir=embedding_cache, export=export_prerouter, progress=err.print)
     routers = summary["routers"]
     assert isinstance(routers, dict)
+    def shown(value: object) -> str:
+        return "never" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
     for name, figures in routers.items():
-        qnc = "never" if figures["qnc"] is None else f"{figures['qnc']:.3f}"
-        out.print(f"{name:>15}: AIQ {figures['aiq']:.4f}  QNC {qnc}  RCI {figures['rci']:.3f}  "
-                  f"peak quality {figures['peak_quality']:.3f}")
-    out.print(f"wrote {out_dir}/summary.json, summary.md, cost_quality.png, model_shares.png")
+        out.print(f"{name:>28}: QNC {shown(figures.get('qnc'))}  AIQ {shown(figures.get('aiq'))}  "
+                  f"RCI {shown(figures.get('rci'))}  peak quality {shown(figures.get('peak_quality'))}",
+                  highlight=False)
+    if "target" in summary:
+        out.print(f"target: {orjson.dumps(summary['target']).decode()}")
+    out.print(f"wrote {out_dir}/summary.json, summary.md, cost_quality.png, model_shares_lambda.png, "
+              "model_shares_budget.png")
