@@ -8,7 +8,7 @@ LOCK := requirements/lock.txt
 PIP_LOCKED := $(BIN)/pip install --quiet --constraint $(LOCK)
 N ?= 20
 
-.PHONY: setup setup-cpu demo test lint lock bench fuzz k8s-generate k8s-validate clean
+.PHONY: setup setup-cpu demo test test-unit lint lock bench fuzz k8s-generate k8s-validate clean
 
 $(VENV)/.cpu.stamp: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,9 @@ demo: setup-cpu                 ## route N SQuAD 2.0 questions with the embedded
 test: setup                     ## the whole suite, then the model tests again under llama.cpp's alternate numerics
 	$(BIN)/pytest -q
 	CASCADE_TEST_LLAMA_NUMERICS=alternate $(BIN)/pytest -q -m model
+
+test-unit: setup                ## only the pure functions (no Ray, Redis, model or process): seconds
+	$(BIN)/pytest -q -m "not integration"
 
 lint: setup
 	$(BIN)/ruff check cascade cli services pipelines loadtest tests infra

@@ -87,13 +87,25 @@ def wait_for_http(url: str, process: subprocess.Popen[bytes], timeout_s: float =
 
 
 MODEL_FIXTURES = {"smollm2", "gemma", "openai_server"}
+# Fixtures that start a real server, engine or model: tests using them are integration tests.
+INTEGRATION_FIXTURES = MODEL_FIXTURES | {"redis_url", "base_url", "served", "vllm_engine", "tiny_llama_dir",
+                                        "mbpp"}  # mbpp: RouterBench prompts embedded with MiniLM
+# Modules whose every test starts Ray Serve, Redis or a `cascade` process.
+INTEGRATION_MODULES = {"test_serve", "test_queue", "test_local", "test_serve_embedded", "test_cli", "test_loadtest",
+                       "test_redis", "test_telemetry", "test_engines"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests that use a packaged llama.cpp model through a fixture are model tests too."""
+    """Mark model tests (a packaged llama.cpp model through a fixture) and integration tests (a real
+    server, engine or process); `make test-unit` runs the rest, the pure functions, in seconds."""
     for item in items:
-        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if MODEL_FIXTURES & fixtures:
             item.add_marker(pytest.mark.model)
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module is not None else ""
+        if (INTEGRATION_FIXTURES & fixtures or module in INTEGRATION_MODULES or item.get_closest_marker("model")
+                or item.get_closest_marker("integration")):
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")

@@ -59,6 +59,7 @@ def test_this_environment_is_the_lock() -> None:
     assert not drift, "; ".join(drift)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("target", ["setup-cpu", "setup"])
 def test_makefile_set_ups_install_only_through_the_lock(target: str, tmp_path: Path) -> None:
     commands = subprocess.run(["make", "-s", "-n", "-B", target, f"VENV={tmp_path}/venv"], cwd=ROOT,
@@ -69,6 +70,7 @@ def test_makefile_set_ups_install_only_through_the_lock(target: str, tmp_path: P
         assert "--constraint requirements/lock.txt" in line or ("--no-deps" in line and "==" in line), line
 
 
+@pytest.mark.integration
 def test_the_cpu_set_up_resolves_to_the_same_versions_as_the_test_set_up() -> None:
     """What `make setup-cpu` (the demo's set-up) would install into an empty venv is, package by
     package, the version the test set-up installs: the lock. Without a lock the two drifted (fastapi

@@ -82,6 +82,7 @@ def cascade(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([CASCADE, *args], capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.integration
 def test_fit_then_evaluate_round_trip(tmp_path: Path) -> None:
     records = tmp_path / "records.jsonl"
     records.write_bytes(b"".join(orjson.dumps(r.model_dump(mode="json")) + b"\n" for r in synthetic_records(400)))
@@ -121,6 +122,7 @@ def test_fit_then_evaluate_round_trip(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "--rows must look like START:STOP" in bad.stderr
 
 
+@pytest.mark.integration
 def test_fit_refuses_records_of_one_class(tmp_path: Path) -> None:
     records = tmp_path / "records.jsonl"
     one_class = synthetic_records(20)

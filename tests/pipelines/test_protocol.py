@@ -82,6 +82,7 @@ def test_protocol_end_to_end_on_informative_records(tmp_path: Path) -> None:
     assert Data.of(records).features.shape[1] == len(feature_names())
 
 
+@pytest.mark.integration
 def test_cascade_evaluate_grouped_protocol_from_the_command_line(tmp_path: Path) -> None:
     import subprocess
 

@@ -183,6 +183,7 @@ def test_learned_routers_beat_random_and_oracle_beats_all(mbpp: Split) -> None:
     assert area["oracle"] > area["knn"] > area["random"]
 
 
+@pytest.mark.integration
 def test_routerbench_cli_writes_the_summary(data_dir: Path, tmp_path: Path) -> None:
     bench = data_dir / "routerbench"
     result = subprocess.run([CASCADE, "routerbench", "--train", str(bench / "mbpp_train.csv"),

@@ -97,6 +97,7 @@ def test_cache_embeds_each_text_once_and_survives_a_new_process(tmp_path: Path) 
     assert not list(tmp_path.rglob("*.tmp.npz")), "no temporary shard is left behind"
 
 
+@pytest.mark.integration
 def test_stripped_arc_prompts_no_longer_collapse_to_one_vector(data_dir: Path, tmp_path: Path) -> None:
     from cascade.embeddings import MiniLMEmbedder
     from pipelines.datasets import load_routerbench
