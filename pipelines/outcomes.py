@@ -35,9 +35,14 @@ class Outcomes:
         return float(quality), float(cost), float(np.mean(escalate))
 
 
+def usable_records(records: Sequence[CalibrationRecord]) -> list[CalibrationRecord]:
+    """The records with answers from at least two tiers (skipped questions are left out)."""
+    return [r for r in records if r.error is None and len(r.tiers) >= 2]
+
+
 def outcomes_of(records: Sequence[CalibrationRecord], metric: str = "exact_match") -> Outcomes:
     """Arrays from calibration records; records without answers (skipped questions) are left out."""
-    usable = [r for r in records if r.error is None and len(r.tiers) >= 2]
+    usable = usable_records(records)
     if not usable:
         raise ValueError("no usable calibration records: every record was skipped or has fewer than two tiers")
     small, large = [r.tiers[0] for r in usable], [r.tiers[-1] for r in usable]

@@ -33,6 +33,7 @@ from cascade.policies import PRESETS
 from cascade.signals import SignalBatch
 from pipelines.calibrate import CalibrationRecord
 from pipelines.deferral import DeferralModel, ModelKind, Target, feature_matrix, feature_names, labels_of
+from pipelines.outcomes import outcomes_of, usable_records
 
 FRACTIONS = (0.5, 0.2, 0.3)  # fit, calibrate, test (by questions, whole groups at a time)
 LEVELS = (0.97, 0.99)
@@ -53,13 +54,12 @@ class Data:
     @classmethod
     def of(cls, records: Sequence[CalibrationRecord], metric: str = "exact_match",
            contexts: Mapping[str, str] | None = None) -> Data:
-        usable = [r for r in records if r.error is None and len(r.tiers) >= 2]
+        usable = usable_records(records)
         if len(usable) < 20:
             raise ValueError(f"{len(usable)} usable records: too few for a held-out protocol")
-        return cls(features=feature_matrix(usable, contexts),
-                   signals=SignalBatch.from_rows([r.tiers[0].signals for r in usable]),
-                   small=np.array([getattr(r.tiers[0], metric) for r in usable], np.float64),
-                   large=np.array([getattr(r.tiers[-1], metric) for r in usable], np.float64),
+        outcomes = outcomes_of(usable, metric)
+        return cls(features=feature_matrix(usable, contexts), signals=outcomes.signals,
+                   small=outcomes.small_correct, large=outcomes.large_correct,
                    groups=np.array([r.group or r.id for r in usable]))
 
 

@@ -32,19 +32,14 @@ CASCADE = str(Path(sys.executable).with_name("cascade"))  # the console script, 
 LLAMA_NUMERICS = os.environ.get("CASCADE_TEST_LLAMA_NUMERICS", "default")
 
 
-def has_amx() -> bool:
-    try:
-        return " amx_int8" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-
-
 def llama_options() -> dict[str, bool]:
     """Engine options of every llama.cpp engine the tests start, for the chosen numerics."""
     if LLAMA_NUMERICS == "default":
         return {"extra_buffer_types": False, "flash_attention": False}
     if LLAMA_NUMERICS == "alternate":
-        return {"extra_buffer_types": not has_amx(), "flash_attention": True}
+        from cli.doctor import cpu_flags
+
+        return {"extra_buffer_types": "amx_int8" not in cpu_flags(), "flash_attention": True}
     raise ValueError(f"CASCADE_TEST_LLAMA_NUMERICS must be default or alternate, not {LLAMA_NUMERICS!r}")
 
 
