@@ -121,8 +121,8 @@ def serve(
         except KeyboardInterrupt:
             err.print("stopping …")
         finally:
-            stop_locally()
-    err.print("stopped")
+            logs = stop_locally()
+    err.print(f"stopped{f' (the replicas logged to {logs})' if logs else ''}")
 
 
 @clear_errors
@@ -149,7 +149,7 @@ def demo(
         from services.local import serve_locally, stop_locally
 
         err.print("starting Ray, the model pools and the router (the semantic cache stays off for the demo) …")
-        stop: Callable[[], None] = stop_locally
+        stop: Callable[[], object] = stop_locally
         try:
             url = serve_locally(settings.model_copy(update={"cache": settings.cache.model_copy(
                 update={"enabled": False})}), quiet=True)

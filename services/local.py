@@ -140,12 +140,29 @@ def keep_python_signal_handlers(start: Callable[[], object]) -> None:
         signal.signal(signum, handler if ours else signal.getsignal(signum))
 
 
-def stop_locally() -> None:
-    """Delete the app (its replicas stop cleanly, flushing buffered feedback), then shut Ray down."""
+def stop_locally() -> str | None:
+    """Delete the app (its replicas stop cleanly, flushing buffered feedback), then shut Ray down;
+    returns the folder of Ray's logs of this run, if Ray was running."""
     import ray
     from ray import serve
 
     from services.app import APP_NAME
 
+    if not ray.is_initialized():
+        return None
+    logs = stop_forwarding_worker_logs()
     serve.delete(APP_NAME)
     ray.shutdown()
+    return logs
+
+
+def stop_forwarding_worker_logs() -> str | None:
+    """Stop copying the replicas' output to this terminal; returns the folder that keeps all of it.
+    Serve stops the replicas of every deployment at once, so a router replica can log a traceback
+    for a queue-length probe cancelled by a pool replica stopping first (Ray 2.60): not an error
+    of the app, and not something a user stopping the server should read as a crash."""
+    from ray._private import worker
+
+    worker.global_worker_stdstream_dispatcher.remove_handler("ray_print_logs")
+    node = worker._global_node
+    return os.path.join(node.get_session_dir_path(), "logs") if node is not None else None
