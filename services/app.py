@@ -1,4 +1,5 @@
-"""The app builder: the router ingress and one model pool per tier, from one configuration.
+"""The app builder: the router ingress and one model pool per tier whose engine runs in its own
+process (a remote engine is called from the ingress itself), from one configuration.
 
 ``build_app`` returns the Serve application; ``serve_config`` writes the same application as a Serve
 config (``serve deploy``, a KubeRay RayService's ``serveConfigV2``), whose ``import_path`` points
@@ -48,7 +49,7 @@ def topology(settings: CascadeSettings) -> dict[str, dict[str, Any]]:
     """Every deployment of the application, by name, with its Serve options: the one description of
     the app that ``build_app`` and ``serve_config`` both derive from."""
     deployments = {INGRESS_NAME: settings.server.ingress.serve_options()}
-    deployments |= {pool_name(t.name): t.deployment.serve_options() for t in settings.tiers}
+    deployments |= {pool_name(t.name): t.deployment.serve_options() for t in settings.tiers if not t.in_ingress}
     if controlled(settings):
         deployments[CONTROLLER_NAME] = CONTROLLER_OPTIONS
     if queued(settings):
@@ -65,7 +66,7 @@ def build_app(settings: CascadeSettings) -> Application:
     options = topology(settings)
     dumped = settings.model_dump(mode="json")
     pools = {t.name: serve.deployment(name=pool_name(t.name), **options[pool_name(t.name)])(ModelPool)
-             .bind(t.model_dump(mode="json")) for t in settings.tiers}
+             .bind(t.model_dump(mode="json")) for t in settings.tiers if not t.in_ingress}
     controller = consumer = None
     if (CONTROLLER_NAME in options or CONSUMER_NAME in options) and settings.redis_url is None:
         raise ValueError("the threshold controller and the task queue need redis_url (cascade serve resolves it)")

@@ -56,7 +56,7 @@ from services.openai_api import (
     routing_object,
 )
 from services.pool import limit_threads
-from services.pool_engine import PoolEngine, unwrap
+from services.pool_engine import tier_engines, unwrap
 from services.settings import CascadeSettings
 from services.tenants import Caller, TenantDirectory
 
@@ -124,7 +124,8 @@ class RouterIngress:
         BODY_LIMITS.default = self.settings.server.max_body_bytes
         BODY_LIMITS.uploads = self.settings.server.max_upload_bytes
         tiers = self.settings.tiers
-        self.pools = {t.name: PoolEngine(pools[t.name], t.engine.model) for t in tiers}
+        self.pools = tier_engines(tiers, pools)
+        await asyncio.gather(*(engine.start() for engine in self.pools.values()))
         self.router = build_router(self.settings, with_redis=self.settings.server.use_redis, engines=self.pools)
         self.controller = controller
         self.tenants = TenantDirectory(self.settings.server, [t.name for t in tiers])

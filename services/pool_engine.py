@@ -1,15 +1,18 @@
 """The core ``Engine`` protocol over a model pool's deployment handle, so the core router drives
-Ray Serve pools exactly as it drives in-process engines."""
+Ray Serve pools exactly as it drives in-process engines; and the engines of tiers that run inside
+the ingress (remote engines, whose HTTP call is then the only hop)."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from cascade.engines.base import EngineError
+from cascade.engines.base import Engine, EngineError
+from cascade.factory import build_engine
 from cascade.schemas import Generation, Query
 from cascade.telemetry import carrier
+from services.settings import PoolTierConfig
 
 log = logging.getLogger(__name__)
 
@@ -63,3 +66,34 @@ class PoolEngine:
             return dict(await self.handle.health.remote())
         except Exception as error:
             return {"model": self.model, "ready": False, "error": str(plain_error(error, self.model))}
+
+
+class IngressEngine:
+    """A tier's engine run by the ingress itself; reports its health the way a pool replica does."""
+
+    def __init__(self, engine: Engine, tier: str) -> None:
+        self.engine = engine
+        self.tier = tier
+        self.model = engine.model
+
+    async def start(self) -> None:
+        await self.engine.start()
+
+    async def close(self) -> None:
+        await self.engine.close()
+
+    async def generate(self, queries: Sequence[Query]) -> list[Generation]:
+        return await self.engine.generate(queries)
+
+    def health(self) -> dict[str, object]:
+        return self.engine.health()
+
+    async def pool_health(self) -> dict[str, object]:
+        return {"tier": self.tier, "placement": "ingress", **self.engine.health()}
+
+
+def tier_engines(tiers: Sequence[PoolTierConfig], pools: Mapping[str, Any]) -> dict[str, PoolEngine | IngressEngine]:
+    """Each tier's engine as the ingress (or the task consumer) calls it: its pool's handle, or the
+    engine itself for a tier placed in the ingress."""
+    return {t.name: IngressEngine(build_engine(t.engine), t.name) if t.in_ingress
+            else PoolEngine(pools[t.name], t.engine.model) for t in tiers}

@@ -5,7 +5,7 @@ tier's Ray Serve pool. One YAML file and the ``CASCADE_*`` variables fill both l
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -44,9 +44,26 @@ class DeploymentOptions(BaseModel):
 
 
 class PoolTierConfig(TierConfig):
-    """A tier as a server runs it: the core's tier plus its Serve pool's options."""
+    """A tier as a server runs it: the core's tier plus where its engine runs and its Serve pool's options."""
 
-    deployment: DeploymentOptions = Field(default_factory=DeploymentOptions)
+    placement: Literal["auto", "pool", "ingress"] = Field(default="auto", description=(
+        "where the engine runs: 'pool', a Serve deployment of its own (a process and device per replica); "
+        "'ingress', inside the router ingress, for an engine served elsewhere over HTTP (one network hop "
+        "instead of two); 'auto': ingress for a remote engine (kind openai), a pool otherwise"))
+    deployment: DeploymentOptions = Field(default_factory=DeploymentOptions,
+                                          description="the pool's Serve options (unused in the ingress)")
+
+    @property
+    def in_ingress(self) -> bool:
+        """Whether the ingress calls the engine itself instead of a pool deployment."""
+        return self.placement == "ingress" or (self.placement == "auto" and self.engine.remote)
+
+    @model_validator(mode="after")
+    def _ingress_only_remote(self) -> PoolTierConfig:
+        if self.placement == "ingress" and not self.engine.remote:
+            raise ValueError(f"tier {self.name}: placement 'ingress' is for engines served over HTTP "
+                             f"(kind openai); a {self.engine.kind} engine needs a pool")
+        return self
 
 
 class RoutingProfile(BaseModel):

@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -269,6 +269,7 @@ class LlamaCppConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["llamacpp"] = "llamacpp"
+    remote: ClassVar[bool] = False  # needs a process (and device) of its own
     model: str = Field(description="packaged model name (smollm2, gemma3-270m) or a .gguf path")
     prompt_format: Literal["chat", "plain"] = Field(
         default="chat", description="chat template for instruct models, plain completion for base models")

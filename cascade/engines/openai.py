@@ -1,20 +1,30 @@
-"""Any OpenAI-compatible endpoint (vLLM, llama.cpp's server, a cloud LLM) over httpx async."""
+"""Any OpenAI-compatible endpoint (vLLM, llama.cpp's server, a cloud LLM) over one pooled aiohttp
+session per engine.
+
+aiohttp rather than httpx on this path: it is already installed with Ray Serve, and a keep-alive
+call costs about a third of httpx's client CPU (0.17–0.19 ms against 0.60–0.63 ms per call to a
+local backend, measured on the 2-core CPU machines), which is most of the router's own cost when
+the tier is a remote engine called from the ingress. Calls are HTTP/1.1 over up to
+``max_concurrency`` kept-alive connections."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import Sequence
-from typing import Any, Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Literal
 
-import httpx
+import aiohttp
 import numpy as np
+import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from cascade.engines.base import EngineError, PromptTooLongError
 from cascade.prompts import chat_messages
 from cascade.schemas import Generation, Query
 
+log = logging.getLogger(__name__)
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 _FINISH = {"stop": "stop", "length": "length", "eos": "stop", "content_filter": "stop", "tool_calls": "stop"}
 
@@ -41,23 +51,26 @@ class OpenAIEngine:
         self.base_url = base_url.rstrip("/")
         self.max_retries = max_retries
         self.backoff_s = backoff_s
-        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._timeout = httpx.Timeout(timeout_s)
-        self._client: httpx.AsyncClient | None = None
+        self._headers = {"Content-Type": "application/json"} | (
+            {"Authorization": f"Bearer {api_key}"} if api_key else {})
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._max_concurrency = max_concurrency
+        self._client: aiohttp.ClientSession | None = None
         self._slots = asyncio.Semaphore(max_concurrency)
 
     async def start(self) -> None:
         if self._client is None:
-            self._client = httpx.AsyncClient(base_url=self.base_url, headers=self._headers,
-                                             timeout=self._timeout)
+            self._client = aiohttp.ClientSession(
+                headers=self._headers, timeout=self._timeout,
+                connector=aiohttp.TCPConnector(limit=self._max_concurrency, limit_per_host=self._max_concurrency))
 
     async def close(self) -> None:
         if self._client is not None:
-            await self._client.aclose()
+            await self._client.close()
             self._client = None
 
     def health(self) -> dict[str, object]:
-        return {"engine": "openai", "model": self.model, "base_url": self.base_url,
+        return {"engine": "openai", "model": self.model,
                 "ready": self._client is not None}
 
     async def generate(self, queries: Sequence[Query]) -> list[Generation]:
@@ -86,38 +99,48 @@ class OpenAIEngine:
                                       (time.perf_counter() - started) * 1000)
 
     async def _post_with_retries(self, path: str, payload: dict[str, Any], query_id: str) -> dict[str, Any]:
+        """The endpoint's JSON answer. Errors name the model, the query and the kind of failure (an
+        HTTP status, a client error's type); the endpoint's address and its own error text, which a
+        caller of the router must not see, are logged here instead."""
         assert self._client is not None
-        last_error = "no attempt made"
+        last_error = cause = "no attempt made"
         retry_after: float | None = None
         for attempt in range(self.max_retries + 1):
             if attempt:
                 await asyncio.sleep(self._retry_delay(attempt, retry_after))
             retry_after = None
             try:
-                response = await self._client.post(path, json=payload)
-            except httpx.TransportError as error:
-                last_error = f"{type(error).__name__}: {error}"
+                async with self._client.post(self.base_url + path, data=orjson.dumps(payload)) as response:
+                    status, headers, content = response.status, response.headers, await response.read()
+            except (aiohttp.ClientError, TimeoutError) as error:
+                last_error, cause = type(error).__name__, f"{type(error).__name__}: {error}"
                 continue
-            if response.status_code == 200:
-                return dict(response.json())
-            last_error = f"HTTP {response.status_code}: {response.text[:500]}"
-            if response.status_code in RETRYABLE_STATUS:
-                retry_after = _retry_after_seconds(response)
+            if status == 200:
+                try:
+                    return dict(orjson.loads(content))
+                except (orjson.JSONDecodeError, TypeError, ValueError):
+                    raise EngineError(f"{self.model} answered query {query_id} with a body that is "
+                                      "not a JSON object") from None
+            text = content.decode("utf-8", "replace")
+            last_error, cause = f"HTTP {status}", f"HTTP {status}: {text[:500]}"
+            if status in RETRYABLE_STATUS:
+                retry_after = _retry_after_seconds(headers)
                 continue
-            if response.status_code == 400 and "context" in response.text.lower():
-                raise PromptTooLongError(query_id, -1, payload["max_tokens"], -1) from EngineError(last_error)
-            raise EngineError(f"{self.base_url} refused query {query_id}: {last_error}")
-        raise EngineError(
-            f"{self.base_url} failed query {query_id} after {self.max_retries + 1} attempts: {last_error}"
-        )
+            if status == 400 and "context" in text.lower():
+                raise PromptTooLongError(query_id, -1, payload["max_tokens"], -1) from None
+            log.warning("%s%s refused query %s: %s", self.base_url, path, query_id, cause)
+            raise EngineError(f"{self.model} refused query {query_id}: {last_error}")
+        log.warning("%s%s failed query %s after %d attempts: %s", self.base_url, path, query_id,
+                    self.max_retries + 1, cause)
+        raise EngineError(f"{self.model} failed query {query_id} after {self.max_retries + 1} attempts: {last_error}")
 
     def _retry_delay(self, attempt: int, retry_after: float | None) -> float:
         backoff = self.backoff_s * 2 ** (attempt - 1)
         return min(max(backoff, retry_after or 0.0), 30.0)
 
 
-def _retry_after_seconds(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
+def _retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("retry-after")
     try:
         return float(value) if value is not None else None
     except ValueError:
@@ -157,12 +180,14 @@ class OpenAIConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["openai"] = "openai"
+    remote: ClassVar[bool] = True  # served elsewhere over HTTP: no process or device of its own here
     model: str = Field(description="the served model id")
     base_url: str = Field(description="e.g. http://vllm:8000/v1")
     api_key: str | None = None
     timeout_s: float = Field(default=60.0, gt=0)
     max_retries: int = Field(default=3, ge=0)
+    max_concurrency: int = Field(default=64, ge=1, description="requests in flight (and pooled connections)")
 
     def build(self) -> OpenAIEngine:
         return OpenAIEngine(self.base_url, self.model, api_key=self.api_key, timeout_s=self.timeout_s,
-                            max_retries=self.max_retries)
+                            max_retries=self.max_retries, max_concurrency=self.max_concurrency)

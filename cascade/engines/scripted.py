@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -122,6 +122,7 @@ class ScriptedConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["scripted"] = "scripted"
+    remote: ClassVar[bool] = False  # stands in for an in-process engine: runs in a pool
     model: str
     engine_args: dict[str, Any] = Field(default_factory=dict, description="see ScriptedArgs")
 

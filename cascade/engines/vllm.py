@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -147,6 +147,7 @@ class VLLMConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["vllm"] = "vllm"
+    remote: ClassVar[bool] = False  # needs a process (and device) of its own
     model: str = Field(description="a model directory or a model id the node can load")
     prompt_format: Literal["chat", "plain"] = "chat"
     stop: list[str] = Field(default_factory=list, description="stop strings added to every request")

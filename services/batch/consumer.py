@@ -33,7 +33,7 @@ from services.batch.schema import custom_ids, error_line, output_line, parse_lin
 from services.batch.store import BatchStore
 from services.openai_api import response_of
 from services.pool import limit_threads
-from services.pool_engine import PoolEngine
+from services.pool_engine import tier_engines
 from services.settings import CascadeSettings
 from services.tenants import TenantDirectory
 
@@ -55,7 +55,7 @@ class RoutingConsumer:
         self.settings = CascadeSettings(**settings)
         assert self.settings.redis_url is not None, "the task queue needs redis_url"
         self.queue = self.settings.queue
-        engines = {t.name: PoolEngine(pools[t.name], t.engine.model) for t in self.settings.tiers}
+        engines = tier_engines(self.settings.tiers, pools)
         no_cache = self.settings.cache.model_copy(update={"enabled": False})
         self.router = build_router(self.settings.model_copy(update={"cache": no_cache}), with_redis=True,
                                    engines=engines)

@@ -36,8 +36,9 @@ def scripted_settings() -> Any:
         "ingress": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}, "logging_config": QUIET}})
 
 
-async def load(url: str, concurrency: int, requests: int) -> dict[str, float]:
-    """Closed loop: ``concurrency`` workers send ``requests`` POSTs in all; latency per request."""
+async def load(url: str, concurrency: int, requests: int, body: dict[str, Any] = QUESTION) -> dict[str, float]:
+    """Closed loop: ``concurrency`` workers send ``requests`` POSTs of ``body`` in all, one keep-alive
+    connection each; latency per request."""
     latencies: list[float] = []
     errors = 0
     remaining = requests
@@ -48,12 +49,12 @@ async def load(url: str, concurrency: int, requests: int) -> dict[str, float]:
             while remaining > 0:
                 remaining -= 1
                 started = time.perf_counter()
-                response = await client.post(url, json=QUESTION)
+                response = await client.post(url, json=body)
                 latencies.append((time.perf_counter() - started) * 1000)
                 errors += response.status_code != 200
 
         for _ in range(min(concurrency, 8)):  # warm connections and replicas
-            await client.post(url, json=QUESTION)
+            await client.post(url, json=body)
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started

@@ -155,7 +155,7 @@ async def test_openai_engine_reports_an_unreachable_server_after_retries() -> No
     from tests.conftest import free_port
 
     engine = OpenAIEngine(f"http://127.0.0.1:{free_port()}/v1", "none", max_retries=2, backoff_s=0.01)
-    with pytest.raises(EngineError, match="after 3 attempts: ConnectError"):
+    with pytest.raises(EngineError, match="after 3 attempts: ClientConnectorError"):
         await engine.generate([qa("anything")])
     await engine.close()
 

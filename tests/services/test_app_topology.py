@@ -24,3 +24,25 @@ def test_serve_config_deploys_exactly_the_topology() -> None:
     [application] = serve_config(full)["applications"]
     assert {d.pop("name"): d for d in application["deployments"]} == topology(full)
     assert topology(full)[CONSUMER_NAME]["autoscaling_config"]["policy"], "the consumer scales on queue depth"
+
+
+def remote(name: str, **tier: object) -> dict[str, object]:
+    return {"name": name, **tier, "engine": {"kind": "openai", "model": name, "base_url": "http://llm:8000/v1"}}
+
+
+def test_remote_engines_run_in_the_ingress_unless_placed_in_a_pool() -> None:
+    mixed = CascadeSettings(tiers=[{"name": "small", "engine": {"kind": "scripted", "model": "s"}}, remote("large")],
+                            server={"use_redis": False})
+    assert [t.in_ingress for t in mixed.tiers] == [False, True]
+    assert list(topology(mixed)) == [INGRESS_NAME, pool_name("small")]
+    pooled = CascadeSettings(tiers=[remote("small", placement="pool"), remote("large")], server={"use_redis": False})
+    assert list(topology(pooled)) == [INGRESS_NAME, pool_name("small")]
+
+
+def test_an_engine_that_needs_its_own_process_cannot_be_placed_in_the_ingress() -> None:
+    import pydantic
+    import pytest
+
+    with pytest.raises(pydantic.ValidationError, match="tier small: placement 'ingress' is for engines served"):
+        CascadeSettings(tiers=[{"name": "small", "placement": "ingress", "engine": {"kind": "scripted", "model": "s"}},
+                               remote("large")])

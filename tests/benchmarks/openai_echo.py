@@ -1,0 +1,65 @@
+"""An OpenAI-compatible backend that answers at once: the stand-in model server of the overhead
+benchmark (``bench_openai_tiers``) and of the tests of tiers placed in the ingress.
+
+``POST /v1/chat/completions`` answers "Paris" in two tokens with ``logprobs`` and the requested
+``top_logprobs``. The model name sets the confidence: a name containing ``unsure`` gets token
+log-probabilities of -3 (any threshold policy escalates it), any other name -0.01 (accepted).
+``python -m tests.benchmarks.openai_echo --port N`` serves it with uvicorn.
+"""
+
+from __future__ import annotations
+
+import argparse
+from functools import cache
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+ANSWER = ("Par", "is")
+
+
+@cache
+def completion(model: str, top_logprobs: int) -> bytes:
+    """The serialized chat completion for one model name and number of alternatives."""
+    logprob = -3.0 if "unsure" in model else -0.01
+    tokens = [{"token": token, "logprob": logprob,
+               "top_logprobs": [{"token": token, "logprob": logprob}]
+               + [{"token": f"alt{k}", "logprob": logprob - 2.0 - k} for k in range(1, top_logprobs)]}
+              for token in ANSWER]
+    return orjson.dumps({
+        "id": "chatcmpl-echo", "object": "chat.completion", "created": 0, "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(ANSWER)},
+                     "logprobs": {"content": tokens}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 12, "completion_tokens": len(ANSWER), "total_tokens": 12 + len(ANSWER)},
+    })
+
+
+async def chat_completions(request: Request) -> Response:
+    body = orjson.loads(await request.body())
+    top = int(body.get("top_logprobs") or 1) if body.get("logprobs") else 1
+    return Response(completion(str(body.get("model", "echo")), max(1, top)), media_type="application/json")
+
+
+async def models(request: Request) -> Response:
+    return Response(orjson.dumps({"object": "list", "data": [{"id": "echo", "object": "model"}]}),
+                    media_type="application/json")
+
+
+app = Starlette(routes=[Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+                        Route("/v1/models", models)])
+
+
+def main() -> None:
+    import uvicorn
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
+
+
+if __name__ == "__main__":
+    main()
