@@ -53,7 +53,7 @@ bench: setup
 	$(BIN)/python -m tests.benchmarks.bench_signals
 	$(BIN)/python -m tests.benchmarks.bench_cache
 	$(BIN)/python -m tests.benchmarks.bench_serve
-	$(BIN)/python -m tests.benchmarks.bench_openai_tiers
+	$(BIN)/python -m tests.benchmarks.bench_openai_tiers --cache
 	$(BIN)/python -m tests.benchmarks.bench_batch
 	$(BIN)/python -m tests.benchmarks.bench_redis_outage
 

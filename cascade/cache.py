@@ -4,10 +4,14 @@ Similarity is on the user's question only (MiniLM, cosine). Everything else the 
 prompt, context documents, generation parameters — is hashed into a ``scope`` tag that must match
 exactly, as must the tenant: the same question about another document, or from another tenant,
 never hits. A batch of queries costs one batched embedding and one pipelined round trip for the
-lookups, and one more for the stores. Redis faults turn the cache off for that call, with a warning
-and a counter, and open the Redis circuit breaker, which skips the cache at once until its cool-down
-ends; they never fail a request. A question that cannot be embedded, or an entry that cannot be
-built, is a miss or an unstored answer for that query alone, logged and counted.
+lookups, and one more for the stores. A cold cache costs no embedding at all: each store refreshes a
+marker per (tenant, scope) that outlives its entries, a lookup embeds only the questions whose
+marker is set (markers read in one round trip, remembered for ``marker_memo_s``), and the others
+are embedded when their answers are stored, off the request path. Redis faults turn the cache off
+for that call, with a warning and a counter, and open the Redis circuit breaker, which skips the
+cache at once until its cool-down ends; they never fail a request. A question that cannot be
+embedded, or an entry that cannot be built, is a miss or an unstored answer for that query alone,
+logged and counted.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import orjson
 from pydantic import BaseModel, Field
+from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -42,6 +47,9 @@ class CacheConfig(BaseModel):
     min_small_confidence: float = Field(default=0.9, ge=0.0, le=1.0,
                                         description="store small-model answers only at or above this confidence")
     index_name: str = "cascade-cache"
+    marker_memo_s: float = Field(default=1.0, ge=0.0, description=(
+        "how long a replica trusts what it read about a (tenant, scope) having entries; an entry "
+        "another replica stores for a cold scope is found after at most this long"))
 
 
 def scope_of(query: Query) -> str:
@@ -75,16 +83,17 @@ class CacheStats:
 
 @dataclass
 class CacheLookup:
-    """Hits (or None) per query, and the question embeddings to reuse when storing (a row of NaN where
-    a question could not be embedded)."""
+    """Hits (or None) per query, and the question embeddings to reuse when storing: a row of NaN
+    where the question was not embedded (its scope is cold; the store embeds it), None for a
+    question the embedder could not read (never stored)."""
 
     hits: list[RoutedAnswer | None]
     vectors: np.ndarray
+    unreadable: frozenset[int] = frozenset()
 
     def vector(self, i: int) -> np.ndarray | None:
-        """Query ``i``'s embedding, or None if it has none."""
-        row = self.vectors[i]
-        return None if np.isnan(row).any() else row
+        """Query ``i``'s embedding (NaN if not computed yet), or None if it cannot have one."""
+        return None if i in self.unreadable else self.vectors[i]
 
 
 @dataclass
@@ -115,6 +124,8 @@ class SemanticCache:
         })
         self._index = AsyncSearchIndex(schema, redis_url=self.redis_url)
         self._ready = False
+        self._markers: Redis | None = None
+        self._warm: dict[str, tuple[bool, float]] = {}  # marker key -> (has entries, trusted until)
 
     async def ensure_index(self) -> None:
         """Create the index if it does not exist."""
@@ -146,13 +157,55 @@ class SemanticCache:
                 log.warning("query %s: question not embedded, no cache for it: %s", query.id, type(error).__name__)
         return rows
 
+    def marker_key(self, query: Query) -> str:
+        """The key that says a (tenant, scope) has entries."""
+        tags = entry_tags(query)
+        return f"{self.config.index_name}:warm:{tags['tenant']}:{tags['scope']}"
+
+    async def warm(self, queries: Sequence[Query]) -> list[bool]:
+        """Per query, whether its (tenant, scope) may have entries: markers remembered for
+        ``marker_memo_s``, the others read in one round trip. A query whose scope cannot be hashed
+        is cold (its lookup and store fail alone, as before)."""
+        keys: list[str | None] = []
+        for query in queries:
+            try:
+                keys.append(self.marker_key(query))
+            except Exception:
+                keys.append(None)
+        now = time.monotonic()
+        unknown = sorted({k for k in keys if k is not None and self._warm.get(k, (False, 0.0))[1] <= now})
+        if unknown:
+            client = self._marker_client()
+            found = await self.breaker.call(lambda: client.mget(unknown))
+            until = now + self.config.marker_memo_s
+            self._warm.update({k: (v is not None, until) for k, v in zip(unknown, found, strict=True)})
+            if len(self._warm) > 100_000:
+                self._warm = {k: v for k, v in self._warm.items() if v[1] > now}
+        return [k is not None and self._warm[k][0] for k in keys]
+
+    def _marker_client(self) -> Redis:
+        if self._markers is None:
+            self._markers = Redis.from_url(self.redis_url)
+        return self._markers
+
     async def lookup(self, queries: Sequence[Query]) -> CacheLookup | None:
         """The cached answer for each query, or None; all misses if Redis fails; None (no embedding,
-        no call) while the Redis circuit is open."""
+        no call) while the Redis circuit is open. Only questions whose scope has entries are embedded."""
         if not self.breaker.allow():
             return None
-        vectors = await asyncio.to_thread(self.embed, queries)
-        return CacheLookup(await self.search(queries, vectors), vectors)
+        vectors = np.full((len(queries), DIMENSIONS), np.nan, np.float32)
+        try:
+            warm = [i for i, has_entries in enumerate(await self.warm(queries)) if has_entries]
+        except Exception as error:  # Redis down: serve without the cache; the stores embed later
+            self.stats.errors += 1
+            log.warning("semantic cache markers unreadable, serving without the cache: %s", error)
+            return CacheLookup([None] * len(queries), vectors)
+        if not warm:
+            self.stats.misses += len(queries)
+            return CacheLookup([None] * len(queries), vectors)
+        vectors[warm] = await asyncio.to_thread(self.embed, [queries[i] for i in warm])
+        unreadable = frozenset(i for i in warm if np.isnan(vectors[i]).any())
+        return CacheLookup(await self.search(queries, vectors), vectors, unreadable)
 
     async def search(self, queries: Sequence[Query], vectors: np.ndarray) -> list[RoutedAnswer | None]:
         """Look up already-embedded questions in one pipeline round trip."""
@@ -213,18 +266,28 @@ class SemanticCache:
 
     async def store(self, queries: Sequence[Query], answers: Sequence[RoutedAnswer], vectors: np.ndarray,
                     last_tier: str) -> int:
-        """Store the storable answers in one pipeline; returns how many were stored. An entry that
-        cannot be built is logged and counted (``cascade.records.dropped``) and never stops the others."""
-        chosen = [i for i, a in enumerate(answers) if self.storable(a, last_tier) and not np.isnan(vectors[i]).any()]
+        """Store the storable answers in one pipeline, embedding the questions the lookup did not (rows
+        of NaN), and mark their scopes warm; returns how many were stored. An entry that cannot be
+        built is logged and counted (``cascade.records.dropped``) and never stops the others."""
+        chosen = [i for i, a in enumerate(answers) if self.storable(a, last_tier)]
+        pending = [i for i in chosen if np.isnan(vectors[i]).any()]
+        if pending and not self.breaker.allow():  # Redis is down: no embedding for a store that cannot happen
+            return 0
+        if pending:
+            vectors = np.array(vectors, np.float32)
+            vectors[pending] = await asyncio.to_thread(self.embed, [queries[i] for i in pending])
+            chosen = [i for i in chosen if not np.isnan(vectors[i]).any()]
         if not chosen:
             return 0
         now = time.time()
         records = []
+        markers = set()
         for i in chosen:
             try:
                 records.append({
                     **entry_tags(queries[i]), "question": queries[i].question, "answer": answers[i].model_dump_json(),
                     "created": now, "embedding": np.asarray(vectors[i], np.float32).tobytes()})
+                markers.add(self.marker_key(queries[i]))
             except Exception as error:
                 self.stats.errors += 1
                 count_dropped("cache", answers[i].tenant, type(error).__name__)
@@ -236,6 +299,7 @@ class SemanticCache:
             await self.ensure_index()
             await self.breaker.call(lambda: self._index.load(records, ttl=self.config.ttl_s, batch_size=len(records)),
                                     background=True)
+            await self.breaker.call(lambda: self._mark(markers), background=True)
         except Exception as error:
             self.stats.errors += 1
             self._forget_index(error)
@@ -244,5 +308,18 @@ class SemanticCache:
         self.stats.stores += len(records)
         return len(records)
 
+    async def _mark(self, markers: set[str]) -> None:
+        """Set each marker for the entries' lifetime (after the entries, so a marker never announces
+        entries that are not there yet) and trust it here at once."""
+        async with self._marker_client().pipeline(transaction=False) as pipe:
+            for key in markers:
+                pipe.set(key, 1, ex=self.config.ttl_s)
+            await pipe.execute()
+        until = time.monotonic() + self.config.marker_memo_s
+        self._warm.update({key: (True, until) for key in markers})
+
     async def close(self) -> None:
         await self._index.disconnect()
+        if self._markers is not None:
+            await self._markers.aclose()
+            self._markers = None

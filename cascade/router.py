@@ -105,7 +105,7 @@ class Trail:
     result: RoutedAnswer | None = None
     deferred: bool = False
     batch_size: int = 1
-    vector: np.ndarray | None = None
+    vector: np.ndarray | None = None  # the question's cache embedding (NaN: not computed yet); None: never cached
     rejected: Exception | None = None
     started_ns: int = field(default_factory=time.time_ns)
     links: dict[str, Any] = field(default_factory=dict)

@@ -4,30 +4,53 @@ backend called directly and a bare Serve echo deployment, in one run, at several
 
 Each cascade row is the app ``cascade serve`` runs (cache, queue and Redis off), with both tiers
 placed in the ingress (the default for remote engines) or in pool deployments of their own, and
-the small tier's answers all accepted (0% escalated) or all escalated (100%). Targets: cascade at
-0% ≥ 0.9× the Serve echo's req/s and p50 within +3 ms of it at concurrency 1; ≥ 0.2× the direct
-backend's req/s at 16 and 64; escalating every query ≤ 1.5× the 0% p50 at concurrency 1.
+the small tier's answers all accepted (0% escalated) or all escalated (100%). With ``--cache``, two
+more rows turn Redis on (semantic cache and feedback log, a local Redis) with every request a miss:
+each request in a scope of its own (a cold cache: no embedding before the answer, the store embeds
+it afterwards) and every request a new question in one scope that has entries (embedded on the
+request path). Targets: cascade at 0% ≥ 0.9× the Serve echo's req/s and p50 within +3 ms of it at
+concurrency 1; ≥ 0.2× the direct backend's req/s at 16 and 64; escalating every query ≤ 1.5× the
+0% p50 at concurrency 1; cache on ≥ 0.8× cache off at 16 and 64 and p50 within +3 ms at 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import subprocess
 import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from tests.benchmarks.bench_serve import QUIET, load
 from tests.conftest import free_port, wait_for_http
 
-CHAT = {"model": "cascade", "messages": [{"role": "user", "content": "Which river flows through Paris?"}],
-        "max_tokens": 8}
+CHAT: dict[str, Any] = {
+    "model": "cascade", "messages": [{"role": "user", "content": "Which river flows through Paris?"}], "max_tokens": 8}
 BACKEND_CHAT = {**CHAT, "model": "small", "logprobs": True, "top_logprobs": 5}
 REPLICA: dict[str, Any] = {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}, "logging_config": QUIET}
 
 
-def cascade_settings(backend: str, *, placement: str, escalate: bool) -> Any:
+NUMBERS = itertools.count()
+
+
+def new_scope(n: int) -> dict[str, Any]:
+    """The same question under a system prompt of its own: a scope with no entries."""
+    return {**CHAT, "messages": [{"role": "system", "content": f"Session {next(NUMBERS)}."}, *CHAT["messages"]]}
+
+
+def new_question(n: int) -> dict[str, Any]:
+    """A question never asked before, in the one scope all of them share."""
+    return {**CHAT, "messages": [{"role": "user", "content": f"What is the population of district {next(NUMBERS)}?"}]}
+
+
+def cascade_settings(backend: str, *, placement: str, escalate: bool, redis_url: str | None = None) -> Any:
     from services.settings import CascadeSettings
 
     def tier(name: str, model: str, policy: str) -> dict[str, Any]:
@@ -35,9 +58,10 @@ def cascade_settings(backend: str, *, placement: str, escalate: bool) -> Any:
                 "engine": {"kind": "openai", "model": model, "base_url": f"{backend}/v1", "max_retries": 0}}
 
     small = "small-unsure" if escalate else "small"
-    return CascadeSettings(tiers=[tier("small", small, "v1"), tier("large", "large", "accept")], server={
-        "use_redis": False, "batch_wait_timeout_s": 0.002, "max_batch_size": 32, "max_concurrent_batches": 8,
-        "ingress": REPLICA})
+    redis: dict[str, Any] = {"redis_url": redis_url, "queue": {"enabled": False}} if redis_url else {}
+    return CascadeSettings(tiers=[tier("small", small, "v1"), tier("large", "large", "accept")], **redis, server={
+        "use_redis": redis_url is not None, "batch_wait_timeout_s": 0.002, "max_batch_size": 32,
+        "max_concurrent_batches": 8, "ingress": REPLICA})
 
 
 def row(name: str, figures: dict[str, float], reference: dict[str, float] | None = None) -> str:
@@ -50,9 +74,11 @@ def row(name: str, figures: dict[str, float], reference: dict[str, float] | None
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--concurrency", default="1,16,64")
-    parser.add_argument("--requests", type=int, default=400,
+    parser.add_argument("--requests", type=int, default=300,
                         help="requests per row and level (at least 16 per worker)")
     parser.add_argument("--placements", default="ingress,pool")
+    parser.add_argument("--repeats", type=int, default=3, help="trials per row and level; medians reported")
+    parser.add_argument("--cache", action="store_true", help="add the cache-on rows (a local Redis)")
     parser.add_argument("--direct-ingress", action="store_true",
                         help="RAY_SERVE_ENABLE_DIRECT_INGRESS=1: HTTP served in the ingress replica, not the proxy")
     args = parser.parse_args()
@@ -64,7 +90,8 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from services.app import APP_NAME, build_app
+    from cascade.local_redis import LocalRedis
+    from services.app import build_app
     from services.local import start_ray
     from tests.benchmarks.echo import Echo
 
@@ -75,37 +102,54 @@ def main() -> None:
     backend_url = f"http://127.0.0.1:{backend_port}"
     backend = subprocess.Popen([sys.executable, "-m", "tests.benchmarks.openai_echo", "--port", str(backend_port)])
     results: dict[str, dict[int, dict[str, float]]] = {}
+    redis: LocalRedis | None = None
     try:
         wait_for_http(f"{backend_url}/v1/models", backend, timeout_s=60)
-        results["direct to backend"] = {c: asyncio.run(load(f"{backend_url}/v1/chat/completions", c,
-                                                            requests(c), BACKEND_CHAT)) for c in levels}
         port = free_port()
         start_ray(quiet=True)
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         base = f"http://127.0.0.1:{port}"
         serve.run(serve.deployment(name="echo", max_ongoing_requests=512, **REPLICA)(Echo).bind(),
                   name="echo", route_prefix="/echo")
-        results["bare Serve echo"] = {c: asyncio.run(load(f"{base}/echo", c, requests(c), CHAT)) for c in levels}
-        serve.delete("echo")
-        for placement in args.placements.split(","):
-            for escalate in (False, True):
-                serve.run(build_app(cascade_settings(backend_url, placement=placement, escalate=escalate)),
-                          name=APP_NAME, route_prefix="/")
-                url = f"{base}/v1/chat/completions"
-                name = f"cascade, tiers in {placement}, {'100' if escalate else '0'}% escalated"
-                results[name] = {c: asyncio.run(load(url, c, requests(c), CHAT)) for c in levels}
-                serve.delete(APP_NAME)
+        apps = {f"{placement}-{share}": (f"cascade, tiers in {placement}, {share}% escalated",
+                                         cascade_settings(backend_url, placement=placement, escalate=share == 100))
+                for placement in args.placements.split(",") for share in (0, 100)}
+        if args.cache:
+            redis = LocalRedis(port=free_port(), state_dir=Path(tempfile.mkdtemp(prefix="bench-redis-")))
+            apps["cached"] = ("cache on", cascade_settings(backend_url, placement="ingress", escalate=False,
+                                                           redis_url=redis.start()))
+        for prefix, (_, settings) in apps.items():  # side by side, so that every row sees the same machine
+            serve.run(build_app(settings), name=prefix, route_prefix=f"/{prefix}")
+        rows: list[tuple[str, str, dict[str, Any] | Callable[[int], dict[str, Any]]]] = [
+            ("direct to backend", f"{backend_url}/v1/chat/completions", BACKEND_CHAT),
+            ("bare Serve echo", f"{base}/echo", CHAT)]
+        rows += [(name, f"{base}/{prefix}/v1/chat/completions", CHAT) for prefix, (name, _) in apps.items()
+                 if prefix != "cached"]
+        if args.cache:
+            cached_url = f"{base}/cached/v1/chat/completions"
+            asyncio.run(load(cached_url, 1, 1, CHAT | {"messages": [{"role": "user", "content": "Warm up?"}]}))
+            rows += [("cache on, misses, cold scopes", cached_url, new_scope),
+                     ("cache on, misses, warm scope", cached_url, new_question)]
+        for concurrency in levels:  # rows interleaved and repeated: drift of the machine hits all alike
+            trials: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in rows}
+            for _ in range(args.repeats):
+                for name, url, body in rows:
+                    figures = asyncio.run(load(url, concurrency, requests(concurrency), body))
+                    assert figures["errors"] == 0, (name, concurrency, figures)
+                    trials[name].append(figures)
+            for name, measured in trials.items():
+                results.setdefault(name, {})[concurrency] = {
+                    key: float(np.median([f[key] for f in measured])) for key in measured[0]}
         print(f"serving overhead, openai tiers against a local echo backend, Ray {ray.__version__}, "
               f"{os.cpu_count()} CPUs, direct ingress {'on' if args.direct_ingress else 'off'}, "
-              f"{args.requests} requests per row and level (16 per worker at least); ratio and added p50 "
-              "against the bare Serve echo")
+              f"median of {args.repeats} interleaved trials of {args.requests} requests (16 per worker at least) "
+              "per row and level; ratio and added p50 against the bare Serve echo")
         for concurrency in levels:
             echo = results["bare Serve echo"][concurrency]
             print(f"\nconcurrency {concurrency}\n{'':<34} {'req/s':>8} {'ratio':>6} {'p50':>9} {'added p50':>10} "
                   f"{'p99':>9}")
             for name, by_level in results.items():
                 figures = by_level[concurrency]
-                assert figures["errors"] == 0, (name, concurrency, figures)
                 print(row(name, figures, None if name in {"bare Serve echo", "direct to backend"} else echo))
             direct = results["direct to backend"][concurrency]["rps"]
             for name, by_level in results.items():
@@ -116,10 +160,18 @@ def main() -> None:
             full = results[f"cascade, tiers in {placement}, 100% escalated"][levels[0]]["p50"]
             print(f"escalation cost, tiers in {placement}, concurrency {levels[0]}: p50 {full:.1f} / {zero:.1f} ms "
                   f"= {full / zero:.2f}×")
+        off = results.get("cascade, tiers in ingress, 0% escalated")
+        for name in [n for n in results if n.startswith("cache on")]:
+            if off is not None:
+                print(f"{name} against cache off: " + ", ".join(
+                    f"concurrency {c}: {results[name][c]['rps'] / off[c]['rps']:.2f}× req/s, "
+                    f"p50 {results[name][c]['p50'] - off[c]['p50']:+.1f} ms" for c in levels))
     finally:
         if ray.is_initialized():
             serve.shutdown()
             ray.shutdown()
+        if redis is not None:
+            redis.stop()
         backend.terminate()
         backend.wait(timeout=30)
 

@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -36,9 +37,13 @@ def scripted_settings() -> Any:
         "ingress": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}, "logging_config": QUIET}})
 
 
-async def load(url: str, concurrency: int, requests: int, body: dict[str, Any] = QUESTION) -> dict[str, float]:
-    """Closed loop: ``concurrency`` workers send ``requests`` POSTs of ``body`` in all, one keep-alive
-    connection each; latency per request."""
+async def load(url: str, concurrency: int, requests: int,
+               body: dict[str, Any] | Callable[[int], dict[str, Any]] = QUESTION) -> dict[str, float]:
+    """Closed loop: ``concurrency`` workers send ``requests`` POSTs of ``body`` (or of ``body(n)`` for
+    the n-th request) in all, one keep-alive connection each; latency per request."""
+    def body_of(n: int) -> dict[str, Any]:
+        return body(n) if callable(body) else body
+
     latencies: list[float] = []
     errors = 0
     remaining = requests
@@ -49,12 +54,12 @@ async def load(url: str, concurrency: int, requests: int, body: dict[str, Any] =
             while remaining > 0:
                 remaining -= 1
                 started = time.perf_counter()
-                response = await client.post(url, json=body)
+                response = await client.post(url, json=body_of(remaining))
                 latencies.append((time.perf_counter() - started) * 1000)
                 errors += response.status_code != 200
 
-        for _ in range(min(concurrency, 8)):  # warm connections and replicas
-            await client.post(url, json=body)
+        for n in range(min(concurrency, 8)):  # warm connections and replicas
+            await client.post(url, json=body_of(requests + n))
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started

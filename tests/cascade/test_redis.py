@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -293,13 +293,15 @@ async def test_a_question_the_embedder_cannot_read_is_a_miss_for_it_alone(cache:
     router = two_tier_router(cache=cache)
     batch = [Query(prompt=f"hard: question {i} about France?", context=[PARIS]) for i in range(7)]
     batch.insert(2, Query(prompt="hard: x", context=[PARIS]).model_copy(update={"prompt": "hard \ud800 hi"}))
-    trails = await router.begin(batch)
-    assert all(t.rejected is None for t in trails)
-    assert [t.vector is None for t in trails] == [i == 2 for i in range(8)]
-    first = await router.route(batch)
-    assert len(first) == 8 and not any(a.cache_hit for a in first)
+    first = await router.route(batch)  # a cold scope: nothing embedded before the store, which embeds
+    assert len(first) == 8 and not any(a.cache_hit for a in first) and cache.stats.stores == 7
     again = await router.route([q.model_copy(update={"id": f"again-{i}"}) for i, q in enumerate(batch)])
     assert [a.cache_hit for a in again] == [i != 2 for i in range(8)]
+    new = [q.model_copy(update={"id": f"new-{i}", "prompt": q.prompt.replace("France", "Peru")})
+           for i, q in enumerate(batch)]
+    trails = await router.begin(new)  # a warm scope, new questions: embedded, all but the unreadable one
+    assert all(t.rejected is None and t.result is None for t in trails)
+    assert [t.vector is None for t in trails] == [i == 2 for i in range(8)]
 
 
 async def test_a_record_that_cannot_be_stored_is_dropped_alone_and_counted(local_redis: LocalRedis,
@@ -368,3 +370,38 @@ async def test_redis_not_answering_opens_the_circuit_and_no_call_is_tried_during
     assert len([r for _, r in await log.read_all() if r["kind"] == "decision"]) == 1 + 3 + 15 + 1
     await router.close()
     server.stop()
+
+
+class CountingEmbedder(MiniLMEmbedder):
+    """The real embedder, counting the questions it is given."""
+
+    def __init__(self, inner: MiniLMEmbedder) -> None:
+        self.inner = inner
+        self.texts: list[str] = []
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        self.texts += texts
+        return self.inner.embed(texts)
+
+
+async def test_a_cold_scope_costs_no_embedding_and_a_warm_one_is_found(local_redis: LocalRedis,
+                                                                       embedder: MiniLMEmbedder) -> None:
+    counting = CountingEmbedder(embedder)
+    config = CacheConfig(index_name="test-cold", ttl_s=60, marker_memo_s=0.0)
+    cache = SemanticCache(local_redis.url, config, counting)
+    router = two_tier_router(cache=cache)
+    question = {"prompt": "hard: what is the capital of France?", "context": [PARIS]}
+    trails = await router.begin([Query(tenant="a", **question)])  # type: ignore[arg-type]
+    assert counting.texts == [] and np.isnan(trails[0].vector).all(), "a cold scope: no embedding on the request path"
+    await router.route([Query(tenant="a", **question)])  # type: ignore[arg-type]
+    assert counting.texts == [question["prompt"]], "embedded once, when its answer was stored"
+    [hit] = await router.route([Query(tenant="a", prompt="hard: which city is the capital of France?",
+                                      context=[PARIS])])
+    [other_tenant] = await router.route([Query(tenant="b", **question)])  # type: ignore[arg-type]
+    assert hit.cache_hit and not other_tenant.cache_hit
+    assert counting.texts.count(question["prompt"]) == 2, "tenant b's lookup embedded nothing; its store did"
+    second = SemanticCache(local_redis.url, config, counting)  # another replica finds the markers in Redis
+    [from_redis] = await two_tier_router(cache=second).route([Query(tenant="a", **question)])  # type: ignore[arg-type]
+    assert from_redis.cache_hit
+    await cache.close()
+    await second.close()
