@@ -8,7 +8,8 @@ the small tier's answers all accepted (0% escalated) or all escalated (100%). Wi
 more rows turn Redis on (semantic cache and feedback log, a local Redis) with every request a miss:
 each request in a scope of its own (a cold cache: no embedding before the answer, the store embeds
 it afterwards) and every request a new question in one scope that has entries (embedded on the
-request path). Targets: cascade at 0% ≥ 0.9× the Serve echo's req/s and p50 within +3 ms of it at
+request path); then Redis is frozen (SIGSTOP) and the cached app is measured against the app
+without Redis (issue: within 10% of its p50). Targets: cascade at 0% ≥ 0.9× the Serve echo's req/s and p50 within +3 ms of it at
 concurrency 1; ≥ 0.2× the direct backend's req/s at 16 and 64; escalating every query ≤ 1.5× the
 0% p50 at concurrency 1; cache on ≥ 0.8× cache off at 16 and 64 and p50 within +3 ms at 1.
 """
@@ -19,6 +20,7 @@ import argparse
 import asyncio
 import itertools
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -71,6 +73,45 @@ def row(name: str, figures: dict[str, float], reference: dict[str, float] | None
             f"{figures['p99']:>7.1f}ms")
 
 
+Row = tuple[str, str, dict[str, Any] | Callable[[int], dict[str, Any]]]
+
+
+def measure(rows: list[Row], levels: list[int], repeats: int,
+            requests: Callable[[int], int]) -> dict[str, dict[int, dict[str, float]]]:
+    """Per row and level, the median figures of ``repeats`` trials; the rows are interleaved within
+    each repeat, so that drift of the machine hits all of them alike."""
+    results: dict[str, dict[int, dict[str, float]]] = {}
+    for concurrency in levels:
+        trials: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in rows}
+        for _ in range(repeats):
+            for name, url, body in rows:
+                figures = asyncio.run(load(url, concurrency, requests(concurrency), body))
+                assert figures["errors"] == 0, (name, concurrency, figures)
+                trials[name].append(figures)
+        for name, measured in trials.items():
+            results.setdefault(name, {})[concurrency] = {
+                key: float(np.median([f[key] for f in measured])) for key in measured[0]}
+    return results
+
+
+def outage(redis: Any, rows: list[Row], levels: list[int], repeats: int, requests: Callable[[int], int]) -> None:
+    """The cached path with Redis frozen (SIGSTOP: it neither answers nor refuses) against the app
+    without Redis: the breaker must keep the latency within 10%."""
+    pid = redis.pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        asyncio.run(load(rows[1][1], 1, 2, CHAT))  # the first call waits out the timeout and opens the circuit
+        results = measure(rows, levels, repeats, requests)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    off_figures, stopped_figures = results.values()
+    print("\nRedis stopped (SIGSTOP) against no Redis: " + ", ".join(
+        f"concurrency {c}: p50 {stopped_figures[c]['p50']:.1f} / {off_figures[c]['p50']:.1f} ms = "
+        f"{stopped_figures[c]['p50'] / off_figures[c]['p50']:.2f}×, req/s "
+        f"{stopped_figures[c]['rps'] / off_figures[c]['rps']:.2f}×" for c in levels))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--concurrency", default="1,16,64")
@@ -101,7 +142,6 @@ def main() -> None:
     backend_port = free_port()
     backend_url = f"http://127.0.0.1:{backend_port}"
     backend = subprocess.Popen([sys.executable, "-m", "tests.benchmarks.openai_echo", "--port", str(backend_port)])
-    results: dict[str, dict[int, dict[str, float]]] = {}
     redis: LocalRedis | None = None
     try:
         wait_for_http(f"{backend_url}/v1/models", backend, timeout_s=60)
@@ -120,7 +160,7 @@ def main() -> None:
                                                            redis_url=redis.start()))
         for prefix, (_, settings) in apps.items():  # side by side, so that every row sees the same machine
             serve.run(build_app(settings), name=prefix, route_prefix=f"/{prefix}")
-        rows: list[tuple[str, str, dict[str, Any] | Callable[[int], dict[str, Any]]]] = [
+        rows: list[Row] = [
             ("direct to backend", f"{backend_url}/v1/chat/completions", BACKEND_CHAT),
             ("bare Serve echo", f"{base}/echo", CHAT)]
         rows += [(name, f"{base}/{prefix}/v1/chat/completions", CHAT) for prefix, (name, _) in apps.items()
@@ -130,16 +170,7 @@ def main() -> None:
             asyncio.run(load(cached_url, 1, 1, CHAT | {"messages": [{"role": "user", "content": "Warm up?"}]}))
             rows += [("cache on, misses, cold scopes", cached_url, new_scope),
                      ("cache on, misses, warm scope", cached_url, new_question)]
-        for concurrency in levels:  # rows interleaved and repeated: drift of the machine hits all alike
-            trials: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in rows}
-            for _ in range(args.repeats):
-                for name, url, body in rows:
-                    figures = asyncio.run(load(url, concurrency, requests(concurrency), body))
-                    assert figures["errors"] == 0, (name, concurrency, figures)
-                    trials[name].append(figures)
-            for name, measured in trials.items():
-                results.setdefault(name, {})[concurrency] = {
-                    key: float(np.median([f[key] for f in measured])) for key in measured[0]}
+        results = measure(rows, levels, args.repeats, requests)
         print(f"serving overhead, openai tiers against a local echo backend, Ray {ray.__version__}, "
               f"{os.cpu_count()} CPUs, direct ingress {'on' if args.direct_ingress else 'off'}, "
               f"median of {args.repeats} interleaved trials of {args.requests} requests (16 per worker at least) "
@@ -166,6 +197,10 @@ def main() -> None:
                 print(f"{name} against cache off: " + ", ".join(
                     f"concurrency {c}: {results[name][c]['rps'] / off[c]['rps']:.2f}× req/s, "
                     f"p50 {results[name][c]['p50'] - off[c]['p50']:+.1f} ms" for c in levels))
+        if redis is not None:
+            outage(redis, [("cache off", f"{base}/ingress-0/v1/chat/completions", CHAT),
+                           ("cache on, Redis stopped", f"{base}/cached/v1/chat/completions", CHAT)],
+                   levels, args.repeats, requests)
     finally:
         if ray.is_initialized():
             serve.shutdown()
