@@ -162,7 +162,7 @@ class SemanticCache:
         tags = entry_tags(query)
         return f"{self.config.index_name}:warm:{tags['tenant']}:{tags['scope']}"
 
-    async def warm(self, queries: Sequence[Query]) -> list[bool]:
+    async def have_entries(self, queries: Sequence[Query]) -> list[bool]:
         """Per query, whether its (tenant, scope) may have entries: markers remembered for
         ``marker_memo_s``, the others read in one round trip. A query whose scope cannot be hashed
         is cold (its lookup and store fail alone, as before)."""
@@ -195,7 +195,7 @@ class SemanticCache:
             return None
         vectors = np.full((len(queries), DIMENSIONS), np.nan, np.float32)
         try:
-            warm = [i for i, has_entries in enumerate(await self.warm(queries)) if has_entries]
+            warm = [i for i, has_entries in enumerate(await self.have_entries(queries)) if has_entries]
         except Exception as error:  # Redis down: serve without the cache; the stores embed later
             self.stats.errors += 1
             log.warning("semantic cache markers unreadable, serving without the cache: %s", error)
