@@ -9,9 +9,11 @@ more rows turn Redis on (semantic cache and feedback log, a local Redis) with ev
 each request in a scope of its own (a cold cache: no embedding before the answer, the store embeds
 it afterwards) and every request a new question in one scope that has entries (embedded on the
 request path); then Redis is frozen (SIGSTOP) and the cached app is measured against the app
-without Redis (issue: within 10% of its p50). Targets: cascade at 0% ≥ 0.9× the Serve echo's req/s and p50 within +3 ms of it at
-concurrency 1; ≥ 0.2× the direct backend's req/s at 16 and 64; escalating every query ≤ 1.5× the
-0% p50 at concurrency 1; cache on ≥ 0.8× cache off at 16 and 64 and p50 within +3 ms at 1.
+without Redis (the fault-isolation issue: within 10% of its p50).
+
+Targets: cascade at 0% ≥ 0.9× the Serve echo's req/s and p50 within +3 ms of it at concurrency 1;
+≥ 0.2× the direct backend's req/s at 16 and 64; escalating every query ≤ 1.5× the 0% p50 at
+concurrency 1; cache on ≥ 0.8× cache off at 16 and 64 and p50 within +3 ms at 1.
 """
 
 from __future__ import annotations
