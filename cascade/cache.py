@@ -157,21 +157,28 @@ class SemanticCache:
                 log.warning("query %s: question not embedded, no cache for it: %s", query.id, type(error).__name__)
         return rows
 
-    def marker_key(self, query: Query) -> str:
-        """The key that says a (tenant, scope) has entries."""
-        tags = entry_tags(query)
-        return f"{self.config.index_name}:warm:{tags['tenant']}:{tags['scope']}"
-
-    async def have_entries(self, queries: Sequence[Query]) -> list[bool]:
-        """Per query, whether its (tenant, scope) may have entries: markers remembered for
-        ``marker_memo_s``, the others read in one round trip. A query whose scope cannot be hashed
-        is cold (its lookup and store fail alone, as before)."""
-        keys: list[str | None] = []
+    @staticmethod
+    def tags_of(queries: Sequence[Query]) -> list[dict[str, str] | None]:
+        """Each query's entry tags, computed once per lookup; None where its scope cannot be hashed
+        (e.g. a value the hash cannot encode: no lookup, for that query alone)."""
+        tags: list[dict[str, str] | None] = []
         for query in queries:
             try:
-                keys.append(self.marker_key(query))
-            except Exception:
-                keys.append(None)
+                tags.append(entry_tags(query))
+            except Exception as error:
+                tags.append(None)
+                log.warning("query %s: no cache lookup: %s", query.id, type(error).__name__)
+        return tags
+
+    def marker_key(self, tags: dict[str, str]) -> str:
+        """The key that says the (tenant, scope) of these entry tags has entries."""
+        return f"{self.config.index_name}:warm:{tags['tenant']}:{tags['scope']}"
+
+    async def have_entries(self, tags: Sequence[dict[str, str] | None]) -> list[bool]:
+        """Per query (by its entry tags), whether its (tenant, scope) may have entries: markers
+        remembered for ``marker_memo_s``, the others read in one round trip. A query without tags
+        is cold."""
+        keys = [None if t is None else self.marker_key(t) for t in tags]
         now = time.monotonic()
         unknown = sorted({k for k in keys if k is not None and self._warm.get(k, (False, 0.0))[1] <= now})
         if unknown:
@@ -194,8 +201,9 @@ class SemanticCache:
         if not self.breaker.allow():
             return None
         vectors = np.full((len(queries), DIMENSIONS), np.nan, np.float32)
+        tags = self.tags_of(queries)
         try:
-            warm = [i for i, has_entries in enumerate(await self.have_entries(queries)) if has_entries]
+            warm = [i for i, has_entries in enumerate(await self.have_entries(tags)) if has_entries]
         except Exception as error:  # Redis down: serve without the cache; the stores embed later
             self.stats.errors += 1
             log.warning("semantic cache markers unreadable, serving without the cache: %s", error)
@@ -205,27 +213,22 @@ class SemanticCache:
             return CacheLookup([None] * len(queries), vectors)
         vectors[warm] = await asyncio.to_thread(self.embed, [queries[i] for i in warm])
         unreadable = frozenset(i for i in warm if np.isnan(vectors[i]).any())
-        return CacheLookup(await self.search(queries, vectors), vectors, unreadable)
+        return CacheLookup(await self.search(queries, vectors, tags), vectors, unreadable)
 
-    async def search(self, queries: Sequence[Query], vectors: np.ndarray) -> list[RoutedAnswer | None]:
-        """Look up already-embedded questions in one pipeline round trip."""
+    async def search(self, queries: Sequence[Query], vectors: np.ndarray,
+                     tags: Sequence[dict[str, str] | None] | None = None) -> list[RoutedAnswer | None]:
+        """Look up already-embedded questions in one pipeline round trip (``tags``: ``tags_of(queries)``,
+        if the caller has them already)."""
         from redisvl.query import VectorQuery
         from redisvl.query.filter import Tag
 
+        tags = self.tags_of(queries) if tags is None else tags
         misses: list[RoutedAnswer | None] = [None] * len(queries)
-        searchable = [i for i in range(len(queries)) if not np.isnan(vectors[i]).any()]
-        searches = []
-        for i in list(searchable):
-            try:
-                tags = entry_tags(queries[i])
-            except Exception as error:  # e.g. a value the scope hash cannot encode: a miss, for it alone
-                searchable.remove(i)
-                log.warning("query %s: no cache lookup: %s", queries[i].id, type(error).__name__)
-                continue
-            searches.append(VectorQuery(
-                vector=vectors[i].tobytes(), vector_field_name="embedding", num_results=1,
-                return_fields=["answer", "created"],
-                filter_expression=(Tag("tenant") == tags["tenant"]) & (Tag("scope") == tags["scope"])))
+        searchable = [(i, t) for i, t in enumerate(tags) if t is not None and not np.isnan(vectors[i]).any()]
+        searches = [VectorQuery(
+            vector=vectors[i].tobytes(), vector_field_name="embedding", num_results=1,
+            return_fields=["answer", "created"],
+            filter_expression=(Tag("tenant") == t["tenant"]) & (Tag("scope") == t["scope"])) for i, t in searchable]
         if not searches:
             return misses
         try:
@@ -238,7 +241,7 @@ class SemanticCache:
             log.warning("semantic cache lookup failed, serving without it: %s", error)
             return misses
         hits = list(misses)
-        for i, found in zip(searchable, results, strict=True):
+        for (i, _), found in zip(searchable, results, strict=True):
             hits[i] = self._hit(queries[i], found)
         self.stats.hits += sum(h is not None for h in hits)
         self.stats.misses += sum(h is None for h in hits)
@@ -284,10 +287,11 @@ class SemanticCache:
         markers = set()
         for i in chosen:
             try:
+                tags = entry_tags(queries[i])
                 records.append({
-                    **entry_tags(queries[i]), "question": queries[i].question, "answer": answers[i].model_dump_json(),
+                    **tags, "question": queries[i].question, "answer": answers[i].model_dump_json(),
                     "created": now, "embedding": np.asarray(vectors[i], np.float32).tobytes()})
-                markers.add(self.marker_key(queries[i]))
+                markers.add(self.marker_key(tags))
             except Exception as error:
                 self.stats.errors += 1
                 count_dropped("cache", answers[i].tenant, type(error).__name__)

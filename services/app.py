@@ -66,7 +66,7 @@ def build_app(settings: CascadeSettings) -> Application:
     options = topology(settings)
     dumped = settings.model_dump(mode="json")
     pools = {t.name: serve.deployment(name=pool_name(t.name), **options[pool_name(t.name)])(ModelPool)
-             .bind(t.model_dump(mode="json")) for t in settings.tiers if not t.in_ingress}
+             .bind(t.model_dump(mode="json")) for t in settings.tiers if pool_name(t.name) in options}
     controller = consumer = None
     if (CONTROLLER_NAME in options or CONSUMER_NAME in options) and settings.redis_url is None:
         raise ValueError("the threshold controller and the task queue need redis_url (cascade serve resolves it)")
