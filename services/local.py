@@ -20,6 +20,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # A one-machine cluster: Ray binds every socket (GCS, raylet, workers, agents) to loopback. Ray reads
 # this when it is imported, so it is set here, before anything below imports ray.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+# Serve replicas inherit the driver's runtime env, so their gRPC servers follow (services/loopback.py).
+LOOPBACK_WORKERS = {"worker_process_setup_hook": "services.loopback.bind_replica_grpc_to_loopback"}
 
 
 def local_settings(settings: CascadeSettings) -> CascadeSettings:
@@ -35,10 +37,11 @@ def start_ray(num_cpus: int | None = None, *, quiet: bool = False) -> None:
     ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1`` in the environment lets it listen on the node's address."""
     import ray
 
+    workers = LOOPBACK_WORKERS if os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0" else None
     if not ray.is_initialized():
         keep_python_signal_handlers(lambda: ray.init(
             num_cpus=num_cpus or max(2, os.cpu_count() or 2), include_dashboard=False,
-            log_to_driver=not quiet, configure_logging=not quiet))
+            log_to_driver=not quiet, configure_logging=not quiet, runtime_env=workers))
 
 
 def serve_locally(settings: CascadeSettings, *, host: str | None = None, port: int | None = None,
