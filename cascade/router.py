@@ -1,11 +1,14 @@
 """The routing core: a batch goes through the tiers, small to large, decided by vectorized policies.
 
-``begin`` looks the batch up in the cache and makes one batched call to the first tier for the
-misses, deciding for the whole batch at once; ``finish`` takes one query the rest of the way;
-``record`` stores answers in the cache and appends the decisions to the feedback log. A server
-returns accepted answers straight after ``begin`` and lets each escalated request await its own
-``finish``, so no answer waits for another request's escalation. ``route`` composes the three for
-in-process use.
+``answer`` is the one entry: a batch of queries (or checkpoints of routes to resume) in, one
+``Outcome`` per item out, in one of three modes — interactive (each escalated query goes on alone,
+so no answer waits for another's escalation), throughput (escalations go on tier by tier as
+batches) and progressive (an escalated query stops with its provisional answer and the checkpoint
+that resumes it). It is made of three steps: ``begin`` looks the batch up in the cache and makes one
+batched call to the first tier for the misses, deciding for the whole batch at once; ``finish`` (or
+``finish_together``) takes queries the rest of the way; ``record`` stores answers in the cache and
+appends the decisions to the feedback log. A server that batches across requests passes its own
+batched ``begin`` and a background ``record`` to ``answer``; it never calls the steps itself.
 
 Each query's ``routing`` controls (a tenant plan's highest tier, a forced tier, a threshold) are
 honoured here, so that the server only translates plans and requests into them.
@@ -16,9 +19,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel
@@ -125,6 +128,19 @@ class Trail:
                                latency=self.latency, reasons=self.reasons, best=self.best, batch_size=self.batch_size)
 
 
+Mode = Literal["interactive", "throughput", "progressive"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One item's result from ``Router.answer``: its answer or the error that stopped it. In
+    progressive mode an escalated query's answer is provisional and ``rest`` resumes its route."""
+
+    answer: RoutedAnswer | None = None
+    error: Exception | None = None
+    rest: TrailCheckpoint | None = None
+
+
 class Router:
     """Routes batches of queries through ``tiers`` (ordered small to large)."""
 
@@ -181,17 +197,66 @@ class Router:
             raise TierNotAllowedError(query.id, forced, cap)
 
     async def route(self, queries: Sequence[Query]) -> list[RoutedAnswer]:
-        """Answer a batch: cache lookup, first tier batched, escalations concurrently, one answer per
-        query; then one cache store and one feedback append for the batch."""
-        trails = await self.begin(queries)
-        answers = await asyncio.gather(*(self.finish(t) for t in trails))
-        recording = time.perf_counter()
-        await self.record(trails)
-        feedback_ms = (time.perf_counter() - recording) * 1000
-        for trail, answer in zip(trails, answers, strict=True):
-            self.telemetry.trace_answer(answer, trail.started_ns, trail.links, extra_stages=[("feedback", feedback_ms)])
-        self.telemetry.record_answers(answers)
-        return list(answers)
+        """Answer a batch interactively, raising the first query's error if any failed."""
+        outcomes = await self.answer(queries)
+        for outcome in outcomes:
+            if outcome.error is not None:
+                raise outcome.error
+        return [o.answer for o in outcomes if o.answer is not None]
+
+    async def answer(self, items: Sequence[Query | TrailCheckpoint], mode: Mode = "interactive", *,
+                     begin: Callable[[list[Query]], Awaitable[list[Trail]]] | None = None,
+                     record: Callable[[list[Trail]], None] | None = None,
+                     trace_parent: Any = None) -> list[Outcome]:
+        """Answer a batch: queries from the start, checkpoints from where their route stopped.
+
+        ``begin`` replaces the router's own first pass (a server's batch across requests); ``record``
+        takes the finished trails off the caller's path instead of awaiting ``self.record``."""
+        trails: list[Trail | None] = [None] * len(items)
+        fresh = [i for i, item in enumerate(items) if isinstance(item, Query)]
+        begun = await (begin or self.begin)([q for q in items if isinstance(q, Query)]) if fresh else []
+        for i, trail in zip(fresh, begun, strict=True):
+            trails[i] = trail
+        for i, item in enumerate(items):
+            if isinstance(item, TrailCheckpoint):
+                trails[i] = self._resumed(item)
+        ready = [t for t in trails if t is not None]
+        rests: dict[int, TrailCheckpoint] = {}
+        if mode == "progressive":
+            for trail in ready:
+                if trail.escalated:
+                    rests[id(trail)] = self.defer(trail)[1]
+        if mode == "throughput":
+            results = await self.finish_together(ready)
+        else:
+            finished = await asyncio.gather(*(self.finish(t) for t in ready), return_exceptions=True)
+            for result in finished:
+                if isinstance(result, BaseException) and not isinstance(result, Exception):
+                    raise result  # cancellation and exit reach the caller
+            results = [r for r in finished if not isinstance(r, BaseException) or isinstance(r, Exception)]
+        outcomes = [Outcome(answer=r, rest=rests.get(id(t))) if isinstance(r, RoutedAnswer) else Outcome(error=r)
+                    for t, r in zip(ready, results, strict=True)]
+        answered = [(t, o.answer) for t, o in zip(ready, outcomes, strict=True) if o.answer is not None]
+        stages: list[tuple[str, float]] = []
+        if record is not None:
+            record([t for t, _ in answered])
+        else:
+            recording = time.perf_counter()
+            await self.record([t for t, _ in answered])
+            stages = [("feedback", (time.perf_counter() - recording) * 1000)]
+        for trail, answer in answered:
+            self.telemetry.trace_answer(answer, trail.started_ns, trail.links, parent=trace_parent,
+                                        extra_stages=stages)
+        self.telemetry.record_answers([a for _, a in answered])
+        return outcomes
+
+    def _resumed(self, checkpoint: TrailCheckpoint) -> Trail:
+        """``resume``, with a checkpoint the router refuses (a control it no longer allows) as a
+        rejected trail rather than an error for the whole batch."""
+        try:
+            return self.resume(checkpoint)
+        except ValueError as error:
+            return Trail(checkpoint.query, len(self.tiers), rejected=error)
 
     async def begin(self, queries: Sequence[Query]) -> list[Trail]:
         """Cache lookup for the batch, then one first-tier call for the misses; hits come back done.

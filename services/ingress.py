@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from cascade.engines.base import InvalidInputError, PromptTooLongError
 from cascade.factory import build_router
 from cascade.feedback import outcome_record
-from cascade.router import AllTiersFailedError, TierNotAllowedError, Trail, UnknownTierError
+from cascade.router import AllTiersFailedError, TierNotAllowedError, Trail, TrailCheckpoint, UnknownTierError
 from cascade.schemas import Query, RoutedAnswer
 from cascade.telemetry import configure_from_env, count_refused_feedback
 from services.batch.api import BatchApi, public
@@ -185,36 +185,39 @@ class RouterIngress:
         param = "messages" if queries and queries[0].messages else "prompt"
         for query in queries:
             check_prompt_size(query, limit, param)
-        self._in_flight += 1
-        try:
-            alone = self._in_flight == 1 and len(queries) == 1
-            trails = await self.router.begin(queries) if alone else await asyncio.gather(*map(self._begin, queries))
-        finally:
-            self._in_flight -= 1
-        jobs: list[str | None] = [None] * len(trails)
         if progressive:
             self._batches()
-            for i, trail in enumerate(trails):
-                if trail.escalated:
-                    try:
-                        jobs[i] = await self._start_job(trail, shape)
-                    except (redis.RedisError, OSError) as error:  # no queue: answer in full, now
-                        log.warning("progressive job not queued, finishing in the request: %s", error)
-        try:
-            answers = await asyncio.gather(*(self.router.finish(t) for t in trails))
-        except Exception as error:
-            raise self._client_error(error, param, [t.query.id for t in trails]) from None
-        parent = extract(dict(headers))
-        for trail, answer in zip(trails, answers, strict=True):
-            self.router.telemetry.trace_answer(answer, trail.started_ns, trail.links, parent=parent)
-        self.router.telemetry.record_answers(answers)
+        outcomes = await self.router.answer(queries, "progressive" if progressive else "interactive",
+                                            begin=self._first_pass, record=self._record_later,
+                                            trace_parent=extract(dict(headers)))
+        for outcome in outcomes:
+            if outcome.error is not None:
+                raise self._client_error(outcome.error, param, [q.id for q in queries]) from None
+        answers = [o.answer for o in outcomes if o.answer is not None]
+        jobs: list[str | None] = [None] * len(answers)
+        for i, outcome in enumerate(outcomes):
+            if outcome.rest is not None and outcome.answer is not None:
+                jobs[i], answers[i] = await self._start_job(outcome.answer, outcome.rest, shape, param)
         for answer in answers:
             self._remember_owner(answer.request_id, answer.tenant)
+        return answers, jobs
+
+    async def _first_pass(self, queries: list[Query]) -> list[Trail]:
+        """The router's first pass, batched with other requests' queries unless this one is alone."""
+        self._in_flight += 1
+        try:
+            if self._in_flight == 1 and len(queries) == 1:
+                return await self.router.begin(queries)
+            return list(await asyncio.gather(*map(self._begin, queries)))
+        finally:
+            self._in_flight -= 1
+
+    def _record_later(self, trails: list[Trail]) -> None:
+        """Record finished trails off the request's path, batched with other requests' records."""
         for trail in trails if self._records else []:
             task = asyncio.create_task(self._record(trail))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
-        return list(answers), jobs
 
     @staticmethod
     def _client_error(error: Exception, param: str, request_ids: list[str]) -> ApiError:
@@ -247,17 +250,25 @@ class RouterIngress:
                            kind="service_unavailable")
         return self.batches
 
-    async def _start_job(self, trail: Trail, shape: Shape) -> str:
-        """Queue the rest of an escalated query's route (its checkpoint, resumed by the consumer) and
-        return its small answer as the provisional one."""
+    async def _start_job(self, provisional: RoutedAnswer, rest: TrailCheckpoint, shape: Shape,
+                         param: str) -> tuple[str | None, RoutedAnswer]:
+        """Queue the rest of an escalated query's route (resumed by the consumer) and return the job
+        id with the provisional answer; without a queue, finish the route here and return no job."""
         job_id = new_id("job")
-        provisional, checkpoint = self.router.defer(trail)
         routing = {**routing_object(provisional), "provisional": True, "job_id": job_id}
-        await self._batches().start_job({
-            "id": job_id, "object": "cascade.job", "tenant": trail.query.tenant, "status": "running",
-            "created_at": int(time.time()), "shape": shape, "trail": checkpoint.model_dump(mode="json"),
-            "provisional": response_of(shape, provisional, routing)})
-        return job_id
+        try:
+            await self._batches().start_job({
+                "id": job_id, "object": "cascade.job", "tenant": provisional.tenant, "status": "running",
+                "created_at": int(time.time()), "shape": shape, "trail": rest.model_dump(mode="json"),
+                "provisional": response_of(shape, provisional, routing)})
+        except (redis.RedisError, OSError) as error:
+            log.warning("progressive job not queued, finishing in the request: %s", error)
+            [outcome] = await self.router.answer([rest], record=self._record_later)
+            if outcome.answer is None:
+                raise self._client_error(outcome.error or RuntimeError("no answer"), param,
+                                         [rest.query.id]) from None
+            return None, outcome.answer
+        return job_id, provisional
 
     def _caller(self, authorization: str | None) -> Caller:
         return self.tenants.caller(authorization)

@@ -70,12 +70,14 @@ class BatchApi:
         if not lines or len(lines) > queue.max_lines:
             raise ApiError(400, f"the input file has {len(lines)} lines; a batch takes 1 to {queue.max_lines}",
                            param="input_file_id")
-        duplicates = sorted(c for c, n in Counter(custom_ids(lines)).items() if n > 1)
+        ids = custom_ids(lines)
+        duplicates = sorted(c for c, n in Counter(ids).items() if n > 1)
         if duplicates:
             raise ApiError(400, f"custom_id values must be unique; repeated: {duplicates[:5]}", param="input_file_id")
         batch = batch_object(new_id("batch"), tenant, request, len(lines))
         chunks = -(-len(lines) // queue.chunk_size)
-        if not await asyncio.to_thread(self.store.create_batch, batch, lines, chunks, queue.tenant_quota_lines):
+        if not await asyncio.to_thread(self.store.create_batch, batch, lines, ids, chunks,
+                                     queue.tenant_quota_lines):
             raise ApiError(429, f"tenant {tenant!r} has more than {queue.tenant_quota_lines} lines queued; "
                                 "retry when some batches finish", kind="rate_limit_error", code="queue_full",
                            headers={"Retry-After": "60"})

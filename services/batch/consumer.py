@@ -30,7 +30,7 @@ from cascade.router import AllTiersFailedError, TrailCheckpoint
 from cascade.schemas import Query, RoutedAnswer
 from cascade.telemetry import configure_from_env
 from services.batch.schema import custom_ids, error_line, output_line, parse_line
-from services.batch.store import BatchStore
+from services.batch.store import TERMINAL, BatchStore
 from services.openai_api import response_of
 from services.pool import limit_threads
 from services.pool_engine import tier_engines
@@ -68,34 +68,37 @@ class RoutingConsumer:
     def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
 
-    async def _route(self, queries: Sequence[Query]) -> list[RoutedAnswer | BaseException]:
+    async def _route(self, queries: Sequence[Query]) -> list[RoutedAnswer | Exception]:
         """Route a chunk in throughput mode: the first tier and every escalation tier as one batch each;
         an answer or the error, per query."""
-        trails = await self.router.begin(queries)
-        outcomes = await self.router.finish_together(trails)
-        await self.router.record([t for t in trails if t.result is not None])
-        return list(outcomes)
+        outcomes = await self.router.answer(queries, "throughput")
+        return [o.answer if o.answer is not None else o.error or RuntimeError("no answer") for o in outcomes]
 
     @task_handler(name="route_chunk")
     def route_chunk(self, batch_id: str, chunk: int) -> int:
         """Route lines ``chunk * chunk_size`` onwards of a batch; returns how many results were new."""
-        batch = self.store.batch(batch_id)
-        if batch is None or batch["status"] in {"completed", "failed", "cancelled", "expired"}:
-            return 0
         size = self.queue.chunk_size
-        lines = self.store.lines(batch_id, chunk * size, (chunk + 1) * size)
-        written = 0
-        if not self.store.cancelled(batch_id):
-            written = self._route_lines(batch, lines, custom_ids(lines, first=chunk * size))
-        if self.store.chunk_done(batch_id, chunk, batch["tenant"], len(lines)) and self.store.finalize(batch_id):
+        view = self.store.chunk(batch_id, chunk * size, (chunk + 1) * size)
+        batch = view.batch
+        if batch is None or batch["status"] in TERMINAL:
+            return 0
+        ids = view.custom_ids if len(view.custom_ids) == len(view.lines) else custom_ids(  # created before ids
+            view.lines, chunk * size)
+        results: dict[str, bytes] = {}
+        errors: dict[str, bytes] = {}
+        if not view.cancelled:
+            todo = [(line, c) for line, c in zip(view.lines, ids, strict=True) if c not in view.answered]
+            results, errors = self._route_lines(batch, todo)
+        written, last = self.store.finish_chunk(batch_id, chunk, batch["tenant"], len(view.lines), results, errors)
+        if last and self.store.finalize(batch_id):
             self._finalize(batch_id)
         return written
 
-    def _route_lines(self, batch: dict[str, Any], lines: list[bytes], ids: list[str]) -> int:
-        done = self.store.answered(batch["id"])
+    def _route_lines(self, batch: dict[str, Any],
+                     lines: list[tuple[bytes, str]]) -> tuple[dict[str, bytes], dict[str, bytes]]:
+        """Each line's output line, or its error line; lines that keep failing are dead-lettered."""
         caller = self.tenants.caller_of(batch["tenant"])
-        parsed = [parse_line(line, cid, batch["endpoint"], caller, self.tenants, self.settings)
-                  for line, cid in zip(lines, ids, strict=True) if cid not in done]
+        parsed = [parse_line(line, cid, batch["endpoint"], caller, self.tenants, self.settings) for line, cid in lines]
         errors = {p.custom_id: error_line(p.custom_id, p.error, p.status) for p in parsed if p.error is not None}
         pending = [p for p in parsed if p.query is not None]
         results: dict[str, bytes] = {}
@@ -129,14 +132,15 @@ class RoutingConsumer:
                     message = f"failed {self.queue.route_attempts} times: {reason}"
                     errors[line.custom_id] = error_line(line.custom_id, {"code": "dead_letter", "message": message},
                                                         status)
-        return self.store.write(batch["id"], results, errors)
+        return results, errors
 
     def _finalize(self, batch_id: str) -> None:
         """Write the output and error files in input order and close the batch."""
         batch = self.store.batch(batch_id)
         assert batch is not None
         results, errors = self.store.outcomes(batch_id)
-        order = custom_ids(self.store.lines(batch_id, 0, batch["request_counts"]["total"]))
+        order = self.store.custom_ids(batch_id) or custom_ids(  # a batch created before ids were stored
+            self.store.lines(batch_id, 0, batch["request_counts"]["total"]))
         output = b"".join(results[c] + b"\n" for c in order if c in results)
         failed = b"".join(errors[c] + b"\n" for c in order if c in errors)
         update: dict[str, Any] = {"finalizing_at": int(time.time())}
@@ -158,15 +162,10 @@ class RoutingConsumer:
         job = self.store.job(job_id)
         if job is None or job.get("status") == "completed":
             return False
-        checkpoint = TrailCheckpoint.model_validate(job["trail"])
-
-        async def finish() -> RoutedAnswer:
-            trail = self.router.resume(checkpoint)
-            answer = await self.router.finish(trail)
-            await self.router.record([trail])
-            return answer
-
-        answer = self._run(finish())
+        [outcome] = self._run(self.router.answer([TrailCheckpoint.model_validate(job["trail"])]))
+        if outcome.answer is None:
+            raise outcome.error or RuntimeError(f"job {job_id} has no answer")  # the task queue retries it
+        answer = outcome.answer
         body = response_of(job.get("shape", "chat"), answer)
         if not self.store.complete_job(job_id, {"answer": answer.answer, "response": body}):
             return False

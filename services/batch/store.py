@@ -3,6 +3,8 @@
 Writes that a retried task may repeat are idempotent: a line's result is written with ``HSETNX``
 keyed by ``custom_id`` (exactly once, however often its chunk runs), a chunk counts as done with
 ``SADD`` of its index, and a tenant's queued-work counter moves only when that ``SADD`` is new.
+A batch's ``custom_id`` list is stored beside its lines at creation, so no later step parses a line
+for it; a chunk reads what it needs in two round trips and writes its outcome in one script.
 """
 
 from __future__ import annotations
@@ -23,6 +25,34 @@ def new_id(kind: str) -> str:
     return f"{kind}-{uuid.uuid4().hex[:24]}"
 
 
+# A chunk's outcome, atomically: each line's result or error once (HSETNX), the chunk counted done
+# once (SADD), the tenant's queued lines and the batch's progress time moved only then; returns how
+# many outcomes were new and whether every chunk of the batch is done.
+FINISH_CHUNK = """
+local written, i, results = 0, 5, tonumber(ARGV[4])
+for _ = 1, results do written = written + redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]); i = i + 2 end
+while i < #ARGV do written = written + redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1]); i = i + 2 end
+if redis.call('SADD', KEYS[3], ARGV[1]) == 1 then
+  redis.call('DECRBY', KEYS[4], ARGV[2])
+  redis.call('SET', KEYS[5], ARGV[3])
+end
+local total = tonumber(redis.call('GET', KEYS[6]) or '0')
+if redis.call('SCARD', KEYS[3]) >= total then return {written, 1} end
+return {written, 0}
+"""
+
+
+@dataclass(frozen=True)
+class ChunkView:
+    """What routing one chunk reads: the batch, its lines and their ids, and which are answered."""
+
+    batch: dict[str, Any] | None
+    lines: list[bytes]
+    custom_ids: list[str]
+    cancelled: bool
+    answered: set[str]
+
+
 @dataclass
 class BatchStore:
     """Synchronous Redis access (the Celery handlers are synchronous; the ingress calls it in a thread)."""
@@ -31,6 +61,7 @@ class BatchStore:
 
     def __post_init__(self) -> None:
         self.client: Any = redis.Redis.from_url(self.redis_url, socket_timeout=10)  # redis-py's stubs mix sync|async
+        self._finish_chunk = self.client.register_script(FINISH_CHUNK)
 
     def _key(self, *parts: str) -> str:
         return ":".join((PREFIX, *parts))
@@ -53,9 +84,10 @@ class BatchStore:
         raw = self.client.get(self._key("file", file_id, "content"))
         return bytes(raw) if raw is not None else None
 
-    def create_batch(self, batch: dict[str, Any], lines: list[bytes], chunks: int, quota: int) -> bool:
-        """Store the batch and its lines; False (nothing stored) if the tenant's queued lines would
-        exceed ``quota``."""
+    def create_batch(self, batch: dict[str, Any], lines: list[bytes], custom_ids: list[str], chunks: int,
+                     quota: int) -> bool:
+        """Store the batch, its lines and their ``custom_id``s; False (nothing stored) if the tenant's
+        queued lines would exceed ``quota``."""
         queued = self._key("queued", batch["tenant"])
         if int(self.client.incrby(queued, len(lines))) > quota:
             self.client.decrby(queued, len(lines))
@@ -63,6 +95,7 @@ class BatchStore:
         pipe = self.client.pipeline()
         pipe.set(self._key("batch", batch["id"]), orjson.dumps(batch))
         pipe.rpush(self._key("batch", batch["id"], "lines"), *lines)
+        pipe.rpush(self._key("batch", batch["id"], "ids"), *custom_ids)
         pipe.set(self._key("batch", batch["id"], "chunks"), chunks)
         pipe.set(self._key("batch", batch["id"], "progress_at"), time.time())
         pipe.sadd(self._key("active"), batch["id"])
@@ -89,27 +122,40 @@ class BatchStore:
     def lines(self, batch_id: str, start: int, stop: int) -> list[bytes]:
         return [bytes(x) for x in self.client.lrange(self._key("batch", batch_id, "lines"), start, stop - 1)]
 
-    def answered(self, batch_id: str) -> set[str]:
-        """custom_ids with a result or an error already."""
-        keys = (self._key("batch", batch_id, "results"), self._key("batch", batch_id, "errors"))
-        return {k.decode() for key in keys for k in self.client.hkeys(key)}
+    def custom_ids(self, batch_id: str, start: int = 0, stop: int = 0) -> list[str]:
+        """The stored ``custom_id``s of lines ``start`` to ``stop`` (all with ``stop`` 0)."""
+        return [x.decode() for x in self.client.lrange(self._key("batch", batch_id, "ids"), start, stop - 1)]
 
-    def write(self, batch_id: str, results: dict[str, bytes], errors: dict[str, bytes]) -> int:
-        """Write each line's outcome unless one is there already; returns how many were new."""
-        pipe = self.client.pipeline()
-        for custom_id, line in results.items():
-            pipe.hsetnx(self._key("batch", batch_id, "results"), custom_id, line)
-        for custom_id, line in errors.items():
-            pipe.hsetnx(self._key("batch", batch_id, "errors"), custom_id, line)
-        return sum(int(x) for x in pipe.execute())
+    def chunk(self, batch_id: str, start: int, stop: int) -> ChunkView:
+        """Lines ``start`` to ``stop`` of a batch, with what routing them needs, in two round trips."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(self._key("batch", batch_id))
+        pipe.lrange(self._key("batch", batch_id, "lines"), start, stop - 1)
+        pipe.lrange(self._key("batch", batch_id, "ids"), start, stop - 1)
+        pipe.exists(self._key("batch", batch_id, "cancel"))
+        raw, lines, ids, cancelled = pipe.execute()
+        custom_ids = [x.decode() for x in ids]
+        answered: set[str] = set()
+        if custom_ids:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hmget(self._key("batch", batch_id, "results"), custom_ids)
+            pipe.hmget(self._key("batch", batch_id, "errors"), custom_ids)
+            results, errors = pipe.execute()
+            answered = {c for c, result, error in zip(custom_ids, results, errors, strict=True)
+                        if result is not None or error is not None}
+        return ChunkView(orjson.loads(raw) if raw else None, [bytes(x) for x in lines], custom_ids,
+                         bool(cancelled), answered)
 
-    def chunk_done(self, batch_id: str, chunk: int, tenant: str, lines: int) -> bool:
-        """Count the chunk done (idempotent); True when it was the last one."""
-        if self.client.sadd(self._key("batch", batch_id, "done"), chunk):
-            self.client.decrby(self._key("queued", tenant), lines)
-            self.client.set(self._key("batch", batch_id, "progress_at"), time.time())
-        total = int(self.client.get(self._key("batch", batch_id, "chunks")) or 0)
-        return int(self.client.scard(self._key("batch", batch_id, "done"))) >= total
+    def finish_chunk(self, batch_id: str, chunk: int, tenant: str, lines: int, results: dict[str, bytes],
+                     errors: dict[str, bytes]) -> tuple[int, bool]:
+        """Write each line's outcome unless one is there already and count the chunk done, in one
+        atomic script; returns how many outcomes were new and whether this was the last chunk."""
+        keys = [self._key("batch", batch_id, name) for name in ("results", "errors", "done")]
+        keys += [self._key("queued", tenant), self._key("batch", batch_id, "progress_at"),
+                 self._key("batch", batch_id, "chunks")]
+        pairs = [x for outcome in (results, errors) for item in outcome.items() for x in item]
+        written, last = self._finish_chunk(keys=keys, args=[chunk, lines, time.time(), len(results), *pairs])
+        return int(written), bool(last)
 
     def cancel(self, batch_id: str) -> None:
         self.client.set(self._key("batch", batch_id, "cancel"), 1)

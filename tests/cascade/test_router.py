@@ -11,7 +11,7 @@ import pytest
 from cascade.costs import ModelPrice
 from cascade.engines.scripted import ScriptedEngine, ScriptedReply
 from cascade.policies import PRESETS, AcceptAllPolicy
-from cascade.router import AllTiersFailedError, Router, Tier
+from cascade.router import AllTiersFailedError, Mode, Router, Tier
 from cascade.schemas import Query
 from cascade.signals import signals_of
 
@@ -159,21 +159,22 @@ async def test_throughput_mode_sends_every_escalation_in_one_call() -> None:
     large = ScriptedEngine("large-model", large_script)
     router = two_tier_router(large=large)
     batch = queries(12)
-    trails = await router.first_pass(batch)
-    escalated = [t.query.id for t in trails if t.result is None]
-    outcomes = await router.finish_together(trails)
-    assert large.calls == [escalated], "one batched large call for all escalations"
-    assert [o.request_id for o in outcomes if not isinstance(o, Exception)] == [q.id for q in batch]
+    outcomes = await router.answer(batch, "throughput")
+    escalated = [o.answer.request_id for o in outcomes if o.answer is not None and o.answer.tier == "large"]
+    assert escalated and large.calls == [escalated], "one batched large call for all escalations"
+    assert [o.answer.request_id for o in outcomes if o.answer is not None] == [q.id for q in batch]
     one_by_one = await two_tier_router().route(batch)
-    assert [o.tier for o in outcomes if not isinstance(o, Exception)] == [a.tier for a in one_by_one]
+    assert [o.answer.tier for o in outcomes if o.answer is not None] == [a.tier for a in one_by_one]
 
 
-async def test_throughput_mode_reports_failures_per_query() -> None:
+@pytest.mark.parametrize("mode", ["interactive", "throughput", "progressive"])
+async def test_every_mode_reports_failures_per_query(mode: Mode) -> None:
     broken = ScriptedEngine("small-model", small_script, failure=RuntimeError("down"))
     down = ScriptedEngine("large-model", large_script, failure=RuntimeError("down"))
     router = two_tier_router(broken, down)
-    outcomes = await router.finish_together(await router.first_pass(queries(3)))
-    assert len(outcomes) == 3 and all(isinstance(o, AllTiersFailedError) for o in outcomes)
+    outcomes = await router.answer(queries(3), mode)
+    assert len(outcomes) == 3 and all(isinstance(o.error, AllTiersFailedError) and o.answer is None
+                                      for o in outcomes)
 
 
 async def test_a_forced_tier_above_the_plan_cap_is_refused_by_the_core() -> None:
@@ -197,13 +198,30 @@ async def test_a_deferred_trail_resumes_and_its_final_answer_pays_for_every_tier
     queue stores it) resumes the same trail, whose final answer lists both tiers' attempts and cost."""
     from cascade.router import TrailCheckpoint
 
-    router = two_tier_router()
-    [trail] = await router.begin(queries(1))  # "hard question number 0": the small tier escalates it
-    assert trail.escalated, "the test needs a query the small tier escalates"
-    provisional, checkpoint = router.defer(trail)
-    assert trail.done and trail.deferred and provisional.tier == "small"
-    resumed = router.resume(TrailCheckpoint.model_validate_json(checkpoint.model_dump_json()))
-    final = await router.finish(resumed)
+    large = ScriptedEngine("large-model", large_script)
+    router = two_tier_router(large=large)
+    hard, easy = queries(2)  # "hard question number 0": the small tier escalates it
+    deferred, accepted = await router.answer([hard, easy], "progressive")
+    assert deferred.answer is not None and deferred.answer.tier == "small" and deferred.rest is not None
+    assert "provisional" in deferred.answer.reason and not large.calls, "the large tier waits for the job"
+    assert accepted.answer is not None and accepted.rest is None, "an accepted answer is final at once"
+    rest = TrailCheckpoint.model_validate_json(deferred.rest.model_dump_json())
+    [resumed] = await router.answer([rest])
+    final = resumed.answer
+    assert final is not None and resumed.rest is None
     assert [a.tier for a in final.attempts] == ["small", "large"] and final.tier == "large"
-    assert final.cost == pytest.approx(provisional.cost + final.attempts[1].cost)
+    assert final.cost == pytest.approx(deferred.answer.cost + final.attempts[1].cost)
     assert final.cost == pytest.approx(sum(a.cost for a in final.attempts))
+
+
+async def test_a_checkpoint_forcing_a_tier_above_its_cap_is_refused_alone() -> None:
+    """A resumed route obeys the same rules as a new one: the core refuses it, its batch-mates go on."""
+    from cascade.router import TierNotAllowedError, TrailCheckpoint
+    from cascade.schemas import RoutingControls
+
+    router = two_tier_router()
+    capped = Query(prompt="anything", routing=RoutingControls(force_tier="large", max_tier="small"))
+    checkpoint = TrailCheckpoint(query=capped, next_tier=1, attempts=[], latency=[], reasons=[], best=None,
+                                 batch_size=1)
+    refused, answered = await router.answer([checkpoint, *queries(1)])
+    assert isinstance(refused.error, TierNotAllowedError) and answered.answer is not None

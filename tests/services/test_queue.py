@@ -301,9 +301,9 @@ def test_progressive_stream_ends_with_the_final_answer(base_url: str) -> None:
 def test_stalled_batches_give_back_their_unfinished_chunks_once(redis_url: str) -> None:
     store = BatchStore(redis_url)
     batch = {"id": "batch-stall", "tenant": "t", "request_counts": {"total": 3}}
-    assert store.create_batch(batch, [b"a", b"b", b"c"], chunks=3, quota=10)
+    assert store.create_batch(batch, [b"a", b"b", b"c"], ["a", "b", "c"], chunks=3, quota=10)
     assert store.stalled_chunks("batch-stall", after_s=60) == [], "it has just started"
-    store.chunk_done("batch-stall", 0, "t", 1)
+    assert store.finish_chunk("batch-stall", 0, "t", 1, {"a": b"{}"}, {}) == (1, False)
     store.client.set("cascade:batchapi:batch:batch-stall:progress_at", time.time() - 120)
     assert store.stalled_chunks("batch-stall", after_s=60) == [1, 2]
     assert store.stalled_chunks("batch-stall", after_s=60) == [], "claimed once per interval"
