@@ -1,7 +1,8 @@
-"""Semantic cache figures on a real local Redis: lookup latency at 10,000 and 100,000 entries, and
-MiniLM embedding throughput one question per call against batches, measured in the same run.
+"""Semantic cache lookup latency on a real local Redis at 10,000 and 100,000 entries (the embedders
+are measured by ``bench_embedders``).
 
-Target: lookup <= 2 ms p50 at 100,000 entries (one tenant- and scope-filtered k=1 vector query).
+Target: lookup <= 2 ms p50 at 100,000 entries (one tenant- and scope-filtered vector query for the
+``candidates`` nearest entries).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from cascade.cache import CacheConfig, SemanticCache, scope_of, tag_value
-from cascade.embeddings import DIMENSIONS, MiniLMEmbedder
+from cascade.embeddings import MiniLMEmbedder
 from cascade.local_redis import LocalRedis
 from cascade.schemas import Query
 from tests.conftest import free_port
@@ -28,7 +29,7 @@ def fill(client: object, prefix: str, start: int, stop: int, rng: np.random.Gene
     """Random unit vectors spread over ten tenants, written in pipelined chunks."""
     for chunk in range(start, stop, 5000):
         ids = range(chunk, min(chunk + 5000, stop))
-        vectors = rng.normal(size=(len(ids), DIMENSIONS)).astype(np.float32)
+        vectors = rng.normal(size=(len(ids), MiniLMEmbedder.dimensions)).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         pipe = client.pipeline(transaction=False)  # type: ignore[attr-defined]
         for i, vector in zip(ids, vectors, strict=True):
@@ -56,19 +57,20 @@ async def main_async(sizes: list[int], lookups: int) -> None:
         server = LocalRedis(port=free_port(), state_dir=Path(state))
         server.start()
         try:
-            cache = SemanticCache(server.url, CacheConfig(index_name="bench"))
+            cache = SemanticCache(server.url, CacheConfig(index_name="bench"), MiniLMEmbedder())
             await cache.ensure_index()
             client = redis.Redis.from_url(server.url)
             rng = np.random.default_rng(0)
-            probes = rng.normal(size=(lookups, DIMENSIONS)).astype(np.float32)
+            probes = rng.normal(size=(lookups, MiniLMEmbedder.dimensions)).astype(np.float32)
             probes /= np.linalg.norm(probes, axis=1, keepdims=True)
             filled = 0
-            print("semantic cache lookup (k=1, filtered by tenant and scope), local Redis 8.2 + RediSearch HNSW")
+            print(f"semantic cache lookup (k={cache.config.candidates}, filtered by tenant and scope), "
+                  "local Redis + RediSearch HNSW")
             for size in sizes:
                 started = time.perf_counter()
-                fill(client, "bench:", filled, size, rng)
+                fill(client, f"{cache.index_name}:", filled, size, rng)
                 filled = size
-                while int(client.ft("bench").info()["indexing"]):
+                while int(client.ft(cache.index_name).info()["indexing"]):
                     time.sleep(0.2)
                 load_s = time.perf_counter() - started
                 await lookup_latencies(cache, probes[:50])
@@ -78,20 +80,6 @@ async def main_async(sizes: list[int], lookups: int) -> None:
             await cache.close()
         finally:
             server.stop()
-
-    embedder = MiniLMEmbedder()
-    questions = [f"What is the capital of country number {i}?" for i in range(256)]
-    embedder.embed(questions[:8])
-    started = time.perf_counter()
-    for question in questions[:64]:
-        embedder.embed([question])
-    single = 64 / (time.perf_counter() - started)
-    started = time.perf_counter()
-    embedder.embed(questions)
-    batched = len(questions) / (time.perf_counter() - started)
-    print("MiniLM embedding, one thread")
-    print(f"  one question per call  {single:8.0f} questions/s")
-    print(f"  batches of 64          {batched:8.0f} questions/s   batched is {batched / single:.1f}x")
 
 
 def main() -> None:

@@ -107,11 +107,30 @@ async def test_paraphrase_hits_and_unrelated_question_misses(cache: SemanticCach
     router = two_tier_router(cache=cache)
     [first] = await router.route([Query(prompt="easy: what is the capital of France?", context=[PARIS])])
     assert not first.cache_hit
-    answers = await router.route([Query(prompt="easy: which city is the capital of France?", context=[PARIS]),
+    answers = await router.route([Query(prompt="easy: what's the captial of France", context=[PARIS]),
                                   Query(prompt="easy: how tall is Mount Everest?", context=[PARIS])])
     assert answers[0].cache_hit and answers[0].answer == first.answer and answers[0].cost == 0.0
     assert not answers[1].cache_hit
     assert cache.stats.hits == 1 and cache.stats.misses == 2
+
+
+async def test_the_default_cache_keeps_opposite_and_cross_context_questions_apart(local_redis: LocalRedis) -> None:
+    """The default embedder and threshold (the static embedding, the wording guard): a paraphrase
+    hits; the opposite question, a question about another document and another tenant's miss."""
+    cache = SemanticCache(local_redis.url, CacheConfig(index_name="test-default", ttl_s=60))
+    assert cache.config.embedder.kind == "static" and cache.index_name == "test-default-static-minilm-256"
+    router = two_tier_router(cache=cache)
+    asked = "hard: what is the largest city in France?"
+    [first] = await router.route([Query(prompt=asked, context=[PARIS])])
+    paraphrase, opposite, negated, elsewhere, foreign = await router.route([
+        Query(prompt="hard: what's the largset city in France", context=[PARIS]),
+        Query(prompt="hard: what is the smallest city in France?", context=[PARIS]),
+        Query(prompt="hard: what is not the largest city in France?", context=[PARIS]),
+        Query(prompt=asked, context=["Lyon is the largest city of the Auvergne-Rhone-Alpes region."]),
+        Query(prompt=asked, context=[PARIS], tenant="someone-else")])
+    assert paraphrase.cache_hit and paraphrase.answer == first.answer
+    assert not any(a.cache_hit for a in (opposite, negated, elsewhere, foreign))
+    await cache.close()
 
 
 async def test_tenants_never_see_each_others_entries(cache: SemanticCache) -> None:
@@ -395,8 +414,7 @@ async def test_a_cold_scope_costs_no_embedding_and_a_warm_one_is_found(local_red
     assert counting.texts == [] and np.isnan(trails[0].vector).all(), "a cold scope: no embedding on the request path"
     await router.route([Query(tenant="a", **question)])  # type: ignore[arg-type]
     assert counting.texts == [question["prompt"]], "embedded once, when its answer was stored"
-    [hit] = await router.route([Query(tenant="a", prompt="hard: which city is the capital of France?",
-                                      context=[PARIS])])
+    [hit] = await router.route([Query(tenant="a", prompt="hard: what's the capital of France", context=[PARIS])])
     [other_tenant] = await router.route([Query(tenant="b", **question)])  # type: ignore[arg-type]
     assert hit.cache_hit and not other_tenant.cache_hit
     assert counting.texts.count(question["prompt"]) == 2, "tenant b's lookup embedded nothing; its store did"

@@ -1,0 +1,97 @@
+"""Whether two wordings of a question may share an answer: the semantic cache's guard on a hit.
+
+Embeddings place a question and its opposite side by side ("the largest city" and "the smallest
+city" are 0.003 apart in cosine distance for MiniLM), so a near vector is not enough for a hit.
+The guard compares the words:
+
+- words that decide what is asked must occur as often on both sides: negations, question words,
+  numbers, quantities, order and direction ("not", "who", "two", "most", "first", "before", ...);
+- every other word that carries meaning, left over on one side, must be a typo (one edit, or two
+  neighbours swapped) or an inflection (the same first five letters) of a word left over on the
+  other side; a name (a capitalised word after the first) and a number must match exactly;
+- English function words and the lead-ins of a request ("please tell me") are ignored, and
+  "which" counts as "what".
+
+A guard that refuses costs a miss; a wrong hit would cost a wrong answer.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+from functools import lru_cache
+
+from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+DECISIVE = frozenset([
+    "not", "no", "nor", "never", "none", "nothing", "nobody", "neither", "cannot", "without", "against", "except",
+    "who", "whom", "whose", "what", "which", "when", "where", "why", "how", "whether",
+    "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve", "fifteen",
+    "twenty", "forty", "fifty", "sixty", "hundred", "thousand", "million", "billion", "half", "twice", "once",
+    "most", "least", "more", "less", "few", "fewer", "many", "much", "several", "all", "any", "some", "every", "each",
+    "only", "both", "either", "same", "other", "first", "last", "next", "before", "after", "above", "below",
+    "under", "over", "up", "down", "into", "onto", "out", "off", "top", "bottom", "former", "latter", "since",
+    "until", "during", "within", "beyond", "behind", "beside", "besides", "between", "among", "again", "always",
+    "sometimes", "seldom", "rarely", "often"])
+LEAD_INS = frozenset(["please", "tell", "know", "like", "question", "quick", "wondering", "explain", "want", "wonder",
+                      "curious"])
+IGNORED = (frozenset(ENGLISH_STOP_WORDS) | LEAD_INS) - DECISIVE
+CONTRACTIONS = [(re.compile(r"n['’]t\b"), " not"), (re.compile(r"['’](s|re|ve|ll|d|m)\b"), "")]
+WORD = re.compile(r"[^\W_]+")
+SAME_WORD = {"which": "what"}  # "Which year..." and "What year..." ask the same
+
+
+@dataclass(frozen=True)
+class Wording:
+    """A question's words (lower case, contractions opened) and which of them are names."""
+
+    words: Counter[str]
+    names: frozenset[str]
+
+
+@lru_cache(maxsize=65536)
+def wording(question: str) -> Wording:
+    text = question.replace("can't", "can not").replace("won't", "will not").replace("Can't", "Can not")
+    for pattern, replacement in CONTRACTIONS:
+        text = pattern.sub(replacement, text)
+    tokens = WORD.findall(text)
+    names = frozenset(t.lower() for t in tokens[1:] if t[0].isupper())
+    return Wording(Counter(SAME_WORD.get(t.lower(), t.lower()) for t in tokens), names)
+
+
+def close(a: str, b: str) -> bool:
+    """One word is the other with a typo (one edit, or two neighbours swapped) or an inflection."""
+    if any(c.isdigit() for c in a + b):
+        return False  # 1066 and 1067 are different questions
+    if min(len(a), len(b)) >= 5 and a[:5] == b[:5]:
+        return True
+    if abs(len(a) - len(b)) > 1 or min(len(a), len(b)) < 4:
+        return False
+    if len(a) == len(b):
+        diff = [i for i in range(len(a)) if a[i] != b[i]]
+        return len(diff) == 1 or (len(diff) == 2 and diff[1] == diff[0] + 1
+                                  and a[diff[0]] == b[diff[1]] and a[diff[1]] == b[diff[0]])
+    short, long = (a, b) if len(a) < len(b) else (b, a)
+    i = next((k for k in range(len(short)) if short[k] != long[k]), len(short))
+    return short[i:] == long[i + 1:]
+
+
+def _matched(left: Counter[str], names: frozenset[str], other_left: Counter[str], other_names: frozenset[str]) -> bool:
+    """Every meaning word left over on one side has a close partner left over on the other."""
+    for word in left:
+        if word in IGNORED or (len(word) == 1 and not word.isdigit()):
+            continue
+        if word in names or not any(close(word, v) and v not in other_names for v in other_left):
+            return False
+    return True
+
+
+def same_question(question: str, other: str) -> bool:
+    """Whether ``other`` asks what ``question`` asks, as far as its words tell (see the module)."""
+    mine, theirs = wording(question), wording(other)
+    if any(mine.words[w] != theirs.words[w] for w in DECISIVE & (mine.words.keys() | theirs.words.keys())):
+        return False
+    left_mine, left_theirs = mine.words - theirs.words, theirs.words - mine.words
+    return (_matched(left_mine, mine.names, left_theirs, theirs.names)
+            and _matched(left_theirs, theirs.names, left_mine, mine.names))

@@ -1,0 +1,42 @@
+"""The cache's wording guard: another wording of the same question passes, a question whose answer
+differs does not."""
+
+from __future__ import annotations
+
+import pytest
+
+from cascade.wording import close, same_question
+
+
+@pytest.mark.parametrize(("question", "other"), [
+    ("What is the capital of France?", "what's the capital of france"),
+    ("In what year did the Normans reach Italy?", "What year did the Normans reach Italy?"),
+    ("Which river flows through Paris?", "What river flows through Paris?"),
+    ("Who wrote the Declaration of Independence?", "Can you tell me who wrote the Declaration of Independence?"),
+    ("What century did the Normans gain their identity?", "What cenutry did the Normans gain tehir identity?"),
+    ("Why didn't the treaty hold?", "Why did the treaty not hold?"),
+])
+def test_another_wording_of_the_same_question_passes(question: str, other: str) -> None:
+    assert same_question(question, other) and same_question(other, question)
+
+
+@pytest.mark.parametrize(("question", "other"), [
+    ("What is the largest city in France?", "What is the smallest city in France?"),
+    ("Which treaty was signed first?", "Which treaty was signed last?"),
+    ("Is the Rhine navigable?", "Is the Rhine not navigable?"),
+    ("What can't be solved by a computer?", "What can be solved by a computer?"),
+    ("Who founded the Ming dynasty?", "Who founded the Ding dynasty?"),
+    ("What happened in 1066?", "What happened in 1067?"),
+    ("What are the two primary resources?", "What are the three primary resources?"),
+    ("Who founded the Office of Western Medicine?", "When was the Office of Western Medicine founded?"),
+    ("Where did the Normans settle?", "Where did the Vikings settle?"),
+    ("What remains the same size?", "What remains a different size?"),
+])
+def test_a_question_whose_answer_differs_is_refused(question: str, other: str) -> None:
+    assert not same_question(question, other) and not same_question(other, question)
+
+
+def test_close_words_are_typos_and_inflections_but_not_numbers() -> None:
+    assert close("their", "tehir") and close("century", "cenutry") and close("country", "countr")
+    assert close("identity", "identities") and close("govern", "govern")
+    assert not close("largest", "smallest") and not close("1066", "1067") and not close("cat", "car")
