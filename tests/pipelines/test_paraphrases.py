@@ -34,7 +34,8 @@ def test_opposites_and_reorders() -> None:
 def test_threshold_keeps_false_hits_at_or_below_the_target() -> None:
     pairs = [Pair("q", f"p{i}", "typo", True) for i in range(4)] + [Pair("q", f"n{i}", "opposite", False)
                                                                     for i in range(10)]
-    distances = np.array([0.05, 0.1, 0.3, 0.5] + [0.02, 0.2, 0.25, 0.4, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99])
+    positives, negatives = [0.05, 0.1, 0.3, 0.5], [0.02, 0.2, 0.25, 0.4, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99]
+    distances = np.array([*positives, *negatives])
     threshold = threshold_for(pairs, distances, 0.1)  # one false hit of ten allowed
     assert 0.02 <= threshold < 0.2
     rates = hit_rates(pairs, distances, threshold)
