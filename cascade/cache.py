@@ -175,6 +175,12 @@ class SemanticCache:
                 log.warning("query %s: question not embedded, no cache for it: %s", query.id, type(error).__name__)
         return rows
 
+    async def _embed_off_loop(self, queries: Sequence[Query]) -> np.ndarray:
+        """``embed``, in a worker thread unless the embedder is cheap enough for the event loop."""
+        if self._embedder.cheap:
+            return self.embed(queries)
+        return await asyncio.to_thread(self.embed, queries)
+
     @staticmethod
     def tags_of(queries: Sequence[Query]) -> list[dict[str, str] | None]:
         """Each query's entry tags, computed once per lookup; None where its scope cannot be hashed
@@ -229,7 +235,7 @@ class SemanticCache:
         if not warm:
             self.stats.misses += len(queries)
             return CacheLookup([None] * len(queries), vectors)
-        vectors[warm] = await asyncio.to_thread(self.embed, [queries[i] for i in warm])
+        vectors[warm] = await self._embed_off_loop([queries[i] for i in warm])
         unreadable = frozenset(i for i in warm if np.isnan(vectors[i]).any())
         return CacheLookup(await self.search(queries, vectors, tags), vectors, unreadable)
 
@@ -299,7 +305,7 @@ class SemanticCache:
             return 0
         if pending:
             vectors = np.array(vectors, np.float32)
-            vectors[pending] = await asyncio.to_thread(self.embed, [queries[i] for i in pending])
+            vectors[pending] = await self._embed_off_loop([queries[i] for i in pending])
             chosen = [i for i in chosen if not np.isnan(vectors[i]).any()]
         if not chosen:
             return 0

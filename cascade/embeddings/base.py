@@ -15,6 +15,7 @@ class Embedder(Protocol):
 
     name: str
     dimensions: int
+    cheap: bool  # a question costs well under a millisecond: embedded on the event loop, not in a thread
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """(len(texts), dimensions) float32 unit vectors."""

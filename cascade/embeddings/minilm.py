@@ -32,6 +32,7 @@ class MiniLMEmbedder:
 
     name = "minilm"
     dimensions = 384
+    cheap = False
 
     def __init__(self, batch_size: int = 64, threads: int = 1) -> None:
         self.batch_size = batch_size

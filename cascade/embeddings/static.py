@@ -56,6 +56,8 @@ def distill(folder: Path, dimensions: int) -> Path:
 class StaticEmbedder:
     """Unit vectors from a model2vec static model, distilled from MiniLM unless a folder is given."""
 
+    cheap = True
+
     def __init__(self, dimensions: int = 256, path: Path | None = None) -> None:
         self.dimensions = dimensions
         self.name = f"static-minilm-{dimensions}" if path is None else f"static-{path.name}"
