@@ -66,20 +66,28 @@ def _outcomes(records: Path, label: str, rows: str | None = None) -> Outcomes:
 @clear_errors
 def fit(
     records: RecordsOption,
-    policy: Annotated[str, typer.Option("--policy", help="logistic or threshold")],
     out_file: Annotated[Path, typer.Option("--out", help="policy file to write")],
-    target: Annotated[float, typer.Option(help="routed quality to keep, as a share of large-only")] = 0.97,
+    policy: Annotated[str, typer.Option("--policy", help=(
+        "logistic or threshold; with --delta, a min-logprob threshold with a guarantee"))] = "logistic",
+    target: Annotated[float, typer.Option("--target", "--target-quality", min=0.0, max=1.0,
+                                          help="routed quality to keep, as a share of large-only")] = 0.97,
+    delta: Annotated[float | None, typer.Option("--delta", min=0.001, max=0.5, help=(
+        "guarantee the target with probability 1 - delta (Learn-then-Test on these records)"))] = None,
     label: LabelOption = "exact_match",
     rows: RowsOption = None,
 ) -> None:
     """Fit a routing policy on calibration records (cross-validated) and save it for the router."""
-    from cascade.policies import save_policy
-    from pipelines.fit import fit_logistic, fit_threshold
+    from cascade.policies import LogisticPolicy, ThresholdPolicy, save_policy
+    from pipelines.fit import fit_guaranteed, fit_logistic, fit_threshold
 
     if policy not in {"logistic", "threshold"}:
         raise ValueError(f"--policy must be logistic or threshold, not {policy!r}")
     outcomes = _outcomes(records, label, rows)
-    fitted, report = (fit_logistic if policy == "logistic" else fit_threshold)(outcomes, target)
+    fitted: LogisticPolicy | ThresholdPolicy
+    if delta is not None:
+        fitted, report = fit_guaranteed(outcomes, target, delta)
+    else:
+        fitted, report = (fit_logistic if policy == "logistic" else fit_threshold)(outcomes, target)
     save_policy(fitted.model_copy(update={"name": out_file.stem}), out_file)
     out.print(f"wrote {out_file}: {orjson.dumps(report).decode()}")
 

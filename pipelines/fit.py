@@ -3,7 +3,8 @@
 The policy predicts whether the small tier's answer is right. Logistic: regularization chosen by
 5-fold cross-validated AUROC; the probability threshold is the one that escalates least while the
 routed quality (on out-of-fold predictions) stays at ``target`` × large-only quality. Threshold:
-a grid search over the seed project's three rules against the same target.
+a grid search over the seed project's three rules against the same target. Guaranteed: a
+min-logprob threshold whose quality holds with probability 1 − δ (Learn-then-Test).
 """
 
 from __future__ import annotations
@@ -78,4 +79,24 @@ def fit_threshold(outcomes: Outcomes, target: float = 0.97) -> tuple[ThresholdPo
     ))
     report: dict[str, object] = {"grid_size": len(grid), "target": target, "target_met": chosen is not None,
                                  "n": len(outcomes), "words": w, "mean_entropy": e, "mean_logprob": lp}
+    return policy, report
+
+
+def fit_guaranteed(outcomes: Outcomes, target: float = 0.97,
+                   delta: float = 0.1) -> tuple[ThresholdPolicy, dict[str, object]]:
+    """A min-logprob threshold with a guarantee: the most permissive one whose Clopper–Pearson upper
+    bound on the lost share (Learn-then-Test, fixed-sequence) keeps the routed quality at ``target`` ×
+    large-only with probability at least 1 − ``delta``, for questions like these records."""
+    from pipelines.protocol import guaranteed_threshold
+
+    min_logprob = outcomes.signals.column("min_logprob")
+    small, large = outcomes.small_correct.astype(np.float64), outcomes.large_correct.astype(np.float64)
+    threshold = guaranteed_threshold(-min_logprob, small, large, target, delta)  # escalate when score >= it
+    value = -threshold if np.isfinite(threshold) else (np.inf if threshold < 0 else -np.inf)
+    rule = ThresholdRule(signal="min_logprob", op="<=", value=float(value))
+    policy = ThresholdPolicy(name="min-logprob-guaranteed", rules=(rule,))
+    quality, _, escalation = outcomes.route(np.asarray(rule.fires(outcomes.signals)))
+    report: dict[str, object] = {
+        "target": target, "delta": delta, "n": len(outcomes), "min_logprob_at_most": value,
+        "escalation_rate": escalation, "quality_ratio": quality / max(float(large.mean()), 1e-12)}
     return policy, report

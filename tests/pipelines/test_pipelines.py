@@ -78,6 +78,24 @@ def synthetic_records(n: int, seed: int = 0) -> list[CalibrationRecord]:
     return records
 
 
+def test_a_guaranteed_threshold_escalates_less_as_the_target_or_the_confidence_loosens() -> None:
+    """``cascade fit --target-quality --delta``: a min-logprob rule that keeps the target on its own
+    records and gives up more large calls only as the target drops or δ grows."""
+    from pipelines.fit import fit_guaranteed
+    from pipelines.outcomes import outcomes_of
+
+    outcomes = outcomes_of(synthetic_records(2000, seed=3))
+    rates = {}
+    for target, delta in ((0.99, 0.05), (0.97, 0.05), (0.97, 0.2), (0.9, 0.2)):
+        policy, report = fit_guaranteed(outcomes, target, delta)
+        [rule] = policy.rules
+        assert rule.signal == "min_logprob" and rule.op == "<="
+        assert float(report["quality_ratio"]) >= target  # type: ignore[arg-type]
+        rates[(target, delta)] = float(report["escalation_rate"])  # type: ignore[arg-type]
+    assert rates[(0.99, 0.05)] >= rates[(0.97, 0.05)] >= rates[(0.97, 0.2)] >= rates[(0.9, 0.2)]
+    assert rates[(0.9, 0.2)] < 1.0, "a loose target lets some small answers through"
+
+
 def cascade(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([CASCADE, *args], capture_output=True, text=True, timeout=300)
 
@@ -91,6 +109,11 @@ def test_fit_then_evaluate_round_trip(tmp_path: Path) -> None:
     for kind, path in (("logistic", logistic), ("threshold", threshold)):
         result = cascade("fit", "--records", str(records), "--policy", kind, "--out", str(path))
         assert result.returncode == 0, result.stderr
+    guaranteed = tmp_path / "guaranteed.json"
+    result = cascade("fit", "--records", str(records), "--out", str(guaranteed), "--target-quality", "0.97",
+                     "--delta", "0.1")
+    assert result.returncode == 0 and '"delta":0.1' in result.stdout, result.stderr
+    assert load_policy(guaranteed).rules[0].signal == "min_logprob"  # type: ignore[union-attr]
     fitted = load_policy(logistic)
     assert isinstance(fitted, LogisticPolicy)
     assert dict(zip(fitted.features, fitted.coef, strict=True))["mean_logprob"] > 0
