@@ -9,7 +9,9 @@ towards the value that meets its target:
   first-tier confidences;
 - ``quality``: the estimated precision of accepted small answers (from user labels and shadow
   checks) is at least ``value`` — the lowest threshold whose labelled answers above it are that
-  precise.
+  precise; with ``delta``, guaranteed: the lowest threshold reached from the top (fixed-sequence
+  testing, Learn-then-Test) while the Clopper–Pearson lower bound of that precision stays at or
+  above ``value``, so the precision holds with probability at least 1 − ``delta``.
 
 Moves are bounded (``max_step``), need ``min_samples`` records, and are skipped inside the
 ``hysteresis`` band. Routers re-read the thresholds every ``refresh_s`` seconds (≤ 5).
@@ -28,7 +30,7 @@ from typing import Any, Literal
 import numpy as np
 import orjson
 import redis.asyncio as aioredis
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from redis.exceptions import RedisError, ResponseError
 
 from cascade.breaker import CircuitOpenError, RedisBreaker
@@ -43,6 +45,15 @@ class ThresholdTarget(BaseModel):
     kind: Literal["escalation_budget", "quality"]
     value: float = Field(ge=0.0, le=1.0)
     tier: str = "small"
+    delta: float | None = Field(default=None, gt=0.0, lt=1.0, description=(
+        "quality only: hold the target with probability at least 1 - delta (a confidence bound, not "
+        "the point estimate)"))
+
+    @model_validator(mode="after")
+    def _delta_for_quality(self) -> ThresholdTarget:
+        if self.delta is not None and self.kind != "quality":
+            raise ValueError("delta applies to the quality target only")
+        return self
 
 
 class ControllerConfig(BaseModel):
@@ -79,6 +90,28 @@ def quality_threshold(confidence: np.ndarray, correct: np.ndarray, target: float
     if not ok.any():
         return None
     return float(confidence[order][np.flatnonzero(ok)[-1]])
+
+
+def guaranteed_quality_threshold(confidence: np.ndarray, correct: np.ndarray, target: float, delta: float,
+                                 min_samples: int) -> float | None:
+    """From the highest threshold down (each with ``min_samples`` labelled answers above it or
+    more), the last one before the Clopper–Pearson lower bound (1 − ``delta``) of the precision
+    above it drops below ``target``; None if the first one already does."""
+    from scipy.stats import beta
+
+    order = np.argsort(-confidence, kind="stable")
+    hits = np.cumsum(correct[order])
+    counts = np.arange(1, len(order) + 1)
+    tested = np.flatnonzero(counts >= min_samples)
+    if not tested.size:
+        return None
+    k, n = hits[tested], counts[tested]
+    lower = np.where(k > 0, beta.ppf(delta, np.maximum(k, 1), n - k + 1), 0.0)
+    failing = np.flatnonzero(lower < target)
+    passed = failing[0] if failing.size else len(tested)
+    if passed == 0:
+        return None
+    return float(confidence[order][tested[passed - 1]])
 
 
 @dataclass
@@ -158,6 +191,9 @@ class ThresholdController:
         if len(window.labelled) < self.config.min_samples:
             return None
         labelled = np.array(window.labelled)
+        if target.delta is not None:
+            return guaranteed_quality_threshold(labelled[:, 0], labelled[:, 1], target.value, target.delta,
+                                                self.config.min_samples)
         return quality_threshold(labelled[:, 0], labelled[:, 1], target.value, self.config.min_samples)
 
     async def step(self, count: int = 5000, block_ms: int | None = None) -> dict[str, float]:

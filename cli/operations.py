@@ -54,6 +54,8 @@ def thresholds_run(
     target: Annotated[str, typer.Option(help="escalation_budget or quality")] = "escalation_budget",
     value: Annotated[float, typer.Option(help="max escalation rate, or min precision of accepted answers")] = 0.3,
     tier: Annotated[str, typer.Option(help="the tier whose threshold is controlled")] = "small",
+    delta: Annotated[float | None, typer.Option(help=(
+        "quality: hold the precision with probability 1 - delta (a confidence bound)"))] = None,
     config: ConfigOption = None,
 ) -> None:
     """Consume the feedback stream and keep one threshold per tenant for the tier (Ctrl-C stops)."""
@@ -62,7 +64,7 @@ def thresholds_run(
 
     settings = load_service_settings(config)
     url = resolve_redis(settings)
-    target_spec = ThresholdTarget.model_validate({"kind": target, "value": value, "tier": tier})
+    target_spec = ThresholdTarget.model_validate({"kind": target, "value": value, "tier": tier, "delta": delta})
     controller = ThresholdController(url, ControllerConfig(target=target_spec, stream=settings.feedback.stream))
     err.print(f"controlling {tier} thresholds towards {target} {value} on {url}")
     try:
