@@ -219,12 +219,19 @@ class SemanticCache:
             self._markers = Redis.from_url(self.redis_url)
         return self._markers
 
-    async def lookup(self, queries: Sequence[Query]) -> CacheLookup | None:
+    @property
+    def embedder_name(self) -> str:
+        return self._embedder.name
+
+    async def lookup(self, queries: Sequence[Query], known: np.ndarray | None = None) -> CacheLookup | None:
         """The cached answer for each query, or None; all misses if Redis fails; None (no embedding,
-        no call) while the Redis circuit is open. Only questions whose scope has entries are embedded."""
+        no call) while the Redis circuit is open. Only questions whose scope has entries are embedded,
+        and not those with a row in ``known`` (embeddings computed already, NaN where not)."""
         if not self.breaker.allow():
             return None
         vectors = np.full((len(queries), self.dimensions), np.nan, np.float32)
+        if known is not None:
+            vectors[:] = known
         tags = self.tags_of(queries)
         try:
             warm = [i for i, has_entries in enumerate(await self.have_entries(tags)) if has_entries]
@@ -235,7 +242,9 @@ class SemanticCache:
         if not warm:
             self.stats.misses += len(queries)
             return CacheLookup([None] * len(queries), vectors)
-        vectors[warm] = await self._embed_off_loop([queries[i] for i in warm])
+        pending = [i for i in warm if np.isnan(vectors[i]).any()]
+        if pending:
+            vectors[pending] = await self._embed_off_loop([queries[i] for i in pending])
         unreadable = frozenset(i for i in warm if np.isnan(vectors[i]).any())
         return CacheLookup(await self.search(queries, vectors, tags), vectors, unreadable)
 

@@ -25,6 +25,7 @@ from cascade.engines.llamacpp import LlamaCppConfig
 from cascade.engines.registry import EngineConfig
 from cascade.errors import validation_summary
 from cascade.feedback import FeedbackConfig
+from cascade.prerouter import PreRouterConfig
 from cascade.schemas import GenerationParams
 
 
@@ -79,6 +80,8 @@ class CoreSettings(BaseSettings):
     redis_url: str | None = Field(default=None, description="none: a local Redis is started on redis_port")
     redis_port: int = Field(default=6390, ge=1, le=65535)
     cache: CacheConfig = Field(default_factory=CacheConfig)
+    prerouter: PreRouterConfig | None = Field(default=None, description=(
+        "pre-generation routing: start each query at the tier a fitted ranking router picks"))
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
     redis_breaker: BreakerConfig = Field(default_factory=BreakerConfig,
                                          description="Redis calls: timeout and cool-down after a fault")

@@ -11,6 +11,7 @@ from cascade.config import CoreSettings
 from cascade.engines.base import Engine
 from cascade.engines.registry import EngineConfig
 from cascade.policies import resolve_policy
+from cascade.prerouter import PreRouter
 from cascade.router import Router, Tier
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,9 @@ def build_router(settings: CoreSettings, *, with_redis: bool = False,
     engines = engines or {t.name: build_engine(t.engine) for t in settings.tiers}
     tiers = [Tier(name=t.name, engine=engines[t.name], policy=resolve_policy(t.policy), price=t.price,
                   timeout_s=t.timeout_s) for t in settings.tiers]
+    prerouter = PreRouter.from_config(settings.prerouter) if settings.prerouter is not None else None
     if not with_redis:
-        return Router(tiers)
+        return Router(tiers, prerouter=prerouter)
     url = resolve_redis(settings)
     from cascade.breaker import RedisBreaker
     from cascade.cache import SemanticCache
@@ -56,9 +58,12 @@ def build_router(settings: CoreSettings, *, with_redis: bool = False,
     from cascade.thresholds import LiveThresholds
 
     breaker = RedisBreaker(settings.redis_breaker)  # one per process: a fault skips every Redis user at once
+    shared = prerouter.embedder if prerouter is not None and settings.prerouter is not None and (
+        settings.prerouter.embedder == settings.cache.embedder) else None  # one embedding per request
     return Router(
         tiers,
-        cache=SemanticCache(url, settings.cache, breaker=breaker) if settings.cache.enabled else None,
+        prerouter=prerouter,
+        cache=SemanticCache(url, settings.cache, shared, breaker=breaker) if settings.cache.enabled else None,
         feedback=FeedbackLog(url, settings.feedback, breaker=breaker),
         thresholds=LiveThresholds(url, breaker=breaker) if settings.live_thresholds else None,
         shadow_fraction=settings.shadow_fraction,

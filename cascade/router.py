@@ -33,6 +33,7 @@ from cascade.engines.base import Engine, InvalidInputError, PromptTooLongError, 
 from cascade.errors import public_message
 from cascade.feedback import FeedbackLog, decision_record, outcome_record
 from cascade.policies import CascadePolicy, Policy
+from cascade.prerouter import PreRouter
 from cascade.schemas import Generation, Query, RoutedAnswer, Signals, StageLatency, TierAttempt
 from cascade.signals import SignalBatch, signals_of
 from cascade.telemetry import Telemetry
@@ -146,7 +147,8 @@ class Router:
 
     def __init__(self, tiers: Sequence[Tier], *, cache: SemanticCache | None = None,
                  feedback: FeedbackLog | None = None, thresholds: LiveThresholds | None = None,
-                 shadow_fraction: float = 0.0, seed: int = 0, telemetry: Telemetry | None = None) -> None:
+                 shadow_fraction: float = 0.0, seed: int = 0, telemetry: Telemetry | None = None,
+                 prerouter: PreRouter | None = None) -> None:
         if not tiers:
             raise ValueError("a router needs at least one tier")
         names = [t.name for t in tiers]
@@ -158,6 +160,7 @@ class Router:
         self.cache = cache
         self.feedback = feedback
         self.thresholds = thresholds
+        self.prerouter = prerouter
         self.telemetry = telemetry or Telemetry()
         if not 0.0 <= shadow_fraction <= 1.0:
             raise ValueError(f"shadow_fraction must be within [0, 1], got {shadow_fraction}")
@@ -280,15 +283,16 @@ class Router:
         for query in queries:
             self.check_controls(query)
         started_ns, looking = time.time_ns(), time.perf_counter()
-        lookup = await self.cache.lookup(queries) if self.cache is not None and queries else None
+        starts, shared = self._preroute(queries)
+        lookup = await self.cache.lookup(queries, shared) if self.cache is not None and queries else None
         if lookup is None:
-            return await self.first_pass(queries)
+            return await self.first_pass(queries, starts=starts)
         cache_stage = StageLatency(stage="cache", ms=(time.perf_counter() - looking) * 1000)
         forced = [q.routing.force_tier is not None for q in queries]
         hits = [None if f else hit for f, hit in zip(forced, lookup.hits, strict=True)]
         misses = [i for i, hit in enumerate(hits) if hit is None]
         passed = iter(await self.first_pass([queries[i] for i in misses], batch_size=len(queries),
-                                            stages=[cache_stage]))
+                                            stages=[cache_stage], starts=[starts[i] for i in misses]))
         trails: list[Trail] = []
         for i, (query, hit) in enumerate(zip(queries, hits, strict=True)):
             if hit is None:
@@ -300,6 +304,20 @@ class Router:
             trail.started_ns = started_ns
             trails.append(trail)
         return trails
+
+    def _preroute(self, queries: Sequence[Query]) -> tuple[list[int], np.ndarray | None]:
+        """Each query's start tier by the pre-router (0 without one), and the embeddings the cache can
+        reuse (rows of NaN where it cannot: another embedder, or a question the pre-router stripped)."""
+        if self.prerouter is None or not queries:
+            return [0] * len(queries), None
+        questions = [q.question for q in queries]
+        texts = self.prerouter.texts(questions)
+        vectors = self.prerouter.embedder.embed(texts)
+        starts = [int(s) for s in self.prerouter.start_tiers(vectors)]
+        if self.cache is None or self.cache.embedder_name != self.prerouter.embedder.name:
+            return starts, None
+        same = np.array([t == q for t, q in zip(texts, questions, strict=True)], bool)
+        return starts, np.where(same[:, None], vectors, np.nan).astype(np.float32)
 
     async def record(self, trails: Sequence[Trail]) -> None:
         """One cache store for the fresh answers and one feedback append for all finished trails.
@@ -352,11 +370,16 @@ class Router:
             await asyncio.gather(*self._shadows)
 
     async def first_pass(self, queries: Sequence[Query], start_tier: int = 0, batch_size: int | None = None,
-                         stages: Sequence[StageLatency] = ()) -> list[Trail]:
-        """One batched call to ``start_tier`` (or to each forced tier); accepted trails are done, the
-        rest await ``finish``."""
+                         stages: Sequence[StageLatency] = (), starts: Sequence[int] | None = None) -> list[Trail]:
+        """One batched call to ``start_tier`` (or to each query's pre-routed tier in ``starts``, or its
+        forced tier); accepted trails are done, the rest await ``finish``."""
         size = batch_size or len(queries)
-        trails = [Trail(q, self._start_of(q, start_tier), batch_size=size, latency=list(stages)) for q in queries]
+        begins = starts if starts is not None else [start_tier] * len(queries)
+        trails = [Trail(q, self._start_of(q, begin), batch_size=size, latency=list(stages))
+                  for q, begin in zip(queries, begins, strict=True)]
+        for trail in trails if starts is not None else []:
+            if trail.next_tier > 0 and trail.query.routing.force_tier is None:
+                trail.reasons.append(f"pre-routed to the {self.tiers[trail.next_tier].name} tier")
         if self.thresholds is not None:
             await self.thresholds.refresh()
             self.telemetry.record_thresholds(self.thresholds.values)
@@ -393,8 +416,11 @@ class Router:
                      batch_size=checkpoint.batch_size)
 
     def _start_of(self, query: Query, start_tier: int) -> int:
-        forced = query.routing.force_tier
-        return start_tier if forced is None else self.tier_index(forced)
+        """The forced tier, else ``start_tier`` held at the plan's highest tier."""
+        forced, cap = query.routing.force_tier, query.routing.max_tier
+        if forced is not None:
+            return self.tier_index(forced)
+        return start_tier if cap is None else min(start_tier, self.tier_index(cap))
 
     async def finish(self, trail: Trail) -> RoutedAnswer:
         """Take one trail through the remaining tiers until a tier accepts its answer."""

@@ -19,6 +19,8 @@ from typing import Protocol
 
 import numpy as np
 
+from cascade.prerouter import cheapest_best, length_feature, sigmoid
+
 LAMBDAS = np.concatenate([np.logspace(7, -1, 161), [0.0]])
 MAX_BUDGETS = 100
 
@@ -44,11 +46,6 @@ class Features:
         return Features(self.embeddings[rows], self.prompt_chars[rows], groups)
 
 
-def length_feature(prompt_chars: np.ndarray) -> np.ndarray:
-    """The prompt-length input of the regressors: log(1 + characters) / 10."""
-    return np.log1p(np.asarray(prompt_chars, np.float64)) / 10.0
-
-
 @dataclass(frozen=True)
 class Estimates:
     """A router's view of each (query, model): a quality score (higher is better) and a cost in dollars."""
@@ -69,15 +66,9 @@ class PreRouter(Protocol):
         ...
 
 
-def _cheapest_best(values: np.ndarray, cost: np.ndarray) -> np.ndarray:
-    """Index of the highest value along the last axis; among equal values, the lowest cost."""
-    best = values.max(axis=-1, keepdims=True)
-    return np.argmin(np.where(values >= best, cost, np.inf), axis=-1)
-
-
 def utility_sweep(quality: np.ndarray, cost: np.ndarray, lambdas: np.ndarray = LAMBDAS) -> np.ndarray:
     """argmax of quality - lambda * cost for every lambda at once: (len(lambdas), n)."""
-    return _cheapest_best(quality[None] - lambdas[:, None, None] * cost[None], np.broadcast_to(cost, (1, *cost.shape)))
+    return cheapest_best(quality[None] - lambdas[:, None, None] * cost[None], np.broadcast_to(cost, (1, *cost.shape)))
 
 
 def budget_grid(cost: np.ndarray, limit: int = MAX_BUDGETS) -> np.ndarray:
@@ -93,7 +84,7 @@ def budget_sweep(quality: np.ndarray, cost: np.ndarray, budgets: np.ndarray | No
     """
     grid = budget_grid(cost) if budgets is None else np.sort(budgets)
     allowed = cost[None] <= grid[:, None, None]
-    picks = _cheapest_best(np.where(allowed, quality[None], -np.inf), np.broadcast_to(cost, (1, *cost.shape)))
+    picks = cheapest_best(np.where(allowed, quality[None], -np.inf), np.broadcast_to(cost, (1, *cost.shape)))
     return np.where(allowed.any(axis=2), picks, np.argmin(cost, axis=1)[None])
 
 
@@ -237,10 +228,6 @@ def train_bilinear(x: np.ndarray, scores: np.ndarray, pairs: np.ndarray, *, weig
         optimizer.step()
     with torch.no_grad():
         return (projection @ identities).numpy().astype(np.float64), bias.numpy().astype(np.float64)
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
 class RankingRouter:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cascade.prerouter import strip_shared_lines
+
 
 def unwrap(prompt: str) -> str:
     """A prompt stored as a Python list literal of strings (RouterBench's CSVs) as its joined text."""
@@ -108,11 +110,7 @@ class SharedLines:
 
     def strip(self, prompts: Sequence[str]) -> list[str]:
         """Each prompt without the shared lines; a prompt made only of shared lines keeps its text."""
-        out = []
-        for prompt in prompts:
-            kept = [line for line in _lines(prompt) if line and line not in self.lines]
-            out.append("\n".join(kept) if kept else prompt.strip())
-        return out
+        return [strip_shared_lines(prompt, self.lines) for prompt in prompts]
 
 
 def mean_pairwise_cosine_distance(vectors: np.ndarray) -> float:

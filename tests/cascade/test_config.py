@@ -44,3 +44,24 @@ def test_invalid_config_names_the_field(tmp_path: Path) -> None:
     config.write_text("tiers:\n  - {name: s, engine: {kind: tpu, model: x}}\n")
     with pytest.raises(ConfigError, match=r"tiers\.0\.engine: Input tag 'tpu' found using 'kind'"):
         load_service_settings(config)
+
+
+def test_a_prerouter_block_loads_its_file_and_embedder(tmp_path: Path) -> None:
+    import numpy as np
+
+    from cascade.prerouter import PreRouterFile, save
+
+    save(PreRouterFile(models=("s", "l"), tiers=np.array([0, 1]), weights=np.zeros((1, 256, 2)),
+                       biases=np.zeros((1, 2)), cost_coef=np.zeros((257, 2)), cost_intercept=np.zeros(2),
+                       default_length=0.5, lam=0.0), tmp_path / "prerouter.json")
+    config = tmp_path / "cascade.yaml"
+    config.write_text(
+        f"prerouter: {{path: '{tmp_path / 'prerouter.json'}', embedder: {{kind: static}}}}\n"
+        "tiers:\n"
+        "  - {name: s, engine: {kind: scripted, model: tiny}}\n"
+        "  - {name: l, engine: {kind: scripted, model: big}}\n")
+    router = build_router(load_service_settings(config))
+    assert router.prerouter is not None and router.prerouter.embedder.name == "static-minilm-256"
+    config.write_text(config.read_text().replace("kind: static", "kind: minilm"))
+    with pytest.raises(ValueError, match="fitted on 256-d embeddings"):
+        build_router(load_service_settings(config))

@@ -423,3 +423,26 @@ async def test_a_cold_scope_costs_no_embedding_and_a_warm_one_is_found(local_red
     assert from_redis.cache_hit
     await cache.close()
     await second.close()
+
+
+async def test_the_prerouter_and_the_cache_share_one_embedding_per_request(local_redis: LocalRedis,
+                                                                          embedder: MiniLMEmbedder) -> None:
+    """With the pre-router fitted on the cache's embedder, a request is embedded once: the
+    pre-router's vector serves the lookup and the store."""
+    from cascade.prerouter import PreRouter, PreRouterFile
+
+    counting = CountingEmbedder(embedder)
+    cache = SemanticCache(local_redis.url, CacheConfig(index_name="test-shared", ttl_s=60, marker_memo_s=0.0),
+                          counting)
+    rng = np.random.default_rng(0)
+    file = PreRouterFile(models=("s", "l"), tiers=np.array([0, 1]), weights=rng.normal(size=(2, 384, 2)),
+                         biases=np.zeros((2, 2)), cost_coef=np.zeros((385, 2)), cost_intercept=np.zeros(2),
+                         default_length=0.5, lam=0.0)
+    router = two_tier_router(cache=cache)
+    router.prerouter = PreRouter(file, counting)
+    question = {"prompt": "hard: what is the capital of France?", "context": [PARIS]}
+    await router.route([Query(**question)])  # type: ignore[arg-type]
+    [again] = await router.route([Query(**question)])  # type: ignore[arg-type]
+    assert again.cache_hit, "the lookup used the pre-router's vector"
+    assert counting.texts == [question["prompt"]] * 2, "one embedding per request, none by the cache"
+    await cache.close()
