@@ -283,7 +283,7 @@ class Router:
         for query in queries:
             self.check_controls(query)
         started_ns, looking = time.time_ns(), time.perf_counter()
-        starts, shared = self._preroute(queries)
+        starts, shared = await self._preroute(queries)
         lookup = await self.cache.lookup(queries, shared) if self.cache is not None and queries else None
         if lookup is None:
             return await self.first_pass(queries, starts=starts)
@@ -305,14 +305,15 @@ class Router:
             trails.append(trail)
         return trails
 
-    def _preroute(self, queries: Sequence[Query]) -> tuple[list[int], np.ndarray | None]:
+    async def _preroute(self, queries: Sequence[Query]) -> tuple[list[int], np.ndarray | None]:
         """Each query's start tier by the pre-router (0 without one), and the embeddings the cache can
         reuse (rows of NaN where it cannot: another embedder, or a question the pre-router stripped)."""
         if self.prerouter is None or not queries:
             return [0] * len(queries), None
         questions = [q.question for q in queries]
         texts = self.prerouter.texts(questions)
-        vectors = self.prerouter.embedder.embed(texts)
+        embedder = self.prerouter.embedder
+        vectors = embedder.embed(texts) if embedder.cheap else await asyncio.to_thread(embedder.embed, texts)
         starts = [int(s) for s in self.prerouter.start_tiers(vectors)]
         if self.cache is None or self.cache.embedder_name != self.prerouter.embedder.name:
             return starts, None
