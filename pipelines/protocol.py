@@ -9,7 +9,10 @@ are judged against their own noise.
 
 Baselines: random, the seed presets v1–v3 (binary rules: their flagged answers first), Chow-average
 (mean logprob), sum of logprobs, Chow-quantile (min, 10th, 25th, 50th percentile logprob), the oracle.
-Learned: logistic and gradient-boosted deferral on the token features, for both targets.
+Learned: logistic and gradient-boosted deferral on the token features, for both targets. Before
+generation: a pre-router, logistic on the question's embedding (the cache's embedder), which is
+what a pre-routing stage can know before the small model answers; if it ranks no better than
+random, sending questions straight to the large tier cannot beat the cascade.
 
 A threshold with a guarantee: on the calibration split, Learn-then-Test with fixed-sequence testing
 walks from escalating everything towards escalating less, and keeps the last threshold whose
@@ -29,6 +32,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from cascade.embeddings import Embedder
 from cascade.policies import PRESETS
 from cascade.signals import SignalBatch
 from pipelines.calibrate import CalibrationRecord
@@ -50,17 +54,19 @@ class Data:
     small: np.ndarray
     large: np.ndarray
     groups: np.ndarray
+    embeddings: np.ndarray | None = None  # the questions', for the pre-router
 
     @classmethod
     def of(cls, records: Sequence[CalibrationRecord], metric: str = "exact_match",
-           contexts: Mapping[str, str] | None = None) -> Data:
+           contexts: Mapping[str, str] | None = None, embedder: Embedder | None = None) -> Data:
         usable = usable_records(records)
         if len(usable) < 20:
             raise ValueError(f"{len(usable)} usable records: too few for a held-out protocol")
         outcomes = outcomes_of(usable, metric)
         return cls(features=feature_matrix(usable, contexts), signals=outcomes.signals,
                    small=outcomes.small_correct, large=outcomes.large_correct,
-                   groups=np.array([r.group or r.id for r in usable]))
+                   groups=np.array([r.group or r.id for r in usable]),
+                   embeddings=embedder.embed([r.question for r in usable]) if embedder is not None else None)
 
 
 @dataclass(frozen=True)
@@ -119,6 +125,17 @@ def learned_scores(data: Data, split: Split, seed: int) -> dict[str, np.ndarray]
         model.calibrate(data.features[split.calibrate], wanted[split.calibrate])
         scores[f"learned {kind} ({target.replace('_', ' ')})"] = model.escalation_score(data.features)
     return scores
+
+
+def prerouter_score(data: Data, split: Split) -> dict[str, np.ndarray]:
+    """P(small wrong | question embedding), logistic, fitted on the fit part: a pre-router's ranking."""
+    from sklearn.linear_model import LogisticRegression
+
+    wrong = labels_of(data.small, data.large, "small_wrong")
+    if data.embeddings is None or len(np.unique(wrong[split.fit])) < 2:
+        return {}
+    model = LogisticRegression(C=1.0, max_iter=2000).fit(data.embeddings[split.fit], wrong[split.fit])
+    return {"pre-router (question embedding)": model.predict_proba(data.embeddings)[:, 1]}
 
 
 def weighted_curves(score: np.ndarray, small: np.ndarray, large: np.ndarray,
@@ -182,7 +199,7 @@ def run_protocol(data: Data, *, splits: int = 10, seed: int = 0, bootstrap: int 
     grid = np.linspace(0.0, 1.0, 51)
     for number, split in enumerate(parts):
         scores = {**baseline_scores(data, rng), **learned_scores(data, split, seed + number),
-                  "oracle": oracle_score(data.small, data.large)}
+                  **prerouter_score(data, split), "oracle": oracle_score(data.small, data.large)}
         test = split.test
         small, large = data.small[test], data.large[test]
         weights = np.vstack([np.ones(len(test)), rng.multinomial(len(test), np.full(len(test), 1 / len(test)),
@@ -280,8 +297,11 @@ def plot(summary: Mapping[str, Any], path: Path) -> None:
 
 def write_protocol(records: Sequence[CalibrationRecord], out: Path, *, title: str, metric: str = "exact_match",
                    contexts: Mapping[str, str] | None = None, **options: Any) -> dict[str, Any]:
-    """Run the protocol and write ``summary.json``, ``summary.md`` and ``deferral_curves.png`` to ``out``."""
-    summary = run_protocol(Data.of(records, metric, contexts), **options)
+    """Run the protocol and write ``summary.json``, ``summary.md`` and ``deferral_curves.png`` to ``out``;
+    the questions are embedded with the cache's default embedder for the pre-router."""
+    from cascade.cache import CacheConfig
+
+    summary = run_protocol(Data.of(records, metric, contexts, CacheConfig().embedder.build()), **options)
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
     (out / "summary.md").write_text(markdown(summary, title))

@@ -78,6 +78,7 @@ def test_protocol_end_to_end_on_informative_records(tmp_path: Path) -> None:
     assert summary["best_learned"] is not None
     assert methods[summary["best_learned"]]["audc"]["point"] > methods["random"]["audc"]["point"]
     assert all(0.0 <= row["violation_rate"] <= 1.0 for row in summary["guarantee"].values())
+    assert "pre-router (question embedding)" in methods, "what pre-routing could know, ranked like the rest"
     assert (tmp_path / "summary.md").read_text().count("|") > 20 and (tmp_path / "deferral_curves.png").stat().st_size
     assert Data.of(records).features.shape[1] == len(feature_names())
 
