@@ -232,11 +232,11 @@ class Router:
         if mode == "throughput":
             results = await self.finish_together(ready)
         else:
-            finished = await asyncio.gather(*(self.finish(t) for t in ready), return_exceptions=True)
-            for result in finished:
-                if isinstance(result, BaseException) and not isinstance(result, Exception):
+            results = []
+            for result in await asyncio.gather(*(self.finish(t) for t in ready), return_exceptions=True):
+                if not isinstance(result, (RoutedAnswer, Exception)):
                     raise result  # cancellation and exit reach the caller
-            results = [r for r in finished if not isinstance(r, BaseException) or isinstance(r, Exception)]
+                results.append(result)
         outcomes = [Outcome(answer=r, rest=rests.get(id(t))) if isinstance(r, RoutedAnswer) else Outcome(error=r)
                     for t, r in zip(ready, results, strict=True)]
         answered = [(t, o.answer) for t, o in zip(ready, outcomes, strict=True) if o.answer is not None]

@@ -29,7 +29,7 @@ from cascade.factory import build_router
 from cascade.router import AllTiersFailedError, TrailCheckpoint
 from cascade.schemas import Query, RoutedAnswer
 from cascade.telemetry import configure_from_env
-from services.batch.schema import custom_ids, error_line, output_line, parse_line
+from services.batch.schema import error_line, output_line, parse_line
 from services.batch.store import TERMINAL, BatchStore
 from services.openai_api import response_of
 from services.pool import limit_threads
@@ -82,12 +82,10 @@ class RoutingConsumer:
         batch = view.batch
         if batch is None or batch["status"] in TERMINAL:
             return 0
-        ids = view.custom_ids if len(view.custom_ids) == len(view.lines) else custom_ids(  # created before ids
-            view.lines, chunk * size)
         results: dict[str, bytes] = {}
         errors: dict[str, bytes] = {}
         if not view.cancelled:
-            todo = [(line, c) for line, c in zip(view.lines, ids, strict=True) if c not in view.answered]
+            todo = [(line, c) for line, c in zip(view.lines, view.custom_ids, strict=True) if c not in view.answered]
             results, errors = self._route_lines(batch, todo)
         written, last = self.store.finish_chunk(batch_id, chunk, batch["tenant"], len(view.lines), results, errors)
         if last and self.store.finalize(batch_id):
@@ -139,8 +137,7 @@ class RoutingConsumer:
         batch = self.store.batch(batch_id)
         assert batch is not None
         results, errors = self.store.outcomes(batch_id)
-        order = self.store.custom_ids(batch_id) or custom_ids(  # a batch created before ids were stored
-            self.store.lines(batch_id, 0, batch["request_counts"]["total"]))
+        order = self.store.custom_ids(batch_id, batch["request_counts"]["total"])
         output = b"".join(results[c] + b"\n" for c in order if c in results)
         failed = b"".join(errors[c] + b"\n" for c in order if c in errors)
         update: dict[str, Any] = {"finalizing_at": int(time.time())}

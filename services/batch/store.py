@@ -17,6 +17,8 @@ from typing import Any
 import orjson
 import redis
 
+from services.batch.schema import custom_ids as parse_custom_ids
+
 PREFIX = "cascade:batchapi"
 TERMINAL = {"completed", "failed", "cancelled", "expired"}
 
@@ -122,9 +124,10 @@ class BatchStore:
     def lines(self, batch_id: str, start: int, stop: int) -> list[bytes]:
         return [bytes(x) for x in self.client.lrange(self._key("batch", batch_id, "lines"), start, stop - 1)]
 
-    def custom_ids(self, batch_id: str, start: int = 0, stop: int = 0) -> list[str]:
-        """The stored ``custom_id``s of lines ``start`` to ``stop`` (all with ``stop`` 0)."""
-        return [x.decode() for x in self.client.lrange(self._key("batch", batch_id, "ids"), start, stop - 1)]
+    def custom_ids(self, batch_id: str, total: int) -> list[str]:
+        """The ``custom_id`` of every line of a batch of ``total`` lines."""
+        ids = [x.decode() for x in self.client.lrange(self._key("batch", batch_id, "ids"), 0, total - 1)]
+        return ids if len(ids) == total else parse_custom_ids(self.lines(batch_id, 0, total))
 
     def chunk(self, batch_id: str, start: int, stop: int) -> ChunkView:
         """Lines ``start`` to ``stop`` of a batch, with what routing them needs, in two round trips."""
@@ -134,7 +137,10 @@ class BatchStore:
         pipe.lrange(self._key("batch", batch_id, "ids"), start, stop - 1)
         pipe.exists(self._key("batch", batch_id, "cancel"))
         raw, lines, ids, cancelled = pipe.execute()
+        lines = [bytes(x) for x in lines]
         custom_ids = [x.decode() for x in ids]
+        if len(custom_ids) != len(lines):  # a batch created before the ids were stored
+            custom_ids = parse_custom_ids(lines, first=start)
         answered: set[str] = set()
         if custom_ids:
             pipe = self.client.pipeline(transaction=False)
@@ -143,7 +149,7 @@ class BatchStore:
             results, errors = pipe.execute()
             answered = {c for c, result, error in zip(custom_ids, results, errors, strict=True)
                         if result is not None or error is not None}
-        return ChunkView(orjson.loads(raw) if raw else None, [bytes(x) for x in lines], custom_ids,
+        return ChunkView(orjson.loads(raw) if raw else None, lines, custom_ids,
                          bool(cancelled), answered)
 
     def finish_chunk(self, batch_id: str, chunk: int, tenant: str, lines: int, results: dict[str, bytes],
