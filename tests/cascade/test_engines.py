@@ -58,6 +58,25 @@ async def test_llamacpp_is_deterministic_and_stops_on_stop_strings(gemma: LlamaC
         assert cut.text == first.text[:first.text.index(stop)].strip() and cut.finish_reason == "stop"
 
 
+async def test_llamacpp_reuses_a_shared_prompt_prefix_without_changing_the_answer(gemma: LlamaCppEngine) -> None:
+    """Two questions about one context share their prompt up to the question: the second one is
+    evaluated from the shared prefix on (Gemma 3's sliding-window cache included), and answers as it
+    does from an empty cache."""
+    first, second = (qa("In what country is Normandy located?", max_tokens=12),
+                     qa("Where did the Norse raiders come from?", max_tokens=12))
+    await gemma.generate([first])
+    reused = gemma.reused_prompt_tokens
+    [after_first] = await gemma.generate([second])
+    assert gemma.reused_prompt_tokens - reused >= 64, "the worked examples and the context are shared"
+    gemma._llama.reset()  # an empty cache: nothing to reuse
+    reused = gemma.reused_prompt_tokens
+    [alone] = await gemma.generate([second])
+    assert gemma.reused_prompt_tokens == reused
+    assert alone.text == after_first.text
+    assert np.array_equal(alone.token_logprobs, after_first.token_logprobs)
+    assert gemma.health()["reused_prompt_tokens"] == gemma.reused_prompt_tokens
+
+
 async def test_packaged_large_model_answers_a_trivial_question_sensibly(gemma: LlamaCppEngine) -> None:
     """Model behaviour, not mechanism: Gemma 3 270M reads a one-sentence context and names the country.
     Tolerance: any casing and any surrounding words; this is the one test that checks what a model says."""
