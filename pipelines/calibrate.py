@@ -83,29 +83,48 @@ def _outcome(tier: Tier, generation: Generation, signals: Signals, gold: Sequenc
     )
 
 
-async def _calibrate_one(router: Router, record: QARecord, params: GenerationParams, samples: int) -> CalibrationRecord:
-    query = query_for(record, params)
-    result = CalibrationRecord(id=record.id, dataset=record.dataset, question=record.question,
-                               answers=list(record.answers), group=record.group)
+async def _answers(tier: Tier, queries: list[Query]) -> list[Generation | PromptTooLongError]:
+    """The tier's answers to a batch; a query too long for the model is its own error, not the batch's."""
     try:
-        for tier in router.tiers:
-            [generation] = await tier.engine.generate([query])
-            result.tiers.append(_outcome(tier, generation, signals_of([generation]).row(0), record.answers))
-        if samples:
-            sampled_params = params.model_copy(update={"temperature": 0.7, "top_logprobs": 0})
+        return list(await tier.engine.generate(queries))
+    except PromptTooLongError as error:
+        if len(queries) == 1:
+            return [error]
+    return [answer for query in queries for answer in await _answers(tier, [query])]
+
+
+async def _calibrate_batch(router: Router, records: Sequence[QARecord], params: GenerationParams,
+                           samples: int) -> list[CalibrationRecord]:
+    """Every tier on a batch of questions (one engine call per tier: vLLM batches it on a GPU)."""
+    queries = [query_for(record, params) for record in records]
+    results = [CalibrationRecord(id=r.id, dataset=r.dataset, question=r.question, answers=list(r.answers),
+                                 group=r.group) for r in records]
+    for tier in router.tiers:
+        pending = [i for i, result in enumerate(results) if result.error is None]
+        answers = await _answers(tier, [queries[i] for i in pending]) if pending else []
+        for i, answer in zip(pending, answers, strict=True):
+            if isinstance(answer, PromptTooLongError):
+                results[i].tiers, results[i].error = [], str(answer)
+            else:
+                results[i].tiers.append(_outcome(tier, answer, signals_of([answer]).row(0), records[i].answers))
+    if samples:
+        sampled_params = params.model_copy(update={"temperature": 0.7, "top_logprobs": 0})
+        for query, result in zip(queries, results, strict=True):
+            if result.error is not None:
+                continue
             sampled = await router.tiers[0].engine.generate(
                 [query.model_copy(update={"params": sampled_params.model_copy(update={"seed": s})})
                  for s in range(1, samples + 1)])
             result.samples = [g.text for g in sampled]
             result.sample_tokens = sum(g.prompt_tokens + g.completion_tokens for g in sampled)
-    except PromptTooLongError as error:
-        result.tiers, result.error = [], str(error)
-    return result
+    return results
 
 
 async def calibrate(settings: CoreSettings, records: Sequence[QARecord], out: Path, *, samples: int = 0,
+                    batch_size: int = 1,
                     on_progress: Callable[[int], None] = lambda done: None) -> list[CalibrationRecord]:
-    """Run every tier on every record not yet in ``out``; returns all records in the file."""
+    """Run every tier on every record not yet in ``out``, ``batch_size`` questions per engine call;
+    returns all records in the file."""
     done = {r.id for r in read_records(out)}
     todo = [r for r in records if r.id not in done]
     on_progress(len(records) - len(todo))
@@ -114,11 +133,11 @@ async def calibrate(settings: CoreSettings, records: Sequence[QARecord], out: Pa
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
         with out.open("ab") as sink:
-            for number, record in enumerate(todo, start=1):
-                outcome = await _calibrate_one(router, record, settings.generation, samples)
-                sink.write(orjson.dumps(outcome.model_dump(mode="json")) + b"\n")
+            for start in range(0, len(todo), batch_size):
+                outcomes = await _calibrate_batch(router, todo[start:start + batch_size], settings.generation, samples)
+                sink.write(b"".join(orjson.dumps(o.model_dump(mode="json")) + b"\n" for o in outcomes))
                 sink.flush()
-                on_progress(len(records) - len(todo) + number)
+                on_progress(len(records) - len(todo) + start + len(outcomes))
     finally:
         await router.close()
     return read_records(out)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,6 +136,12 @@ def load_qa(dataset: str, directory: str | Path | None = None, *, limit: int | N
     if dataset == "hotpotqa":
         return load_hotpotqa(root / HOTPOTQA_SUBSET, limit=limit)
     raise DatasetError(f"unknown dataset {dataset!r}; choose squad, squad_v2 or hotpotqa")
+
+
+def contexts_by_id(datasets: Iterable[str], directory: str | Path | None = None) -> dict[str, str]:
+    """Every question's context documents as one text, by question id, for the named QA datasets
+    (what the deferral features' "the answer is a span of the context" check reads)."""
+    return {r.id: "\n\n".join(r.context) for name in sorted(set(datasets)) for r in load_qa(name, directory)}
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ CORPUS = [
 ] * 20
 
 
-def build_tiny_llama(directory: Path, vocab_size: int = 384) -> Path:
+def build_tiny_llama(directory: Path, vocab_size: int = 384, max_positions: int = 512) -> Path:
     """Write a 2-layer Llama (head_dim 32) with random weights and its tokenizer to ``directory``."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -33,7 +33,7 @@ def build_tiny_llama(directory: Path, vocab_size: int = 384) -> Path:
 
     config = LlamaConfig(
         vocab_size=bpe.get_vocab_size(), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=max_positions,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False,
     )
     LlamaForCausalLM(config).to(torch.float32).save_pretrained(directory, safe_serialization=True)
