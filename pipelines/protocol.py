@@ -38,12 +38,15 @@ from cascade.policies import PRESETS
 from cascade.signals import SignalBatch
 from pipelines.calibrate import CalibrationRecord
 from pipelines.deferral import DeferralModel, ModelKind, Target, feature_matrix, feature_names, labels_of
+from pipelines.hybrid import routing_costs
 from pipelines.outcomes import outcomes_of, usable_records
 
 FRACTIONS = (0.5, 0.2, 0.3)  # fit, calibrate, test (by questions, whole groups at a time)
 LEVELS = (0.97, 0.99)
 IN_DOMAIN_CALIBRATION = 200  # questions drawn from the held-out articles to calibrate a guaranteed threshold
 IN_DOMAIN_DRAWS = 10  # draws per split
+PREROUTER = "pre-router (question embedding)"
+CASCADE_SCORE = "min logprob (Chow-quantile)"  # the cascade's deferral score when pre-routing is compared
 LEARNED: tuple[tuple[ModelKind, Target], ...] = (("logistic", "small_wrong"), ("logistic", "escalation_helps"),
                                                  ("boosted", "small_wrong"), ("boosted", "escalation_helps"))
 
@@ -57,6 +60,8 @@ class Data:
     small: np.ndarray
     large: np.ndarray
     groups: np.ndarray
+    small_cost: np.ndarray
+    large_cost: np.ndarray
     embeddings: np.ndarray | None = None  # the questions', for the pre-router
 
     @classmethod
@@ -69,6 +74,7 @@ class Data:
         return cls(features=feature_matrix(usable, contexts), signals=outcomes.signals,
                    small=outcomes.small_correct, large=outcomes.large_correct,
                    groups=np.array([r.group or r.id for r in usable]),
+                   small_cost=outcomes.small_cost, large_cost=outcomes.large_cost,
                    embeddings=embedder.embed([r.question for r in usable]) if embedder is not None else None)
 
 
@@ -138,7 +144,7 @@ def prerouter_score(data: Data, split: Split) -> dict[str, np.ndarray]:
     if data.embeddings is None or len(np.unique(wrong[split.fit])) < 2:
         return {}
     model = LogisticRegression(C=1.0, max_iter=2000).fit(data.embeddings[split.fit], wrong[split.fit])
-    return {"pre-router (question embedding)": model.predict_proba(data.embeddings)[:, 1]}
+    return {PREROUTER: model.predict_proba(data.embeddings)[:, 1]}
 
 
 def weighted_curves(score: np.ndarray, small: np.ndarray, large: np.ndarray,
@@ -215,6 +221,15 @@ def realized(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
             "mean_saved": float(np.mean([r["saved"] for r in rows])), "runs": len(rows)}
 
 
+def _finite_interval(values: np.ndarray) -> dict[str, float | None]:
+    """Point (row 0) and bootstrap interval (the rest) of a figure that may be unreachable (inf / NaN)."""
+    point = float(values[0])
+    rest = values[1:][np.isfinite(values[1:])]
+    low, high = (np.percentile(rest, [2.5, 97.5]) if len(rest) else (np.nan, np.nan))
+    return {"point": point if np.isfinite(point) else None, "low": float(low) if np.isfinite(low) else None,
+            "high": float(high) if np.isfinite(high) else None, "reached": float(len(rest) / max(len(values) - 1, 1))}
+
+
 def interval(values: np.ndarray) -> dict[str, float]:
     low, high = np.percentile(values, [2.5, 97.5])
     return {"mean": float(np.mean(values)), "low": float(low), "high": float(high)}
@@ -228,6 +243,7 @@ def run_protocol(data: Data, *, splits: int = 10, seed: int = 0, bootstrap: int 
     per_method: dict[str, dict[str, list[np.ndarray]]] = {}
     guarantee: dict[str, list[dict[str, float]]] = {}
     in_domain: dict[str, list[dict[str, float]]] = {}
+    routing: dict[str, dict[str, list[np.ndarray]]] = {}
     curves: dict[str, list[np.ndarray]] = {}
     grid = np.linspace(0.0, 1.0, 51)
     for number, split in enumerate(parts):
@@ -258,6 +274,12 @@ def run_protocol(data: Data, *, splits: int = 10, seed: int = 0, bootstrap: int 
                     in_domain.setdefault(f"{name} @ {round(level * 100)}%", []).extend(
                         in_domain_guarantee(score, data.small, data.large, held_out, level, delta,
                                             IN_DOMAIN_CALIBRATION, rng) for _ in range(IN_DOMAIN_DRAWS))
+        if PREROUTER in scores:
+            modes = routing_costs(scores[PREROUTER][test], scores[CASCADE_SCORE][test], small, large,
+                                  data.small_cost[test], data.large_cost[test], weights, LEVELS[0])
+            for mode, by_metric in modes.items():
+                for metric, values in by_metric.items():
+                    routing.setdefault(mode, {}).setdefault(metric, []).append(values)
         on_split(number + 1)
     methods = {name: {metric: {**interval(np.mean(values, axis=0)[1:]), "point": float(np.mean(values, axis=0)[0])}
                       for metric, values in figures.items()} for name, figures in per_method.items()}
@@ -279,12 +301,21 @@ def run_protocol(data: Data, *, splits: int = 10, seed: int = 0, bootstrap: int 
         "methods": methods, "best_preset": best_preset, "best_learned": best_learned, "audc_differences": comparisons,
         "guarantee": {name: realized(rows) for name, rows in guarantee.items()},
         "guarantee_in_domain": {name: realized(rows) for name, rows in in_domain.items()},
+        "routing_modes": {mode: {metric: _finite_interval(np.mean(values, axis=0))
+                                 for metric, values in figures.items()} for mode, figures in routing.items()},
+        "routing_modes_cascade_score": CASCADE_SCORE,
         "in_domain_calibration": IN_DOMAIN_CALIBRATION,
         "curves": {"shares": grid.tolist(), **{name: np.mean(c, axis=0).tolist() for name, c in curves.items()}},
     }
 
 
 def _cell(figure: Mapping[str, float]) -> str:
+    return f"{figure['point']:.3f} [{figure['low']:.3f}, {figure['high']:.3f}]"
+
+
+def _maybe(figure: Mapping[str, float | None]) -> str:
+    if figure["point"] is None or figure["low"] is None or figure["high"] is None:
+        return "never"
     return f"{figure['point']:.3f} [{figure['low']:.3f}, {figure['high']:.3f}]"
 
 
@@ -301,6 +332,16 @@ def markdown(summary: Mapping[str, Any], title: str) -> str:
                      f"{_cell(figures['saved_at_99'])} |")
     lines += ["", "AUDC differences (paired):", ""]
     lines += [f"- {name}: {_cell(figure)}" for name, figure in summary["audc_differences"].items()]
+    modes = summary.get("routing_modes", {})
+    if modes:
+        lines += ["", "Pre-routing against the cascade (deferral by "
+                  f"{summary['routing_modes_cascade_score']}): cost at ≥ 97% of large-only quality as a share of "
+                  "large-only cost, and the share of small-model calls skipped there (mean over splits [95% "
+                  "interval]; reached: share of resamples where the target is reachable at all).", "",
+                  "| mode | cost / large-only | small calls skipped | reached |", "| --- | --- | --- | --- |"]
+        for mode, figures in modes.items():
+            lines.append(f"| {mode} | {_maybe(figures['cost'])} | {_maybe(figures['small_skipped'])} | "
+                         f"{figures['cost']['reached']:.2f} |")
     in_domain = summary.get("guarantee_in_domain", {})
     lines += ["", f"Thresholds with a guarantee (Learn-then-Test, δ = {summary['delta']}). New articles: calibrated "
               "on the calibration split, judged on the test split (other articles, finite). In-domain: calibrated on "
