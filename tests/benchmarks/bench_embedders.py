@@ -1,5 +1,7 @@
 """The cache's embedders side by side on this machine: speed, and the cache's quality on a paraphrase
-set built from every SQuAD 2.0 question (``pipelines/paraphrases.py``).
+set built from every SQuAD 2.0 question (``pipelines/paraphrases.py``). MiniLM in PyTorch, the same
+model on ONNX Runtime (fp32 and int8 weights, exported here), and the static embedding distilled
+from it (256 and 384 dimensions).
 
 Speed: one question per call (p50 latency, as the ingress embeds a lone request) and batches of 64
 (throughput), one thread. Quality: for each embedder, the distance threshold that keeps false hits
@@ -16,7 +18,7 @@ import time
 import numpy as np
 
 from cascade.cache import CacheConfig
-from cascade.embeddings import Embedder, MiniLMEmbedder, StaticEmbedder
+from cascade.embeddings import Embedder, MiniLMEmbedder, OnnxEmbedder, StaticEmbedder
 from cascade.wording import same_question
 from pipelines.datasets import load_squad
 from pipelines.paraphrases import POSITIVE_KINDS, Pair, build_pairs, hit_rates, threshold_for
@@ -60,7 +62,8 @@ def main() -> None:
     counts = {k: sum(p.kind == k for p in pairs) for k in KINDS}
     print(f"paraphrase set: {len(records)} SQuAD 2.0 questions, {len(pairs)} pairs: "
           + ", ".join(f"{k} {n}" for k, n in counts.items()))
-    embedders: list[Embedder] = [MiniLMEmbedder(), StaticEmbedder(256), StaticEmbedder(384)]
+    embedders: list[Embedder] = [MiniLMEmbedder(), OnnxEmbedder(), OnnxEmbedder(int8=True), StaticEmbedder(256),
+                                 StaticEmbedder(384)]
     questions = [r.question for r in records]
     print("\nspeed, one thread           one question p50 ms   batches of 64 q/s")
     measured = {}

@@ -1,0 +1,32 @@
+"""The cache's embedders on their real models: the ONNX Runtime export of MiniLM gives MiniLM's
+vectors (int8 weights: nearly), is built once per machine, and is selectable in config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cascade.cache import CacheConfig
+from cascade.embeddings import MiniLMEmbedder, OnnxEmbedder
+
+QUESTIONS = ["In what country is Normandy located?", "When were the Normans in Normandy?",
+             "Who was the Norse leader? " * 80]  # the last one is longer than MiniLM reads: truncated alike
+
+
+@pytest.mark.integration
+def test_onnx_minilm_gives_minilms_vectors_and_is_exported_once(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CASCADE_MODEL_HOME", str(tmp_path))
+    reference = MiniLMEmbedder().embed(QUESTIONS)
+    exact, quantized = OnnxEmbedder().embed(QUESTIONS), OnnxEmbedder(int8=True).embed(QUESTIONS)
+    assert exact.shape == quantized.shape == (3, 384)
+    assert np.allclose(np.linalg.norm(quantized, axis=1), 1.0, atol=1e-5)
+    assert (np.sum(exact * reference, axis=1) > 0.9999).all()
+    assert (np.sum(quantized * reference, axis=1) > 0.99).all()  # per-channel int8: cosine 0.994-0.996 here
+    exported = tmp_path / "minilm-onnx-int8" / "model.onnx"
+    built = exported.stat().st_mtime_ns
+    again = CacheConfig(embedder={"kind": "onnx", "int8": True}).embedder.build()  # type: ignore[arg-type]
+    assert again.name == "minilm-onnx-int8"
+    assert np.array_equal(again.embed(QUESTIONS), quantized) and exported.stat().st_mtime_ns == built
