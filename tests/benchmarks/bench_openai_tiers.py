@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from tests.benchmarks.bench_serve import QUIET, load
+from tests.benchmarks.cpu_accounting import Meter
 from tests.conftest import free_port, wait_for_http
 
 CHAT: dict[str, Any] = {
@@ -78,16 +79,23 @@ def row(name: str, figures: dict[str, float], reference: dict[str, float] | None
 Row = tuple[str, str, dict[str, Any] | Callable[[int], dict[str, Any]]]
 
 
-def measure(rows: list[Row], levels: list[int], repeats: int,
-            requests: Callable[[int], int]) -> dict[str, dict[int, dict[str, float]]]:
+def measure(rows: list[Row], levels: list[int], repeats: int, requests: Callable[[int], int],
+            backend_pid: int | None = None) -> dict[str, dict[int, dict[str, float]]]:
     """Per row and level, the median figures of ``repeats`` trials; the rows are interleaved within
-    each repeat, so that drift of the machine hits all of them alike."""
+    each repeat, so that drift of the machine hits all of them alike. With ``backend_pid``, each
+    trial also records the CPU milliseconds per request of every process on the path (``cpu.*``)."""
     results: dict[str, dict[int, dict[str, float]]] = {}
     for concurrency in levels:
         trials: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in rows}
         for _ in range(repeats):
             for name, url, body in rows:
+                app = url.split("/")[3]  # the Serve application's route prefix; "v1" for the backend itself
+                meter = Meter(backend_pid, None if app == "v1" else app) if backend_pid is not None else None
+                if meter is not None:
+                    meter.start()
                 figures = asyncio.run(load(url, concurrency, requests(concurrency), body))
+                if meter is not None:
+                    figures.update({f"cpu.{role}": ms for role, ms in meter.stop(requests(concurrency)).items()})
                 assert figures["errors"] == 0, (name, concurrency, figures)
                 trials[name].append(figures)
         for name, measured in trials.items():
@@ -172,7 +180,7 @@ def main() -> None:
             asyncio.run(load(cached_url, 1, 1, CHAT | {"messages": [{"role": "user", "content": "Warm up?"}]}))
             rows += [("cache on, misses, cold scopes", cached_url, new_scope),
                      ("cache on, misses, warm scope", cached_url, new_question)]
-        results = measure(rows, levels, args.repeats, requests)
+        results = measure(rows, levels, args.repeats, requests, backend.pid)
         print(f"serving overhead, openai tiers against a local echo backend, Ray {ray.__version__}, "
               f"{os.cpu_count()} CPUs, direct ingress {'on' if args.direct_ingress else 'off'}, "
               f"median of {args.repeats} interleaved trials of {args.requests} requests (16 per worker at least) "
@@ -184,6 +192,13 @@ def main() -> None:
             for name, by_level in results.items():
                 figures = by_level[concurrency]
                 print(row(name, figures, None if name in {"bare Serve echo", "direct to backend"} else echo))
+            print(f"  CPU ms per request: {'driver':>8} {'proxy':>8} {'replicas':>8} {'backend':>8} {'other':>8} "
+                  f"{'total':>8}")
+            for name, by_level in results.items():
+                cpu = {k.removeprefix("cpu."): v for k, v in by_level[concurrency].items() if k.startswith("cpu.")}
+                if cpu:
+                    print(f"  {name[:18]:<18} " + " ".join(f"{cpu[role]:>8.2f}" for role in (
+                        "driver", "proxy", "replicas", "backend", "other")) + f" {sum(cpu.values()):>8.2f}")
             direct = results["direct to backend"][concurrency]["rps"]
             for name, by_level in results.items():
                 if name.startswith("cascade"):
