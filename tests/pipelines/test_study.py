@@ -38,11 +38,11 @@ def test_the_gpu_config_is_the_seeds_pair_priced_one_to_ten_and_make_eval_gpu_ru
 def test_the_study_runs_end_to_end_with_a_tiny_vllm_model(tmp_path: Path, data_dir: Path) -> None:
     from tests.tiny_model import build_tiny_llama
 
-    model = build_tiny_llama(tmp_path / "tiny", max_positions=4096)
+    model = build_tiny_llama(tmp_path / "tiny", max_positions=8192)
     config = yaml.safe_load(GPU_CONFIG.read_text())
     for tier in config["tiers"]:  # the GPU config with the tiny model on CPU in place of both models
         tier["engine"].update(model=str(model), engine_args={
-            "dtype": "float32", "enforce_eager": True, "max_model_len": 4096, "kv_cache_memory_bytes": 64 << 20})
+            "dtype": "float32", "enforce_eager": True, "max_model_len": 8192, "kv_cache_memory_bytes": 64 << 20})
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
     out = tmp_path / "study"
     done = subprocess.run(
