@@ -9,15 +9,14 @@ from collections import Counter
 from collections.abc import Sequence
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
-_PUNCTUATION = set(string.punctuation)
+_NO_PUNCTUATION = str.maketrans("", "", string.punctuation)
 ABSTENTIONS = frozenset({"", "i dont know", "unanswerable", "no answer", "unknown", "cannot be determined",
                          "not enough information", "none"})
 
 
 def normalize_answer(text: str) -> str:
     """Lower case, drop punctuation and articles, collapse whitespace (SQuAD's evaluation script)."""
-    text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
-    return " ".join(_ARTICLES.sub(" ", text).split())
+    return " ".join(_ARTICLES.sub(" ", text.lower().translate(_NO_PUNCTUATION)).split())
 
 
 def is_abstention(prediction: str) -> bool:

@@ -505,7 +505,7 @@ class Router:
     def _decide(self, trails: list[Trail], index: int, generations: list[Generation], generated_ms: float) -> None:
         tier = self.tiers[index]
         scoring_started = time.perf_counter()
-        signals = signals_of(generations)
+        signals = signals_of(generations, [t.query for t in trails])
         decision = self.cascade.decide(index, signals)
         escalate, live = self._live_decision(trails, index, decision.confidence, decision.escalate)
         escalate, held = self._controlled(trails, index, decision.confidence, escalate)

@@ -24,10 +24,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
-from cascade.schemas import Generation, Signals
+from cascade.schemas import Generation, Query, Signals
 
 SIGNAL_NAMES: tuple[str, ...] = (
     "n_tokens",
@@ -111,13 +112,41 @@ def _pad_columns(top: np.ndarray, k: int) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class AnswerContext:
+    """What a learned policy reads besides the signals: the batch's tokens and the queries answered."""
+
+    tokens: TokenBatch
+    queries: Sequence[Query]
+
+
+@dataclass(frozen=True)
 class SignalBatch:
-    """Signals of a batch: ``values`` has one row per answer and one column per signal name."""
+    """Signals of a batch: ``values`` has one row per answer and one column per signal name; with
+    ``context``, also the learned deferral policy's features (computed on first use, then kept)."""
 
     values: np.ndarray  # (B, len(SIGNAL_NAMES)) float64
+    context: AnswerContext | None = None
+    known_features: np.ndarray | None = None  # the deferral features, computed elsewhere (calibration records)
 
     def __len__(self) -> int:
         return int(self.values.shape[0])
+
+    @cached_property
+    def features(self) -> np.ndarray:
+        """(B, len(FEATURE_NAMES)) deferral features (``cascade.policies.features``)."""
+        from cascade.policies.features import deferral_features
+
+        if self.known_features is not None:
+            return self.known_features
+        if self.context is None:
+            raise ValueError("these signals carry no tokens or questions: the deferral features need them")
+        tokens = self.context.tokens
+        top = tokens.top_logprobs
+        margin = top[:, 0] - top[:, 1] if top.shape[1] >= 2 else None
+        queries = self.context.queries
+        return deferral_features(tokens.lengths, tokens.logprobs, token_entropy(tokens), margin,
+                                 self.column("first_token_margin"), tokens.texts, [q.question for q in queries],
+                                 ["\n\n".join(q.context) if q.context else None for q in queries])
 
     def column(self, name: str) -> np.ndarray:
         """One signal for every answer in the batch."""
@@ -128,8 +157,10 @@ class SignalBatch:
         return Signals(**{n: v.item() for n, v in zip(SIGNAL_NAMES, self.values[index], strict=True)})
 
     def take(self, indices: np.ndarray) -> SignalBatch:
-        """The signals of a subset of the batch."""
-        return SignalBatch(self.values[indices])
+        """The signals of a subset of the batch (with their features where they are known)."""
+        features = self.known_features if self.known_features is not None else (
+            self.features if "features" in self.__dict__ else None)
+        return SignalBatch(self.values[indices], known_features=None if features is None else features[indices])
 
     @classmethod
     def from_rows(cls, rows: Sequence[Signals]) -> SignalBatch:
@@ -198,6 +229,11 @@ def compute_signals(batch: TokenBatch) -> SignalBatch:
     return SignalBatch(values)
 
 
-def signals_of(generations: Sequence[Generation]) -> SignalBatch:
-    """Pack and score a batch of generations."""
-    return compute_signals(TokenBatch.from_generations(generations))
+def signals_of(generations: Sequence[Generation], queries: Sequence[Query] | None = None) -> SignalBatch:
+    """Pack and score a batch of generations; given their queries, the signals also carry what the
+    learned deferral policy reads (its features are computed only if a policy asks for them)."""
+    tokens = TokenBatch.from_generations(generations)
+    values = compute_signals(tokens).values
+    if queries is None:
+        return SignalBatch(values)
+    return SignalBatch(values, AnswerContext(tokens, queries))

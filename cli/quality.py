@@ -13,6 +13,7 @@ from cli.common import ConfigOption, DataDirOption, clear_errors, err, out
 from services.settings import load_service_settings
 
 if TYPE_CHECKING:
+    from pipelines.calibrate import CalibrationRecord
     from pipelines.outcomes import Outcomes
 
 RecordsOption = Annotated[Path, typer.Option("--records", help="calibration records (JSON lines)")]
@@ -49,12 +50,10 @@ def calibrate(
     out.print(f"{len(written)} records in {out_file} ({skipped} skipped: prompt longer than a model's context)")
 
 
-def _outcomes(records: Path, label: str, rows: str | None = None) -> Outcomes:
+def _records(records: Path, rows: str | None = None) -> list[CalibrationRecord]:
+    """The calibration records of a file, or the slice ``rows`` (START:STOP) of them."""
     from pipelines.calibrate import read_records
-    from pipelines.outcomes import outcomes_of
 
-    if label not in {"exact_match", "f1"}:
-        raise ValueError(f"--label must be exact_match or f1, not {label!r}")
     if not records.is_file():
         raise ValueError(f"records file {records} does not exist")
     start, _, stop = (rows or ":").partition(":")
@@ -62,7 +61,25 @@ def _outcomes(records: Path, label: str, rows: str | None = None) -> Outcomes:
         chosen = slice(int(start) if start else None, int(stop) if stop else None)
     except ValueError:
         raise ValueError(f"--rows must look like START:STOP, not {rows!r}") from None
-    return outcomes_of(read_records(records)[chosen], label)
+    return read_records(records)[chosen]
+
+
+def _contexts(read: list[CalibrationRecord], data_dir: Path | None) -> dict[str, str]:
+    """Each record's question context, from the dataset files (what the deferral features read)."""
+    from pipelines.datasets import contexts_by_id
+
+    return contexts_by_id({r.dataset for r in read}, data_dir or load_service_settings(None).data_dir)
+
+
+def _outcomes(records: Path, label: str, rows: str | None = None, data_dir: Path | None = None,
+              features: bool = False) -> Outcomes:
+    """The records' outcomes; with ``features``, their signals carry the deferral features too."""
+    from pipelines.outcomes import outcomes_of
+
+    if label not in {"exact_match", "f1"}:
+        raise ValueError(f"--label must be exact_match or f1, not {label!r}")
+    read = _records(records, rows)
+    return outcomes_of(read, label, _contexts(read, data_dir) if features else None)
 
 
 @clear_errors
@@ -70,25 +87,35 @@ def fit(
     records: RecordsOption,
     out_file: Annotated[Path, typer.Option("--out", help="policy file to write")],
     policy: Annotated[str, typer.Option("--policy", help=(
-        "logistic or threshold; with --delta, a min-logprob threshold with a guarantee"))] = "logistic",
+        "deferral (boosted trees on the token-quantile features, the best held out), logistic (on the "
+        "signals), threshold (the seed's rules) or min-logprob; --delta gives deferral and min-logprob a "
+        "threshold with a guarantee"))] = "deferral",
     target: Annotated[float, typer.Option("--target", "--target-quality", min=0.0, max=1.0,
                                           help="routed quality to keep, as a share of large-only")] = 0.97,
     delta: Annotated[float | None, typer.Option("--delta", min=0.001, max=0.5, help=(
         "guarantee the target with probability 1 - delta (Learn-then-Test on these records)"))] = None,
     label: LabelOption = "exact_match",
     rows: RowsOption = None,
+    data_dir: DataDirOption = None,
 ) -> None:
-    """Fit a routing policy on calibration records (cross-validated) and save it for the router."""
-    from cascade.policies import LogisticPolicy, ThresholdPolicy, save_policy
-    from pipelines.fit import fit_guaranteed, fit_logistic, fit_threshold
+    """Fit a routing policy on calibration records (held-out calibration) and save it for the router."""
+    from cascade.policies import DeferralPolicy, LogisticPolicy, ThresholdPolicy, save_policy
+    from pipelines.fit import fit_deferral, fit_guaranteed, fit_logistic, fit_threshold
 
-    if policy not in {"logistic", "threshold"}:
-        raise ValueError(f"--policy must be logistic or threshold, not {policy!r}")
-    outcomes = _outcomes(records, label, rows)
-    fitted: LogisticPolicy | ThresholdPolicy
-    if delta is not None:
-        fitted, report = fit_guaranteed(outcomes, target, delta)
+    if policy not in {"deferral", "logistic", "threshold", "min-logprob"}:
+        raise ValueError(f"--policy must be deferral, logistic, threshold or min-logprob, not {policy!r}")
+    if delta is not None and policy in {"logistic", "threshold"}:
+        raise ValueError("--delta applies to --policy deferral or min-logprob")
+    fitted: DeferralPolicy | LogisticPolicy | ThresholdPolicy
+    if policy == "deferral":
+        read = _records(records, rows)
+        fitted, report = fit_deferral(read, _contexts(read, data_dir), target, delta)
+    elif policy == "min-logprob":
+        if delta is None:
+            raise ValueError("--policy min-logprob fits a threshold with a guarantee: give --delta")
+        fitted, report = fit_guaranteed(_outcomes(records, label, rows), target, delta)
     else:
+        outcomes = _outcomes(records, label, rows)
         fitted, report = (fit_logistic if policy == "logistic" else fit_threshold)(outcomes, target)
     save_policy(fitted.model_copy(update={"name": out_file.stem}), out_file)
     out.print(f"wrote {out_file}: {orjson.dumps(report).decode()}")
@@ -117,18 +144,10 @@ def evaluate(
     """Cost–quality of routing policies on calibration records: in-sample curves of given policies, or
     the grouped held-out protocol with intervals, baselines, learned deferral and guaranteed thresholds."""
     if protocol in {"grouped", "transfer"}:
-        from pipelines.calibrate import read_records
-        from pipelines.datasets import contexts_by_id
-
-        files = [records] if protocol == "grouped" else [records, fit_records]
         if protocol == "transfer" and fit_records is None:
             raise ValueError("--protocol transfer needs --fit-records, the records to fit the learned models on")
-        for file in files:
-            if file is None or not file.is_file():
-                raise ValueError(f"records file {file} does not exist")
-        read = [read_records(file) for file in files if file is not None]
-        contexts = contexts_by_id({r.dataset for rows in read for r in rows},
-                                  data_dir or load_service_settings(None).data_dir)
+        read = [_records(file) for file in ([records] if fit_records is None else [records, fit_records])]
+        contexts = _contexts([r for rows_read in read for r in rows_read], data_dir)
         if protocol == "grouped":
             from pipelines.protocol import markdown as protocol_markdown
             from pipelines.protocol import write_protocol
@@ -151,7 +170,7 @@ def evaluate(
         raise ValueError(f"--protocol must be in-sample, grouped or transfer, not {protocol!r}")
     from pipelines.evaluate import markdown, write_evaluation
 
-    summary = write_evaluation(_outcomes(records, label, rows), policy or [], out_dir)
+    summary = write_evaluation(_outcomes(records, label, rows, data_dir, features=True), policy or [], out_dir)
     out.print(markdown(summary))
 
 

@@ -1,10 +1,9 @@
 """Deferral features and learned deferral models over calibration records.
 
-Features per answer, all computed from the record alone (the per-token series it keeps): the
-quantiles 0, .1, .25, .5, .75 and 1 of each per-token series (logprob, entropy, top-1/top-2
-margin), the sum of logprobs, answer length in tokens and words, the first token's margin, where
-the least likely token sits (0 = first, 1 = last), and cheap task checks: the answer is a span of
-the context, the answer says "unanswerable" (or is empty).
+The features are the router's own (``cascade.policies.features``), computed here from the per-token
+series each record keeps, its answer, question and (given ``contexts``) context: quantiles of the
+logprob, entropy and margin series, length, first-token margin, where the least likely token sits,
+and cheap task checks (a span of the context, an abstention, words shared with context and question).
 
 Two targets are compared: ``small_wrong`` (escalate what the small model likely got wrong) and
 ``escalation_helps`` (escalate where the large model is right and the small one wrong). Models:
@@ -20,52 +19,59 @@ from typing import Any, Literal
 
 import numpy as np
 
+from cascade.policies.deferral import DeferralPolicy, LinearScorer, TreeScorer
+from cascade.policies.features import FEATURE_NAMES, deferral_features
 from pipelines.calibrate import CalibrationRecord
-from pipelines.metrics import normalize_answer
 
-QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
-SERIES = ("logprob", "entropy", "margin")
 Target = Literal["small_wrong", "escalation_helps"]
 ModelKind = Literal["logistic", "boosted"]
 
 
 def feature_names() -> list[str]:
-    names = [f"{series}_q{round(q * 100):02d}" for series in SERIES for q in QUANTILES]
-    return [*names, "sum_logprob", "n_tokens", "n_words", "first_token_margin", "argmin_position",
-            "span_of_context", "says_unanswerable"]
+    return list(FEATURE_NAMES)
 
 
-def _quantiles(values: np.ndarray | None) -> list[float]:
-    if values is None or not len(values):
-        return [0.0] * len(QUANTILES)
-    return [float(v) for v in np.quantile(values, QUANTILES)]
+def _series(records: Sequence[CalibrationRecord], name: str) -> np.ndarray | None:
+    """One per-token series of every record's small answer, concatenated (None if any record lacks it)."""
+    parts = []
+    for record in records:
+        tokens = record.tiers[0].tokens
+        values = tokens.arrays()[name] if tokens is not None else None
+        if values is None:
+            return None
+        parts.append(values)
+    return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
 
-def features_of(record: CalibrationRecord, context: str | None = None) -> np.ndarray:
-    """The feature row of a record's small-tier answer (see the module docstring)."""
-    small = record.tiers[0]
-    if small.tokens is not None:
-        series = small.tokens.arrays()
-    else:  # an older record without its token series: the aggregate signals stand in
-        s = small.signals
-        series = {"logprob": np.array([s.mean_logprob, s.min_logprob], np.float32),
-                  "entropy": np.array([s.mean_entropy, s.max_entropy], np.float32),
-                  "margin": np.array([s.first_token_margin], np.float32)}
-    logprob = series["logprob"]
-    assert logprob is not None
-    row = [q for name in SERIES for q in _quantiles(series[name])]
-    answer = normalize_answer(small.answer)
-    n = len(logprob)
-    position = float(np.argmin(logprob)) / max(n - 1, 1) if n else 0.0
-    row += [float(logprob.sum()) if n else 0.0, float(small.completion_tokens), float(len(small.answer.split())),
-            float(small.signals.first_token_margin), position,
-            float(bool(answer) and context is not None and answer in normalize_answer(context)),
-            float(not answer or answer == "unanswerable")]
-    return np.nan_to_num(np.asarray(row, np.float64), nan=0.0, posinf=30.0, neginf=-30.0)
+def _aggregate_series(record: CalibrationRecord) -> dict[str, np.ndarray]:
+    """An older record without its token series: its aggregate signals stand in for the series."""
+    s = record.tiers[0].signals
+    return {"logprob": np.array([s.mean_logprob, s.min_logprob], np.float32),
+            "entropy": np.array([s.mean_entropy, s.max_entropy], np.float32),
+            "margin": np.array([s.first_token_margin, s.first_token_margin], np.float32)}
 
 
 def feature_matrix(records: Sequence[CalibrationRecord], contexts: Mapping[str, str] | None = None) -> np.ndarray:
-    return np.stack([features_of(r, (contexts or {}).get(r.id)) for r in records])
+    """The features of each record's small-tier answer (``cascade.policies.features``, as the router
+    computes them)."""
+    logprob = _series(records, "logprob")
+    if logprob is None:
+        return np.vstack([_features_from(r, _aggregate_series(r), contexts) for r in records])
+    lengths = np.array([r.tiers[0].tokens.length if r.tiers[0].tokens else 0 for r in records], np.int64)
+    return deferral_features(
+        lengths, logprob, _series(records, "entropy"), _series(records, "margin"),
+        np.array([r.tiers[0].signals.first_token_margin for r in records]),
+        [r.tiers[0].answer for r in records], [r.question for r in records],
+        [(contexts or {}).get(r.id) for r in records])
+
+
+def _features_from(record: CalibrationRecord, series: dict[str, np.ndarray],
+                   contexts: Mapping[str, str] | None) -> np.ndarray:
+    margin = series["margin"]
+    return deferral_features(
+        np.array([len(series["logprob"])]), series["logprob"], series["entropy"], margin,
+        np.array([record.tiers[0].signals.first_token_margin]), [record.tiers[0].answer], [record.question],
+        [(contexts or {}).get(record.id)])[0]
 
 
 def labels_of(small_correct: np.ndarray, large_correct: np.ndarray, target: Target) -> np.ndarray:
@@ -110,6 +116,35 @@ class DeferralModel:
 
         self.isotonic = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(self.raw(features), wanted)
         return self
+
+    def scorer(self) -> LinearScorer | TreeScorer:
+        """The fitted model as plain arrays, scored in numpy by the router's deferral policy."""
+        if self.kind == "logistic":
+            scaler, logistic = self.estimator[0], self.estimator[-1]
+            return LinearScorer(mean=tuple(scaler.mean_.tolist()), scale=tuple(scaler.scale_.tolist()),
+                                coef=tuple(logistic.coef_[0].tolist()), intercept=float(logistic.intercept_[0]))
+        trees = [predictors[0].nodes for predictors in self.estimator._predictors]
+        width = max(len(tree) for tree in trees)
+
+        def padded(field: str, fill: Any) -> list[list[Any]]:
+            return [tree[field].tolist() + [fill] * (width - len(tree)) for tree in trees]
+
+        return TreeScorer(
+            baseline=float(np.ravel(self.estimator._baseline_prediction)[0]), feature=padded("feature_idx", 0),
+            threshold=padded("num_threshold", 0.0), left=padded("left", 0), right=padded("right", 0),
+            leaf=[[bool(x) for x in tree["is_leaf"]] + [True] * (width - len(tree)) for tree in trees],
+            value=padded("value", 0.0),
+            missing_left=[[bool(x) for x in tree["missing_go_to_left"]] + [True] * (width - len(tree))
+                          for tree in trees],
+            depth=max(1, int(max(tree["depth"].max() for tree in trees))))
+
+    def policy(self, threshold: float, name: str = "deferral") -> DeferralPolicy:
+        """The router's policy for this calibrated model, escalating at scores ≥ ``threshold``."""
+        if self.isotonic is None:
+            raise ValueError("calibrate the model before exporting it as a policy")
+        return DeferralPolicy(name=name, target=self.target, model=self.scorer(),
+                              isotonic_x=tuple(self.isotonic.X_thresholds_.tolist()),
+                              isotonic_y=tuple(self.isotonic.y_thresholds_.tolist()), threshold=threshold)
 
     def escalation_score(self, features: np.ndarray) -> np.ndarray:
         """Higher means escalate first. Ties after the isotonic map are broken by the raw score."""

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from cascade.policies import PRESETS, LogisticPolicy, ThresholdPolicy, load_policy
+from cascade.policies import PRESETS, DeferralPolicy, LogisticPolicy, ThresholdPolicy, load_policy
 from cascade.signals import SIGNAL_NAMES
 from pipelines.fit import cheapest_meeting
 from pipelines.metrics import auroc, expected_calibration_error, reliability_bins
@@ -39,7 +39,8 @@ def _reductions(points: Sequence[dict[str, float]], large_quality: float) -> dic
     return result
 
 
-def evaluate(outcomes: Outcomes, policies: Sequence[LogisticPolicy | ThresholdPolicy]) -> dict[str, object]:
+def evaluate(outcomes: Outcomes, policies: Sequence[LogisticPolicy | ThresholdPolicy | DeferralPolicy]
+             ) -> dict[str, object]:
     """The whole evaluation as one JSON-ready dictionary."""
     n = len(outcomes)
     large_quality = float(outcomes.large_correct.mean())
@@ -59,6 +60,10 @@ def evaluate(outcomes: Outcomes, policies: Sequence[LogisticPolicy | ThresholdPo
             probability = policy.probability(outcomes.signals)
             points = [_point(outcomes, probability < t) for t in PROBABILITY_THRESHOLDS]
             confidences[policy.name] = probability
+        elif isinstance(policy, DeferralPolicy):
+            score = policy.score(outcomes.signals.features)
+            points = [_point(outcomes, score >= t) for t in np.quantile(score, PROBABILITY_THRESHOLDS)]
+            confidences[policy.name] = np.clip(1.0 - score, 0.0, 1.0)
         else:
             points = [_point(outcomes, policy.decide(outcomes.signals).escalate)]
         curves[policy.name] = {"points": points, "reduction_of_large_calls": _reductions(points, large_quality),
@@ -162,8 +167,8 @@ def write_evaluation(outcomes: Outcomes, policy_files: Sequence[Path], out_dir: 
     policies = []
     for path in policy_files:
         policy = load_policy(path)
-        if not isinstance(policy, LogisticPolicy | ThresholdPolicy):
-            raise ValueError(f"{path}: only logistic and threshold policies can be evaluated")
+        if not isinstance(policy, LogisticPolicy | ThresholdPolicy | DeferralPolicy):
+            raise ValueError(f"{path}: only logistic, threshold and deferral policies can be evaluated")
         policies.append(policy)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = evaluate(outcomes, policies)

@@ -4,16 +4,21 @@ The policy predicts whether the small tier's answer is right. Logistic: regulari
 5-fold cross-validated AUROC; the probability threshold is the one that escalates least while the
 routed quality (on out-of-fold predictions) stays at ``target`` × large-only quality. Threshold:
 a grid search over the seed project's three rules against the same target. Guaranteed: a
-min-logprob threshold whose quality holds with probability 1 − δ (Learn-then-Test).
+min-logprob threshold whose quality holds with probability 1 − δ (Learn-then-Test). Deferral (the
+default of ``cascade fit``): gradient-boosted trees on the token-quantile features, which ranked best
+held out (``docs/results/*_grouped``), exported as plain arrays for the router.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from cascade.policies import LogisticPolicy, ThresholdPolicy, ThresholdRule
+from cascade.policies import DeferralPolicy, LogisticPolicy, ThresholdPolicy, ThresholdRule
+from pipelines.calibrate import CalibrationRecord
+from pipelines.deferral import ModelKind
 from pipelines.metrics import auroc
 from pipelines.outcomes import Outcomes
 
@@ -100,3 +105,42 @@ def fit_guaranteed(outcomes: Outcomes, target: float = 0.97,
         "target": target, "delta": delta, "n": len(outcomes), "min_logprob_at_most": value,
         "escalation_rate": escalation, "quality_ratio": quality / max(float(large.mean()), 1e-12)}
     return policy, report
+
+
+def fit_deferral(records: Sequence[CalibrationRecord], contexts: Mapping[str, str] | None = None,
+                 target: float = 0.97, delta: float | None = None, kind: ModelKind = "boosted",
+                 seed: int = 0) -> tuple[DeferralPolicy, dict[str, object]]:
+    """The learned deferral policy (the grouped protocol's best held-out: gradient-boosted trees on the
+    token-quantile features, target "small answer wrong"): fitted on 80% of the groups (articles),
+    its isotonic map and threshold set on the other 20% — the cheapest threshold reaching ``target`` ×
+    large-only quality there, or with ``delta`` the Learn-then-Test threshold that holds it with
+    probability 1 − δ for questions like those."""
+    from pipelines.deferral import DeferralModel, feature_matrix, labels_of
+    from pipelines.outcomes import outcomes_of, usable_records
+    from pipelines.protocol import grouped_splits, guaranteed_threshold
+
+    usable = usable_records(records)
+    outcomes = outcomes_of(usable)
+    groups = np.array([r.group or r.id for r in usable])
+    split = grouped_splits(groups, 1, seed)[0]
+    fit, calibrate = np.concatenate([split.fit, split.test]), split.calibrate
+    features = feature_matrix(usable, contexts)
+    wanted = labels_of(outcomes.small_correct, outcomes.large_correct, "small_wrong")
+    model = DeferralModel.fit(features[fit], wanted[fit], kind, "small_wrong", seed)
+    model.calibrate(features[calibrate], wanted[calibrate])
+    score = model.escalation_score(features[calibrate])
+    small, large = outcomes.small_correct[calibrate], outcomes.large_correct[calibrate]
+    if delta is not None:
+        threshold = guaranteed_threshold(score, small, large, target, delta)
+    else:
+        candidates = np.concatenate([np.unique(score), [np.inf]])
+        qualities = np.array([np.where(score >= t, large, small).mean() for t in candidates])
+        escalations = np.array([(score >= t).mean() for t in candidates])
+        chosen = cheapest_meeting(qualities, escalations, target * float(large.mean()))
+        threshold = float(candidates[chosen]) if chosen is not None else float(-np.inf)
+    escalate = score >= threshold
+    report: dict[str, object] = {
+        "kind": kind, "target": target, "delta": delta, "n": len(usable), "fit": len(fit),
+        "calibration": len(calibrate), "threshold": threshold, "escalation_rate": float(escalate.mean()),
+        "quality_ratio": float(np.where(escalate, large, small).mean()) / max(float(large.mean()), 1e-12)}
+    return model.policy(float(np.clip(threshold, -1.0, 2.0)), name=f"deferral-{kind}"), report  # ±inf: all or none

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,8 +40,12 @@ def usable_records(records: Sequence[CalibrationRecord]) -> list[CalibrationReco
     return [r for r in records if r.error is None and len(r.tiers) >= 2]
 
 
-def outcomes_of(records: Sequence[CalibrationRecord], metric: str = "exact_match") -> Outcomes:
-    """Arrays from calibration records; records without answers (skipped questions) are left out."""
+def outcomes_of(records: Sequence[CalibrationRecord], metric: str = "exact_match",
+                contexts: Mapping[str, str] | None = None) -> Outcomes:
+    """Arrays from calibration records; records without answers (skipped questions) are left out.
+    With ``contexts`` (question id → context), the signals also carry the deferral features."""
+    from pipelines.deferral import feature_matrix
+
     usable = usable_records(records)
     if not usable:
         raise ValueError("no usable calibration records: every record was skipped or has fewer than two tiers")
@@ -49,8 +53,10 @@ def outcomes_of(records: Sequence[CalibrationRecord], metric: str = "exact_match
     agreement = np.array([
         np.mean([normalize_answer(s) == normalize_answer(r.tiers[0].answer) for s in r.samples]) if r.samples
         else np.nan for r in usable])
+    signals = SignalBatch.from_rows([t.signals for t in small])
     return Outcomes(
-        signals=SignalBatch.from_rows([t.signals for t in small]),
+        signals=signals if contexts is None else SignalBatch(signals.values,
+                                                             known_features=feature_matrix(usable, contexts)),
         small_correct=np.array([getattr(t, metric) for t in small], np.float64),
         large_correct=np.array([getattr(t, metric) for t in large], np.float64),
         small_cost=np.array([t.cost for t in small]),

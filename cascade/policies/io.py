@@ -10,18 +10,20 @@ from pydantic import Field, TypeAdapter, ValidationError
 
 from cascade.errors import validation_summary
 from cascade.policies.accept import AcceptAllPolicy
+from cascade.policies.deferral import DeferralPolicy
 from cascade.policies.logistic import LogisticPolicy
 from cascade.policies.threshold import PRESETS, ThresholdPolicy
 
-PolicySpec = Annotated[ThresholdPolicy | LogisticPolicy | AcceptAllPolicy, Field(discriminator="kind")]
-_ADAPTER: TypeAdapter[ThresholdPolicy | LogisticPolicy | AcceptAllPolicy] = TypeAdapter(PolicySpec)
+AnyPolicy = ThresholdPolicy | LogisticPolicy | DeferralPolicy | AcceptAllPolicy
+PolicySpec = Annotated[AnyPolicy, Field(discriminator="kind")]
+_ADAPTER: TypeAdapter[AnyPolicy] = TypeAdapter(PolicySpec)
 
 
 class PolicyFileError(ValueError):
     """A policy file is missing, not JSON, or not a valid policy."""
 
 
-def parse_policy(document: object, source: str = "policy") -> ThresholdPolicy | LogisticPolicy | AcceptAllPolicy:
+def parse_policy(document: object, source: str = "policy") -> AnyPolicy:
     """Validate a decoded policy document."""
     try:
         return _ADAPTER.validate_python(document)
@@ -29,7 +31,7 @@ def parse_policy(document: object, source: str = "policy") -> ThresholdPolicy | 
         raise PolicyFileError(f"{source} is not a valid policy: {validation_summary(error)}") from None
 
 
-def load_policy(path: str | Path) -> ThresholdPolicy | LogisticPolicy | AcceptAllPolicy:
+def load_policy(path: str | Path) -> AnyPolicy:
     """Load a policy file; raises PolicyFileError naming the file and the problem."""
     file = Path(path)
     try:
@@ -45,12 +47,12 @@ def load_policy(path: str | Path) -> ThresholdPolicy | LogisticPolicy | AcceptAl
     return parse_policy(document, f"policy file {file}")
 
 
-def save_policy(policy: ThresholdPolicy | LogisticPolicy | AcceptAllPolicy, path: str | Path) -> None:
+def save_policy(policy: AnyPolicy, path: str | Path) -> None:
     """Write a policy as indented JSON."""
     Path(path).write_bytes(orjson.dumps(policy.model_dump(mode="json"), option=orjson.OPT_INDENT_2))
 
 
-def resolve_policy(name_or_path: str) -> ThresholdPolicy | LogisticPolicy | AcceptAllPolicy:
+def resolve_policy(name_or_path: str) -> AnyPolicy:
     """A preset name (v1, v2, v3, accept) or the path of a policy file."""
     if name_or_path in PRESETS:
         return PRESETS[name_or_path]

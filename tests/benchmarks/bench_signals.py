@@ -5,7 +5,10 @@ Batch: 256 answers x 64 tokens x top-20 logprobs. Prints answers per second for
   numpy loop     the same numpy code called once per answer (batch of one)
   python loop    the obvious per-answer reference implementation (tests/reference_signals.py)
 and the ratios. Target: vectorized >= 100,000 answers/s on one core and >= 50x the per-answer
-reference loop (the numpy-per-answer figure shows how much of that is batching alone).
+reference loop (the numpy-per-answer figure shows how much of that is batching alone). Then the
+learned deferral policy on the same batch: signals, its features (token quantiles, task checks
+against each query's context and question) and 200 boosted trees with the isotonic map, which must
+stay at >= 100,000 answers/s too.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from cascade.schemas import Generation
+from cascade.policies import DeferralPolicy
+from cascade.policies.features import FEATURE_NAMES
+from cascade.schemas import Generation, Query
 from cascade.signals import signals_of
 from tests.reference_signals import reference_signals
 
@@ -33,6 +38,20 @@ def make_batch(answers: int, tokens: int, k: int, seed: int = 0) -> list[Generat
                    completion_tokens=tokens)
         for i in range(answers)
     ]
+
+
+CONTEXT = ("Paris is the capital of France. The Seine flows through the city from the east to the west, "
+           "and its banks are a World Heritage Site. ") * 4
+
+
+def learned_policy(batch: list[Generation], queries: list[Query]) -> DeferralPolicy:
+    """A deferral policy of the size ``cascade fit`` makes (200 trees of depth 3), fitted on the batch's
+    own features with labels that follow the least likely token."""
+    from pipelines.deferral import DeferralModel
+
+    features = signals_of(batch, queries).features
+    wanted = (features[:, 0] < np.median(features[:, 0])).astype(np.int64)
+    return DeferralModel.fit(features, wanted, "boosted", "small_wrong").calibrate(features, wanted).policy(0.5)
 
 
 def best_rate(run: Callable[[], object], answers: int, seconds: float) -> float:
@@ -66,6 +85,12 @@ def main() -> None:
     print(f"  python loop  {python_loop:>12,.0f} answers/s   vectorized is {vectorized / python_loop:6.1f}x")
     target = vectorized >= 100_000 and vectorized / python_loop >= 50
     print(f"  target (>= 100,000 answers/s, >= 50x the per-answer loop): {'met' if target else 'NOT met'}")
+    queries = [Query(prompt="Which river flows through Paris?", context=[f"{CONTEXT} ({i})"])  # one document each
+               for i in range(len(batch))]
+    policy = learned_policy(batch, queries)
+    learned = best_rate(lambda: policy.decide(signals_of(batch, queries)), args.answers, args.seconds)
+    print(f"  learned deferral (signals, {len(FEATURE_NAMES)} features, {len(policy.model.feature)} boosted trees, "
+          f"isotonic) {learned:>10,.0f} answers/s   {'met' if learned >= 100_000 else 'NOT met'} (>= 100,000)")
 
 
 if __name__ == "__main__":

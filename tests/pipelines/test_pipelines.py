@@ -10,7 +10,7 @@ import numpy as np
 import orjson
 import pytest
 
-from cascade.policies import LogisticPolicy, load_policy
+from cascade.policies import DeferralPolicy, LogisticPolicy, load_policy
 from cascade.schemas import Signals
 from pipelines.calibrate import CalibrationRecord, TierOutcome, calibrate, read_records
 from pipelines.datasets import load_qa
@@ -110,20 +110,23 @@ def test_fit_then_evaluate_round_trip(tmp_path: Path) -> None:
         result = cascade("fit", "--records", str(records), "--policy", kind, "--out", str(path))
         assert result.returncode == 0, result.stderr
     guaranteed = tmp_path / "guaranteed.json"
-    result = cascade("fit", "--records", str(records), "--out", str(guaranteed), "--target-quality", "0.97",
-                     "--delta", "0.1")
+    result = cascade("fit", "--records", str(records), "--policy", "min-logprob", "--out", str(guaranteed),
+                     "--target-quality", "0.97", "--delta", "0.1")
     assert result.returncode == 0 and '"delta":0.1' in result.stdout, result.stderr
     assert load_policy(guaranteed).rules[0].signal == "min_logprob"  # type: ignore[union-attr]
     fitted = load_policy(logistic)
     assert isinstance(fitted, LogisticPolicy)
     assert dict(zip(fitted.features, fitted.coef, strict=True))["mean_logprob"] > 0
+    deferral = tmp_path / "deferral.json"  # the default kind
+    result = cascade("fit", "--records", str(records), "--out", str(deferral))
+    assert result.returncode == 0 and isinstance(load_policy(deferral), DeferralPolicy), result.stderr
 
     out = tmp_path / "evaluation"
     result = cascade("evaluate", "--records", str(records), "--policy", str(logistic), "--policy", str(threshold),
-                     "--out", str(out))
+                     "--policy", str(deferral), "--out", str(out))
     assert result.returncode == 0, result.stderr
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["curves"]) == {"logistic", "threshold", "v1", "v2", "v3"}, "policies named by their file"
+    assert set(summary["curves"]) == {"logistic", "threshold", "deferral", "v1", "v2", "v3"}, "named by their file"
     assert len(summary["curves"]["logistic"]["points"]) == 101
     assert summary["signal_auroc"]["mean_logprob"] > 0.7
     assert summary["self_consistency"]["auroc"] == 1.0
