@@ -7,6 +7,7 @@ read back on restart, so an interrupted run resumes where it stopped.
 
 from __future__ import annotations
 
+import gzip
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -65,11 +66,11 @@ def query_for(record: QARecord, params: GenerationParams) -> Query:
 
 
 def read_records(path: Path) -> list[CalibrationRecord]:
-    """Records already written to a calibration file (none if it does not exist)."""
+    """Records already written to a calibration file, plain or gzipped (none if it does not exist)."""
     if not path.exists():
         return []
-    return [CalibrationRecord.model_validate(orjson.loads(line)) for line in path.read_bytes().splitlines()
-            if line.strip()]
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    return [CalibrationRecord.model_validate(orjson.loads(line)) for line in raw.splitlines() if line.strip()]
 
 
 def _outcome(tier: Tier, generation: Generation, signals: Signals, gold: Sequence[str]) -> TierOutcome:

@@ -225,3 +225,25 @@ async def test_a_checkpoint_forcing_a_tier_above_its_cap_is_refused_alone() -> N
                                  batch_size=1)
     refused, answered = await router.answer([checkpoint, *queries(1)])
     assert isinstance(refused.error, TierNotAllowedError) and answered.answer is not None
+
+
+async def test_the_learned_deferral_policy_decides_from_the_queries_it_answers() -> None:
+    """A deferral policy on the small tier reads each answer's tokens, question and context: an answer
+    that is a span of its context is accepted, one that is not is escalated (a linear model on the
+    span-of-context feature alone)."""
+    from cascade.policies import DeferralPolicy
+    from cascade.policies.deferral import LinearScorer
+    from cascade.policies.features import FEATURE_NAMES
+
+    span = FEATURE_NAMES.index("span_of_context")
+    coef = tuple(-8.0 if i == span else 0.0 for i in range(len(FEATURE_NAMES)))
+    policy = DeferralPolicy(name="span-check", model=LinearScorer(
+        mean=(0.0,) * len(FEATURE_NAMES), scale=(1.0,) * len(FEATURE_NAMES), coef=coef, intercept=4.0),
+        isotonic_x=(0.0, 1.0), isotonic_y=(0.0, 1.0), threshold=0.5)
+    router = Router([Tier("small", ScriptedEngine("small-model", small_script), policy, SMALL_PRICE),
+                     Tier("large", ScriptedEngine("large-model", large_script), AcceptAllPolicy(), LARGE_PRICE)])
+    batch = [Query(prompt=f"easy question {i}", context=[context]) for i, context in enumerate(
+        ["Paris is the capital of France.", "Lyon is a city in France."])]
+    first, second = await router.route(batch)
+    assert first.tier == "small" and first.reason.startswith("accepted by span-check")
+    assert second.tier == "large" and second.reason.startswith("escalated by span-check")

@@ -157,3 +157,14 @@ def test_fit_refuses_records_of_one_class(tmp_path: Path) -> None:
     records.write_bytes(b"".join(orjson.dumps(r.model_dump(mode="json")) + b"\n" for r in one_class))
     result = cascade("fit", "--records", str(records), "--policy", "logistic", "--out", str(tmp_path / "p.json"))
     assert result.returncode == 2 and "all right or all wrong" in result.stderr
+
+
+def test_gzipped_records_read_like_plain_ones(tmp_path: Path) -> None:
+    """Committed records are gzipped (docs/results/records/); every command reads them as they are."""
+    import gzip
+
+    lines = b"".join(orjson.dumps(r.model_dump(mode="json")) + b"\n" for r in synthetic_records(30))
+    (tmp_path / "r.jsonl").write_bytes(lines)
+    (tmp_path / "r.jsonl.gz").write_bytes(gzip.compress(lines))
+    assert read_records(tmp_path / "r.jsonl.gz") == read_records(tmp_path / "r.jsonl") and len(
+        read_records(tmp_path / "r.jsonl")) == 30
