@@ -70,6 +70,7 @@ bench: setup
 	$(BIN)/python -m tests.benchmarks.bench_embedders
 	$(BIN)/python -m tests.benchmarks.bench_serve
 	$(BIN)/python -m tests.benchmarks.bench_openai_tiers --cache
+	$(BIN)/python -m tests.benchmarks.bench_openai_tiers --ha-proxy --cache
 	$(BIN)/python -m tests.benchmarks.bench_batch
 	$(BIN)/python -m tests.benchmarks.bench_redis_outage
 

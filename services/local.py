@@ -21,7 +21,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # this when it is imported, so it is set here, before anything below imports ray.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 # Serve replicas inherit the driver's runtime env, so their gRPC servers follow (services/loopback.py).
-LOOPBACK_WORKERS = {"worker_process_setup_hook": "services.loopback.bind_replica_grpc_to_loopback"}
+LOOPBACK_WORKERS = {"worker_process_setup_hook": "services.loopback.bind_to_loopback"}
 
 
 def local_settings(settings: CascadeSettings) -> CascadeSettings:
@@ -32,11 +32,15 @@ def local_settings(settings: CascadeSettings) -> CascadeSettings:
     return settings
 
 
-def start_ray(num_cpus: int | None = None, *, quiet: bool = False) -> None:
+def start_ray(num_cpus: int | None = None, *, quiet: bool = False, proxy: str = "haproxy") -> None:
     """Local Ray on loopback, without the dashboard or usage reporting, unless one is already connected;
-    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1`` in the environment lets it listen on the node's address."""
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1`` in the environment lets it listen on the node's address.
+    ``proxy`` is what Serve will put in front of the apps: its HAProxy ingress, or its Python proxy;
+    Serve's controller reads the choice from the environment Ray starts it with."""
     import ray
 
+    if not ray.is_initialized():
+        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1" if proxy == "haproxy" else "0"
     workers = LOOPBACK_WORKERS if os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0" else None
     if not ray.is_initialized():
         keep_python_signal_handlers(lambda: ray.init(
@@ -53,7 +57,7 @@ def serve_locally(settings: CascadeSettings, *, host: str | None = None, port: i
 
     host = host or settings.server.host
     port = port or settings.server.port
-    start_ray(quiet=quiet)
+    start_ray(quiet=quiet, proxy=settings.server.proxy)
     serve.start(http_options={"host": host, "port": port})
     try:
         serve.run(build_app(local_settings(settings)), name=APP_NAME, route_prefix="/", blocking=False)

