@@ -29,6 +29,7 @@ from pipelines.protocol import (
     grouped_splits,
     guaranteed_threshold,
     interval,
+    methods_table,
     realized,
     savings,
     weighted_curves,
@@ -103,20 +104,13 @@ def run_transfer(source: Data, target: Data, *, draws: int = 10, seed: int = 0, 
     }
 
 
-def _cell(figure: Mapping[str, float]) -> str:
-    return f"{figure['point']:.3f} [{figure['low']:.3f}, {figure['high']:.3f}]"
-
-
 def markdown(summary: Mapping[str, Any], title: str) -> str:
     lines = [f"# {title}", "",
              f"Learned deferral fitted on {summary['source_n']} source questions, used on {summary['target_n']} "
              f"target questions (small-only {summary['small_quality']:.3f}, "
              f"large-only {summary['large_quality']:.3f}); "
              f"{summary['draws']} source splits; 95% paired-bootstrap intervals over the target questions.", "",
-             "| method | AUDC | large calls saved at ≥97% | at ≥99% |", "| --- | --- | --- | --- |"]
-    for name, figures in sorted(summary["methods"].items(), key=lambda item: -item[1]["audc"]["point"]):
-        lines.append(f"| {name} | {_cell(figures['audc'])} | {_cell(figures['saved_at_97'])} | "
-                     f"{_cell(figures['saved_at_99'])} |")
+             *methods_table(summary["methods"])]
     lines += ["", f"Guaranteed thresholds (δ = {summary['delta']}) judged on every target question: calibrated on "
               f"the source only, or on {summary['calibration_size']} target questions drawn at random.", "",
               "| method @ target | source only: violation rate | quality / large-only | saved | in-domain: violation "

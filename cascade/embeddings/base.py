@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -20,6 +20,24 @@ class Embedder(Protocol):
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """(len(texts), dimensions) float32 unit vectors."""
         ...
+
+
+def publish(folder: Path, build: Callable[[Path], None]) -> Path:
+    """``build`` a model into a temporary folder beside ``folder`` and rename it into place; replicas
+    starting together each build one, the first rename wins and the others are dropped."""
+    import contextlib
+    import shutil
+    import tempfile
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        build(staging)
+        with contextlib.suppress(OSError):  # another process published it first
+            staging.rename(folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
 
 
 def model_home() -> Path:

@@ -4,11 +4,8 @@ same vectors as MiniLM (mean of the token states, unit length) for less CPU per 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -16,7 +13,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
-from cascade.embeddings.base import model_home
+from cascade.embeddings.base import model_home, publish
 from cascade.embeddings.minilm import minilm_path
 
 log = logging.getLogger(__name__)
@@ -44,19 +41,18 @@ def export(folder: Path, int8: bool) -> Path:
     from transformers import AutoModel
 
     log.info("exporting MiniLM to ONNX%s in %s (once per machine)", " with int8 weights" if int8 else "", folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
-        class States(torch.nn.Module):
-            """MiniLM's token states, with the inputs named (the exporter passes them positionally)."""
 
-            def __init__(self) -> None:
-                super().__init__()
-                self.model = AutoModel.from_pretrained(minilm_path()).eval()
+    class States(torch.nn.Module):
+        """MiniLM's token states, with the inputs named (the exporter passes them positionally)."""
 
-            def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-                return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = AutoModel.from_pretrained(minilm_path()).eval()
 
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    def build(staging: Path) -> None:
         ids = torch.ones((2, 8), dtype=torch.int64)
         axes = {"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"},
                 "states": {0: "batch", 1: "tokens"}}
@@ -68,11 +64,8 @@ def export(folder: Path, int8: bool) -> Path:
 
             quantize_dynamic(str(exported), str(staging / "model.onnx"), weight_type=QuantType.QInt8, per_channel=True)
             exported.unlink()
-        with contextlib.suppress(OSError):  # another process published it first
-            staging.rename(folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+
+    return publish(folder, build) / "model.onnx"
 
 
 class OnnxEmbedder:

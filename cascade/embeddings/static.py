@@ -4,11 +4,8 @@ vector is the weighted mean of its tokens' rows, so it costs a tokenizer pass an
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -16,7 +13,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
-from cascade.embeddings.base import model_home
+from cascade.embeddings.base import model_home, publish
 from cascade.embeddings.minilm import minilm_path
 
 log = logging.getLogger(__name__)
@@ -42,15 +39,8 @@ def distill(folder: Path, dimensions: int) -> Path:
     from model2vec.distill import distill as distill_model
 
     log.info("distilling a %d-d static embedding from MiniLM into %s (once per machine)", dimensions, folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
-        distill_model(model_name=minilm_path(), pca_dims=dimensions).save_pretrained(str(staging))
-        with contextlib.suppress(OSError):  # another process published it first
-            staging.rename(folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return folder
+    return publish(folder, lambda staging: distill_model(model_name=minilm_path(), pca_dims=dimensions)
+                   .save_pretrained(str(staging)))
 
 
 class StaticEmbedder:

@@ -103,7 +103,8 @@ def test_cascade_evaluate_grouped_protocol_from_the_command_line(tmp_path: Path)
     assert "AUDC" in result.stdout and (tmp_path / "out" / "summary.json").is_file()
     wrong = subprocess.run([CASCADE, "evaluate", "--records", str(records), "--out", str(tmp_path / "x"),
                             "--protocol", "nested"], capture_output=True, text=True, timeout=120)
-    assert wrong.returncode == 2 and "--protocol must be in-sample or grouped" in " ".join(wrong.stderr.split())
+    assert wrong.returncode == 2
+    assert "--protocol must be in-sample, grouped or transfer" in " ".join(wrong.stderr.split())
 
 
 def test_the_guarantee_holds_in_domain_at_least_one_minus_delta_of_the_time() -> None:
