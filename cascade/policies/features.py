@@ -43,6 +43,7 @@ def segment_quantiles(values: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     if not len(values):
         return out
     ordered = np.sort(_padded(np.asarray(values, np.float64), lengths), axis=1)  # padding sorts last
+    ordered[lengths == 0] = 0.0  # an empty answer reads no padding
     rows = np.arange(len(lengths))
     last = np.maximum(lengths - 1, 0)
     for column, q in enumerate(QUANTILES):
@@ -51,7 +52,6 @@ def segment_quantiles(values: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         high = np.minimum(low + 1, last)
         low_values, high_values = ordered[rows, low], ordered[rows, high]
         out[:, column] = low_values + (position - low) * (high_values - low_values)
-    out[lengths == 0] = 0.0
     return out
 
 

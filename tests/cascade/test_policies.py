@@ -144,3 +144,16 @@ def test_cascade_last_tier_always_accepts() -> None:
     assert isinstance(cascade.policies[-1], AcceptAllPolicy)
     with pytest.raises(IndexError):
         cascade.decide(3, signals)
+
+
+def test_segment_quantiles_match_numpy_per_answer_and_empty_answers_are_zero() -> None:
+    from cascade.policies.features import QUANTILES, segment_quantiles
+
+    rng = np.random.default_rng(0)
+    lengths = np.array([3, 0, 1, 7, 2])
+    values = rng.normal(size=int(lengths.sum()))
+    got = segment_quantiles(values, lengths)
+    starts = np.cumsum(lengths) - lengths
+    for i, (start, n) in enumerate(zip(starts, lengths, strict=True)):
+        expected = np.quantile(values[start:start + n], QUANTILES) if n else np.zeros(len(QUANTILES))
+        assert np.allclose(got[i], expected)
