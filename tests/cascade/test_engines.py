@@ -162,8 +162,10 @@ async def test_openai_engine_against_a_real_server(openai_server: str, smollm2: 
         # both decoded the same text: the server computes every position's logits (logits_all) and
         # the engine only the last, which moves logits enough to flip a near-tie under some kernels,
         # after which the two texts rightly differ. Flash attention on CPU keeps K/V and the softmax
-        # in F16, so its two paths agree only to ~0.2 nats (the default numerics agree to 1e-3).
-        tolerance = 0.25 if llama_options()["flash_attention"] else 2e-2
+        # in F16, so its two paths agree only to ~0.3 nats: the engine evaluates a prompt in 64-position
+        # blocks (its prefix reuse) and the server in one batch, and F16 rounds the two orders apart
+        # (with one batch they agree to ~0.2; the default numerics agree to 1e-3 either way).
+        tolerance = 0.4 if llama_options()["flash_attention"] else 2e-2
         assert np.allclose(remote.top_logprobs[0], local.top_logprobs[0, :5], atol=tolerance)
         if remote.text == local.text:
             assert np.allclose(remote.token_logprobs, local.token_logprobs, atol=tolerance)
