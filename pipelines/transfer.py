@@ -28,7 +28,7 @@ from pipelines.protocol import (
     curve_area,
     grouped_splits,
     guaranteed_threshold,
-    interval,
+    method_figures,
     methods_table,
     realized,
     savings,
@@ -93,8 +93,7 @@ def run_transfer(source: Data, target: Data, *, draws: int = 10, seed: int = 0, 
                 drawn = rng.choice(everyone, size=min(calibration_size, n), replace=False)
                 in_domain = guaranteed_threshold(score[drawn], target.small[drawn], target.large[drawn], level, delta)
                 rows["in_domain"].append(_judge(score, in_domain, target.small, target.large, level))
-    methods = {name: {metric: {**interval(np.mean(values, axis=0)[1:]), "point": float(np.mean(values, axis=0)[0])}
-                      for metric, values in figures.items()} for name, figures in per_method.items()}
+    methods = method_figures(per_method)
     return {
         "source_n": len(source.small), "target_n": n, "draws": draws, "bootstrap": bootstrap, "delta": delta,
         "calibration_size": calibration_size, "small_quality": float(target.small.mean()),
@@ -109,7 +108,8 @@ def markdown(summary: Mapping[str, Any], title: str) -> str:
              f"Learned deferral fitted on {summary['source_n']} source questions, used on {summary['target_n']} "
              f"target questions (small-only {summary['small_quality']:.3f}, "
              f"large-only {summary['large_quality']:.3f}); "
-             f"{summary['draws']} source splits; 95% paired-bootstrap intervals over the target questions.", "",
+             f"{summary['draws']} source splits; 95% paired-bootstrap intervals over the target questions "
+             "(basic intervals for the calls saved at a target).", "",
              *methods_table(summary["methods"])]
     lines += ["", f"Guaranteed thresholds (δ = {summary['delta']}) judged on every target question: calibrated on "
               f"the source only, or on {summary['calibration_size']} target questions drawn at random.", "",

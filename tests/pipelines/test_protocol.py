@@ -17,6 +17,7 @@ from pipelines.protocol import (
     guaranteed_threshold,
     in_domain_guarantee,
     oracle_score,
+    target_interval,
     weighted_curves,
     write_protocol,
 )
@@ -128,3 +129,18 @@ def test_transfer_ranks_the_target_with_models_fitted_on_the_source(tmp_path: Pa
     for kinds in summary["thresholds"].values():
         assert kinds["source"]["runs"] == kinds["in_domain"]["runs"] == 3
     assert "source only: violation rate" in (tmp_path / "summary.md").read_text()
+
+
+def test_a_figure_at_a_target_gets_its_resamples_optimism_taken_back() -> None:
+    """Resamples that pass the target sooner than the sample itself (an interval beside the point) are
+    reflected around the point; a resample spread centred on the point keeps its percentiles."""
+    rng = np.random.default_rng(0)
+    optimistic = np.concatenate([[0.20], rng.uniform(0.25, 0.35, size=2000)])
+    figure = target_interval(optimistic)
+    assert figure["low"] < 0.20 and figure["high"] < 0.20
+    assert figure["low"] == pytest.approx(2 * 0.20 - np.percentile(optimistic[1:], 97.5))
+    centred = np.concatenate([[0.5], 0.5 + rng.normal(0, 0.05, size=2000)])
+    low, high = np.percentile(centred[1:], [2.5, 97.5])
+    assert target_interval(centred)["low"] == pytest.approx(low, abs=0.01)
+    assert target_interval(centred)["high"] == pytest.approx(high, abs=0.01)
+    assert target_interval(np.array([0.99, 0.5, 0.6, 0.7]))["high"] == 1.0
