@@ -374,11 +374,12 @@ def markdown(summary: Mapping[str, Any], title: str) -> str:
             lines.append(f"| {mode} | {_maybe(figures['cost'])} | {_maybe(figures['small_skipped'])} | "
                          f"{figures['cost']['reached']:.2f} |")
     in_domain = summary.get("guarantee_in_domain", {})
-    lines += ["", f"Thresholds with a guarantee (Learn-then-Test, δ = {summary['delta']}). New articles: calibrated "
-              "on the calibration split, judged on the test split (other articles, finite). In-domain: calibrated on "
+    lines += ["", f"Thresholds with a guarantee (Learn-then-Test, δ = {summary['delta']}). New groups: calibrated "
+              "on the calibration split, judged on the test split (other groups — articles, or questions where each is "
+              "its own group — and finite). In-domain: calibrated on "
               f"{summary.get('in_domain_calibration', 0)} questions drawn from the held-out questions, judged on all "
               "of them (the guarantee's own assumption).",
-              "", "| method @ target | new articles: violation rate | quality / large-only | large calls saved | "
+              "", "| method @ target | new groups: violation rate | quality / large-only | large calls saved | "
               "in-domain: violation rate | quality / large-only | large calls saved |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, row in summary["guarantee"].items():
