@@ -159,11 +159,13 @@ def evaluate(
             return
         from pipelines.protocol import Data
         from pipelines.transfer import markdown as transfer_markdown
-        from pipelines.transfer import write_transfer
+        from pipelines.transfer import unseen_by, write_transfer
 
         title = f"Transfer: fitted on {read[1][0].dataset if read[1] else '?'}, used on {records.name}"
-        summary = write_transfer(Data.of(read[1], label, contexts), Data.of(read[0], label, contexts), out_dir,
-                                 title=title, draws=splits, bootstrap=bootstrap, delta=delta, seed=seed)
+        target = unseen_by(read[1], read[0])
+        summary = write_transfer(Data.of(read[1], label, contexts), Data.of(target, label, contexts), out_dir,
+                                 title=title, left_out=len(read[0]) - len(target), draws=splits, bootstrap=bootstrap,
+                                 delta=delta, seed=seed)
         out.print(transfer_markdown(summary, title))
         return
     if protocol != "in-sample":

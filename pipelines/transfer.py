@@ -12,13 +12,14 @@ probability 1 − δ" survives the move to another dataset, and what a small in-
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
 
+from pipelines.calibrate import CalibrationRecord
 from pipelines.deferral import DeferralModel, labels_of
 from pipelines.protocol import (
     LEARNED,
@@ -36,6 +37,13 @@ from pipelines.protocol import (
 )
 
 CALIBRATION_SIZE = 200
+
+
+def unseen_by(source: Sequence[CalibrationRecord], target: Sequence[CalibrationRecord]) -> list[CalibrationRecord]:
+    """The target records whose question the source does not hold (SQuAD's questions are the answerable
+    half of SQuAD 2.0's: fitted on, they would be judged on themselves)."""
+    seen = {(record.id, record.question) for record in source}
+    return [record for record in target if (record.id, record.question) not in seen]
 
 
 def _learned(source: Data, fit: np.ndarray, seed: int) -> dict[str, DeferralModel]:
@@ -107,7 +115,8 @@ def markdown(summary: Mapping[str, Any], title: str) -> str:
     lines = [f"# {title}", "",
              f"Learned deferral fitted on {summary['source_n']} source questions, used on {summary['target_n']} "
              f"target questions (small-only {summary['small_quality']:.3f}, "
-             f"large-only {summary['large_quality']:.3f}); "
+             f"large-only {summary['large_quality']:.3f}; {summary.get('left_out_shared', 0)} target questions "
+             "that the source holds left out); "
              f"{summary['draws']} source splits; 95% paired-bootstrap intervals over the target questions "
              "(basic intervals for the calls saved at a target).", "",
              *methods_table(summary["methods"])]
@@ -122,8 +131,9 @@ def markdown(summary: Mapping[str, Any], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_transfer(source: Data, target: Data, out: Path, *, title: str, **options: Any) -> dict[str, Any]:
-    summary = run_transfer(source, target, **options)
+def write_transfer(source: Data, target: Data, out: Path, *, title: str, left_out: int = 0,
+                   **options: Any) -> dict[str, Any]:
+    summary = {**run_transfer(source, target, **options), "left_out_shared": left_out}
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
     (out / "summary.md").write_text(markdown(summary, title))

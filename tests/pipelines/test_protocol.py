@@ -22,7 +22,7 @@ from pipelines.protocol import (
     write_protocol,
 )
 from pipelines.token_series import TokenSeries, pack
-from pipelines.transfer import write_transfer
+from pipelines.transfer import unseen_by, write_transfer
 
 
 def synthetic(n: int, seed: int = 0) -> list[CalibrationRecord]:
@@ -144,3 +144,9 @@ def test_a_figure_at_a_target_gets_its_resamples_optimism_taken_back() -> None:
     assert target_interval(centred)["low"] == pytest.approx(low, abs=0.01)
     assert target_interval(centred)["high"] == pytest.approx(high, abs=0.01)
     assert target_interval(np.array([0.99, 0.5, 0.6, 0.7]))["high"] == 1.0
+
+
+def test_transfer_leaves_out_the_target_questions_the_source_was_fitted_on() -> None:
+    source, other = synthetic(30, seed=1), synthetic(20, seed=2)
+    other = [record.model_copy(update={"id": f"other-{record.id}"}) for record in other]
+    assert unseen_by(source, [*source[:10], *other]) == other
