@@ -46,6 +46,7 @@ LEVELS = (0.97, 0.99)
 IN_DOMAIN_CALIBRATION = 200  # questions drawn from the held-out articles to calibrate a guaranteed threshold
 IN_DOMAIN_DRAWS = 10  # draws per split
 PREROUTER = "pre-router (question embedding)"
+SHARE_LIMITS = {"cost": np.inf, "small_skipped": 1.0}  # a cascade can cost more than large-only; a share cannot pass 1
 CASCADE_SCORE = "min logprob (Chow-quantile)"  # the cascade's deferral score when pre-routing is compared
 LEARNED: tuple[tuple[ModelKind, Target], ...] = (("logistic", "small_wrong"), ("logistic", "escalation_helps"),
                                                  ("boosted", "small_wrong"), ("boosted", "escalation_helps"))
@@ -221,13 +222,13 @@ def realized(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
             "mean_saved": float(np.mean([r["saved"] for r in rows])), "runs": len(rows)}
 
 
-def _finite_interval(values: np.ndarray) -> dict[str, float | None]:
-    """Point (row 0) and basic bootstrap interval (the rest) of a figure at a target that may be
-    unreachable (inf / NaN); see ``target_interval``."""
+def _finite_interval(values: np.ndarray, upper: float) -> dict[str, float | None]:
+    """Point (row 0) and basic bootstrap interval (the rest), clipped to [0, ``upper``], of a figure at a
+    target that may be unreachable (inf / NaN); see ``target_interval``."""
     point = float(values[0])
     rest = values[1:][np.isfinite(values[1:])]
     low, high = (np.percentile(rest, [2.5, 97.5]) if len(rest) else (np.nan, np.nan))
-    low, high = np.clip([2 * point - high, 2 * point - low], 0.0, 1.0) if np.isfinite(point) else (low, high)
+    low, high = np.clip([2 * point - high, 2 * point - low], 0.0, upper) if np.isfinite(point) else (low, high)
     return {"point": point if np.isfinite(point) else None, "low": float(low) if np.isfinite(low) else None,
             "high": float(high) if np.isfinite(high) else None, "reached": float(len(rest) / max(len(values) - 1, 1))}
 
@@ -326,7 +327,7 @@ def run_protocol(data: Data, *, splits: int = 10, seed: int = 0, bootstrap: int 
         "methods": methods, "best_preset": best_preset, "best_learned": best_learned, "audc_differences": comparisons,
         "guarantee": {name: realized(rows) for name, rows in guarantee.items()},
         "guarantee_in_domain": {name: realized(rows) for name, rows in in_domain.items()},
-        "routing_modes": {mode: {metric: _finite_interval(np.mean(values, axis=0))
+        "routing_modes": {mode: {metric: _finite_interval(np.mean(values, axis=0), SHARE_LIMITS[metric])
                                  for metric, values in figures.items()} for mode, figures in routing.items()},
         "routing_modes_cascade_score": CASCADE_SCORE,
         "in_domain_calibration": IN_DOMAIN_CALIBRATION,

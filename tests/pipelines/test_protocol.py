@@ -12,7 +12,9 @@ from cascade.schemas import Signals
 from pipelines.calibrate import CalibrationRecord, TierOutcome
 from pipelines.deferral import feature_names
 from pipelines.protocol import (
+    SHARE_LIMITS,
     Data,
+    _finite_interval,
     grouped_splits,
     guaranteed_threshold,
     in_domain_guarantee,
@@ -150,3 +152,14 @@ def test_transfer_leaves_out_the_target_questions_the_source_was_fitted_on() -> 
     source, other = synthetic(30, seed=1), synthetic(20, seed=2)
     other = [record.model_copy(update={"id": f"other-{record.id}"}) for record in other]
     assert unseen_by(source, [*source[:10], *other]) == other
+
+
+def test_a_cost_above_large_only_keeps_its_interval_and_an_unreachable_target_has_none() -> None:
+    """A cascade that escalates everything costs more than large-only (small calls too): its interval is
+    not cut at 1; a share is."""
+    costs = np.array([1.02, 1.01, 1.03, 1.00, 1.02])
+    figure = _finite_interval(costs, SHARE_LIMITS["cost"])
+    assert figure["high"] is not None and figure["high"] > 1.0
+    assert _finite_interval(np.array([0.99, 0.90, 0.92]), SHARE_LIMITS["small_skipped"])["high"] == 1.0
+    unreachable = _finite_interval(np.array([np.inf, np.inf, np.inf]), SHARE_LIMITS["cost"])
+    assert unreachable["point"] is None and unreachable["low"] is None and unreachable["reached"] == 0.0
