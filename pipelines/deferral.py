@@ -31,18 +31,6 @@ def feature_names() -> list[str]:
     return list(FEATURE_NAMES)
 
 
-def _series(records: Sequence[CalibrationRecord], name: str) -> np.ndarray | None:
-    """One per-token series of every record's small answer, concatenated (None if any record lacks it)."""
-    parts = []
-    for record in records:
-        tokens = record.tiers[0].tokens
-        values = tokens.arrays()[name] if tokens is not None else None
-        if values is None:
-            return None
-        parts.append(values)
-    return np.concatenate(parts) if parts else np.zeros(0, np.float32)
-
-
 def _aggregate_series(record: CalibrationRecord) -> dict[str, np.ndarray]:
     """An older record without its token series: its aggregate signals stand in for the series."""
     s = record.tiers[0].signals
@@ -51,27 +39,29 @@ def _aggregate_series(record: CalibrationRecord) -> dict[str, np.ndarray]:
             "margin": np.array([s.first_token_margin, s.first_token_margin], np.float32)}
 
 
+def _small_series(record: CalibrationRecord) -> dict[str, np.ndarray]:
+    """The small answer's per-token series, unpacked once; a series the engine did not give reads as
+    zeros (as ``deferral_features`` counts a missing one)."""
+    tokens = record.tiers[0].tokens
+    if tokens is None:
+        return _aggregate_series(record)
+    arrays = tokens.arrays()
+    logprob = arrays["logprob"]
+    assert logprob is not None  # every token series has its logprobs
+    return {name: np.zeros(len(logprob), np.float32) if values is None else values for name, values in arrays.items()}
+
+
 def feature_matrix(records: Sequence[CalibrationRecord], contexts: Mapping[str, str] | None = None) -> np.ndarray:
     """The features of each record's small-tier answer (``cascade.policies.features``, as the router
-    computes them)."""
-    logprob = _series(records, "logprob")
-    if logprob is None:
-        return np.vstack([_features_from(r, _aggregate_series(r), contexts) for r in records])
-    lengths = np.array([r.tiers[0].tokens.length if r.tiers[0].tokens else 0 for r in records], np.int64)
+    computes them), for all records in one batch."""
+    series = [_small_series(r) for r in records]
+    joined = {name: np.concatenate([s[name] for s in series]) if series else np.zeros(0, np.float32)
+              for name in ("logprob", "entropy", "margin")}
     return deferral_features(
-        lengths, logprob, _series(records, "entropy"), _series(records, "margin"),
-        np.array([r.tiers[0].signals.first_token_margin for r in records]),
+        np.array([len(s["logprob"]) for s in series], np.int64), joined["logprob"], joined["entropy"],
+        joined["margin"], np.array([r.tiers[0].signals.first_token_margin for r in records]),
         [r.tiers[0].answer for r in records], [r.question for r in records],
         [(contexts or {}).get(r.id) for r in records])
-
-
-def _features_from(record: CalibrationRecord, series: dict[str, np.ndarray],
-                   contexts: Mapping[str, str] | None) -> np.ndarray:
-    margin = series["margin"]
-    return deferral_features(
-        np.array([len(series["logprob"])]), series["logprob"], series["entropy"], margin,
-        np.array([record.tiers[0].signals.first_token_margin]), [record.tiers[0].answer], [record.question],
-        [(contexts or {}).get(record.id)])[0]
 
 
 def labels_of(small_correct: np.ndarray, large_correct: np.ndarray, target: Target) -> np.ndarray:

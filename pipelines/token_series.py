@@ -42,11 +42,6 @@ class TokenSeries(BaseModel):
                    entropy=None if generation.entropy is None else pack(generation.entropy),
                    margin=None if margin is None else pack(np.nan_to_num(margin, posinf=30.0)))
 
-    @property
-    def length(self) -> int:
-        """Tokens in the answer (the logprob series' length)."""
-        return len(unpack(self.logprob))
-
     def arrays(self) -> dict[str, np.ndarray | None]:
         """The series as float32 arrays (None where the engine did not give it)."""
         return {"logprob": unpack(self.logprob),

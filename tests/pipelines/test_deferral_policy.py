@@ -85,3 +85,16 @@ def test_fit_deferral_keeps_the_target_on_its_calibration_part_and_escalates_the
     assert escalate[low].mean() > escalate[~low].mean(), "answers with an unlikely token escalate more"
     _, strict = fit_deferral(records, target=0.97, delta=0.1)
     assert strict["escalation_rate"] >= report["escalation_rate"]  # type: ignore[operator]
+
+
+def test_a_file_mixing_older_records_reads_each_record_by_what_it_kept() -> None:
+    """Records without token series (an older file resumed) stand in with their aggregates, and the
+    records beside them keep their own series: each row is what that record alone gives."""
+    records = synthetic(12, seed=3)
+    older = [r.model_copy(update={"tiers": [r.tiers[0].model_copy(update={"tokens": None}), *r.tiers[1:]]})
+             for r in records[:4]]
+    mixed = feature_matrix([*older, *records[4:]])
+    alone = np.vstack([feature_matrix([record]) for record in [*older, *records[4:]]])
+    assert np.array_equal(mixed, alone)
+    assert not np.array_equal(mixed[:4], feature_matrix(records)[:4])  # the stand-ins are used
+    assert np.array_equal(mixed[4:], feature_matrix(records)[4:])
