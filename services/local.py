@@ -39,10 +39,9 @@ def start_ray(num_cpus: int | None = None, *, quiet: bool = False, proxy: str = 
     Serve's controller reads the choice from the environment Ray starts it with."""
     import ray
 
-    if not ray.is_initialized():
-        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1" if proxy == "haproxy" else "0"
     workers = LOOPBACK_WORKERS if os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0" else None
     if not ray.is_initialized():
+        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1" if proxy == "haproxy" else "0"
         keep_python_signal_handlers(lambda: ray.init(
             num_cpus=num_cpus or max(2, os.cpu_count() or 2), include_dashboard=False,
             log_to_driver=not quiet, configure_logging=not quiet, runtime_env=workers))
