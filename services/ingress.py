@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Annotated, Any
 
 import orjson
@@ -57,6 +57,7 @@ from services.openai_api import (
 )
 from services.pool import limit_threads
 from services.pool_engine import tier_engines, unwrap
+from services.recorder import TrailRecorder
 from services.settings import CascadeSettings
 from services.tenants import Caller, TenantDirectory
 
@@ -133,9 +134,7 @@ class RouterIngress:
         self._begin: Callable[[Query], Awaitable[Trail]] = serve.batch(
             max_batch_size=server.max_batch_size, batch_wait_timeout_s=server.batch_wait_timeout_s,
             max_concurrent_batches=server.max_concurrent_batches)(self.router.begin)
-        self._record: Callable[[Trail], Coroutine[Any, Any, None]] = serve.batch(
-            max_batch_size=256, batch_wait_timeout_s=0.05)(self._record_batch)
-        self._background: set[asyncio.Task[None]] = set()
+        self._recorder = TrailRecorder(self.router.record)
         self._in_flight = 0
         redis_url = self.settings.redis_url if server.use_redis and self.settings.queue.enabled else None
         self.batches = BatchApi(self.settings, redis_url) if redis_url else None
@@ -147,13 +146,6 @@ class RouterIngress:
         self.rate = RateLimiter(self.settings.redis_url, self.breaker) if (
             limited and self.breaker is not None and self.settings.redis_url) else None
         self._owners: OrderedDict[str, str] = OrderedDict()
-
-    async def _record_batch(self, trails: list[Trail]) -> list[None]:
-        try:
-            await self.router.record(trails)
-        except Exception:  # never let one batch's records fail the callers it was grouped with
-            log.exception("recording requests %s failed", [t.query.id for t in trails])
-        return [None] * len(trails)
 
     async def _admit(self, tenant: str) -> None:
         """429 with ``Retry-After`` when the tenant is over its request rate (counted in Redis)."""
@@ -214,10 +206,8 @@ class RouterIngress:
 
     def _record_later(self, trails: list[Trail]) -> None:
         """Record finished trails off the request's path, batched with other requests' records."""
-        for trail in trails if self._records else []:
-            task = asyncio.create_task(self._record(trail))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+        if self._records:
+            self._recorder.add(trails)
 
     @staticmethod
     def _client_error(error: Exception, param: str, request_ids: list[str]) -> ApiError:
@@ -432,7 +422,7 @@ class RouterIngress:
     async def __del__(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await self._recorder.close()
         if self.rate is not None:
             await self.rate.close()
         await self.router.close()

@@ -1,5 +1,8 @@
 """Semantic cache lookup latency on a real local Redis at 10,000 and 100,000 entries (the embedders
-are measured by ``bench_embedders``).
+are measured by ``bench_embedders``): entries spread over ten tenants, then all of them in one
+partition (one tenant, one scope: a chat app without a system prompt), searched by brute force over
+the partition (RediSearch's own choice) and through the HNSW graph (``BATCHES``, what
+``cascade.cache.hybrid_policy`` picks for it).
 
 Target: lookup <= 2 ms p50 at 100,000 entries (one tenant- and scope-filtered vector query for the
 ``candidates`` nearest entries).
@@ -25,27 +28,30 @@ TENANTS = [f"tenant-{i}" for i in range(10)]
 SCOPE = tag_value(scope_of(Query(prompt="any question")))
 
 
-def fill(client: object, prefix: str, start: int, stop: int, rng: np.random.Generator) -> None:
-    """Random unit vectors spread over ten tenants, written in pipelined chunks."""
+def fill(client: object, prefix: str, start: int, stop: int, rng: np.random.Generator,
+         tenants: list[str] = TENANTS) -> None:
+    """Random unit vectors spread over ``tenants``, written in pipelined chunks."""
     for chunk in range(start, stop, 5000):
         ids = range(chunk, min(chunk + 5000, stop))
         vectors = rng.normal(size=(len(ids), MiniLMEmbedder.dimensions)).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         pipe = client.pipeline(transaction=False)  # type: ignore[attr-defined]
         for i, vector in zip(ids, vectors, strict=True):
-            pipe.hset(f"{prefix}{i}", mapping={"tenant": tag_value(TENANTS[i % 10]), "scope": SCOPE,
-                                               "question": f"q{i}", "answer": "{}", "created": 0,
-                                               "embedding": vector.tobytes()})
+            tenant = tag_value(tenants[i % len(tenants)])
+            pipe.hset(f"{prefix}{i}", mapping={"tenant": tenant, "scope": SCOPE,
+                                               "partition": tag_value(f"{tenant}:{SCOPE}"), "question": f"q{i}",
+                                               "answer": "{}", "created": 0, "embedding": vector.tobytes()})
         pipe.execute()
 
 
-async def lookup_latencies(cache: SemanticCache, vectors: np.ndarray) -> np.ndarray:
+async def lookup_latencies(cache: SemanticCache, vectors: np.ndarray, tenants: list[str] = TENANTS,
+                          policy: str | None = None) -> np.ndarray:
     """Milliseconds per single-query lookup (embedding excluded)."""
     times = []
     for i, vector in enumerate(vectors):
-        query = Query(tenant=TENANTS[i % 10], prompt=f"probe {i}")
+        query = Query(tenant=tenants[i % len(tenants)], prompt=f"probe {i}")
         started = time.perf_counter()
-        await cache.search([query], vector[None, :])
+        await cache.search([query], vector[None, :], policies=[policy])
         times.append((time.perf_counter() - started) * 1000)
     return np.array(times)
 
@@ -78,6 +84,23 @@ async def main_async(sizes: list[int], lookups: int) -> None:
                 print(f"  {size:>7,} entries  p50 {np.percentile(latency, 50):6.2f} ms  p99 "
                       f"{np.percentile(latency, 99):6.2f} ms   (loaded and indexed in {load_s:.0f} s)")
             await cache.close()
+            one = SemanticCache(server.url, CacheConfig(index_name="bench-one"), MiniLMEmbedder())
+            await one.ensure_index()
+            print("one partition holding every entry: brute force over it | HNSW batches")
+            filled = 0
+            for size in sizes:
+                fill(client, f"{one.index_name}:", filled, size, rng, TENANTS[:1])
+                filled = size
+                while int(client.ft(one.index_name).info()["indexing"]):
+                    time.sleep(0.2)
+                figures = []
+                for policy in (None, "BATCHES"):
+                    await lookup_latencies(one, probes[:20], TENANTS[:1], policy)
+                    latency = await lookup_latencies(one, probes[:200], TENANTS[:1], policy)
+                    p50, p99 = np.percentile(latency, [50, 99])
+                    figures.append(f"p50 {p50:6.2f} ms  p99 {p99:6.2f} ms")
+                print(f"  {size:>7,} entries  " + "  |  ".join(figures))
+            await one.close()
         finally:
             server.stop()
 

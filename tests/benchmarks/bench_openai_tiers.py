@@ -125,7 +125,7 @@ def outage(redis: Any, rows: list[Row], levels: list[int], repeats: int, request
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--concurrency", default="1,16,64")
-    parser.add_argument("--requests", type=int, default=300,
+    parser.add_argument("--requests", type=int, default=1000,
                         help="requests per row and level (at least 16 per worker)")
     parser.add_argument("--placements", default="ingress,pool")
     parser.add_argument("--repeats", type=int, default=3, help="trials per row and level; medians reported")

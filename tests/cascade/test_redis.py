@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from cascade.breaker import BreakerConfig, RedisBreaker
-from cascade.cache import CacheConfig, SemanticCache
+from cascade.cache import CacheConfig, SemanticCache, hybrid_policy
 from cascade.embeddings import MiniLMEmbedder
 from cascade.engines.scripted import ScriptedEngine
 from cascade.factory import build_router
@@ -118,7 +118,7 @@ async def test_the_default_cache_keeps_opposite_and_cross_context_questions_apar
     """The default embedder and threshold (the static embedding, the wording guard): a paraphrase
     hits; the opposite question, a question about another document and another tenant's miss."""
     cache = SemanticCache(local_redis.url, CacheConfig(index_name="test-default", ttl_s=60))
-    assert cache.config.embedder.kind == "static" and cache.index_name == "test-default-static-minilm-256"
+    assert cache.config.embedder.kind == "static" and cache.index_name == "test-default-static-minilm-256-v2"
     router = two_tier_router(cache=cache)
     asked = "hard: what is the largest city in France?"
     [first] = await router.route([Query(prompt=asked, context=[PARIS])])
@@ -423,6 +423,37 @@ async def test_a_cold_scope_costs_no_embedding_and_a_warm_one_is_found(local_red
     assert from_redis.cache_hit
     await cache.close()
     await second.close()
+
+
+async def test_partitions_count_their_entries_and_a_large_one_is_searched_in_batches(
+        local_redis: LocalRedis, embedder: MiniLMEmbedder) -> None:
+    """Stores count entries per partition and for the index; a partition that is most of the index is
+    searched through the HNSW graph (``BATCHES``) and its paraphrases still hit; a small one is not."""
+    config = CacheConfig(index_name="test-sizes", ttl_s=60, marker_memo_s=0.0, batches_min_entries=3,
+                         batches_min_share=0.5)
+    cache = SemanticCache(local_redis.url, config, embedder)
+    router = two_tier_router(cache=cache)
+    asked = [f"hard: what is the capital of country number {n}?" for n in range(4)]
+    await router.route([Query(tenant="a", prompt=q, context=[PARIS]) for q in asked])
+    await router.route([Query(tenant="b", prompt=asked[0], context=[PARIS])])
+    big, small = (Query(tenant=t, prompt="hard: what's the capital of country number 2", context=[PARIS])
+                  for t in ("a", "b"))
+    sizes, index_size = await cache.partition_sizes(cache.tags_of([big, small]))
+    assert sizes == [4, 1] and index_size == 5
+    assert [hybrid_policy(n, index_size, config) for n in sizes] == ["BATCHES", None]
+    [hit, miss] = await router.route([big, small])
+    assert hit.cache_hit, "found through the graph"
+    assert not miss.cache_hit, "tenant b's partition holds another question only"
+    await cache.close()
+
+
+def test_the_hybrid_policy_follows_the_partitions_share_of_the_index() -> None:
+    config = CacheConfig(batches_min_entries=2000, batches_min_share=0.25)
+    assert hybrid_policy(30_000, 30_000, config) == "BATCHES"
+    assert hybrid_policy(10_000, 30_000, config) == "BATCHES"
+    assert hybrid_policy(1_000, 30_000, config) is None, "a small partition: brute force over its entries"
+    assert hybrid_policy(5_000, 100_000, config) is None, "a small share: batches would walk most of the graph"
+    assert hybrid_policy(0, 0, config) is None
 
 
 async def test_the_prerouter_and_the_cache_share_one_embedding_per_request(local_redis: LocalRedis,

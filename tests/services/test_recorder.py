@@ -1,0 +1,50 @@
+"""The trail recorder: trails of concurrent requests coalesced into one call, failures isolated per
+batch, nothing buffered lost at shutdown. Pure asyncio (no Ray, no Redis)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from cascade.router import Trail
+from cascade.schemas import Query
+from services.recorder import TrailRecorder
+
+
+def trails(*ids: str) -> list[Trail]:
+    return [Trail(query=Query(id=i, prompt="q"), next_tier=0) for i in ids]
+
+
+async def test_trails_of_one_window_are_recorded_in_one_call() -> None:
+    calls: list[list[str]] = []
+
+    async def record(batch: Sequence[Trail]) -> None:
+        calls.append([t.query.id for t in batch])
+
+    recorder = TrailRecorder(record, wait_s=0.02)
+    recorder.add(trails("a"))
+    recorder.add(trails("b", "c"))
+    recorder.add([])
+    assert calls == [] and recorder.pending == 3, "nothing written on the request's path"
+    await asyncio.sleep(0.1)
+    assert calls == [["a", "b", "c"]]
+    recorder.add(trails("d"))
+    await asyncio.sleep(0.1)
+    assert calls == [["a", "b", "c"], ["d"]], "a later request starts a window of its own"
+
+
+async def test_a_failing_batch_does_not_lose_the_others_and_close_records_what_is_buffered() -> None:
+    recorded: list[str] = []
+
+    async def record(batch: Sequence[Trail]) -> None:
+        if any(t.query.id == "poison" for t in batch):
+            raise ValueError("unserializable")
+        recorded.extend(t.query.id for t in batch)
+
+    recorder = TrailRecorder(record, wait_s=600.0, max_batch=2)
+    recorder.add(trails("a", "poison", "b", "c"))
+    await recorder.flush()
+    assert recorded == ["b", "c"], "the batch with the poisoned trail fails alone"
+    recorder.add(trails("d"))
+    await asyncio.wait_for(recorder.close(), timeout=5)
+    assert recorded == ["b", "c", "d"], "close records what is buffered without waiting out the window"
