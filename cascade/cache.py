@@ -65,9 +65,16 @@ class CacheConfig(BaseModel):
         "a partition with at least this many entries, holding at least ``batches_min_share`` of the index, "
         "is searched in HNSW batches; smaller ones by brute force over their entries (see hybrid_policy)"))
     batches_min_share: float = Field(default=0.25, ge=0.0, le=1.0)
+    hnsw_m: int = Field(default=16, ge=2, le=512, description="HNSW graph edges per node")
+    hnsw_ef_construction: int = Field(default=64, ge=1, description=(
+        "HNSW candidates per insert: each stored answer is one insert, the largest Redis command of a cache "
+        "miss (bench_cache: 64 costs half of RediSearch's default 200 per insert)"))
+    hnsw_ef_runtime: int = Field(default=40, ge=1, description=(
+        "HNSW candidates per search through the graph (BATCHES); RediSearch's default 10 loses paraphrases "
+        "that brute force finds (bench_cache)"))
     marker_memo_s: float = Field(default=1.0, ge=0.0, description=(
-        "how long a replica trusts what it read about a (tenant, scope) having entries; an entry "
-        "another replica stores for a cold scope is found after at most this long"))
+        "how long a replica trusts the entry counts it read for a partition (tenant and scope) and the index; "
+        "an entry another replica stores in a cold partition is found after at most this long"))
 
 
 def scope_of(query: Query) -> str:
@@ -84,7 +91,7 @@ def tag_value(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()[:24]
 
 
-SCHEMA_VERSION = 2  # part of the index name: an index of an older schema is never read with this one
+SCHEMA_VERSION = 3  # part of the index name: an index of an older schema is never read with this one
 
 
 def entry_tags(query: Query) -> dict[str, str]:
@@ -124,6 +131,11 @@ class CacheLookup:
     hits: list[RoutedAnswer | None]
     vectors: np.ndarray
     unreadable: frozenset[int] = frozenset()
+    tags: Sequence[dict[str, str] | None] = ()  # per query, its entry tags (``tags_of``), for the store
+
+    def tags_of(self, i: int) -> dict[str, str] | None:
+        """Query ``i``'s entry tags, or None if the lookup has none for it (the store computes them)."""
+        return self.tags[i] if i < len(self.tags) else None
 
     def vector(self, i: int) -> np.ndarray | None:
         """Query ``i``'s embedding (NaN if not computed yet), or None if it cannot have one."""
@@ -151,20 +163,17 @@ class SemanticCache:
             self._embedder = self.embedder
         self.dimensions = self._embedder.dimensions
         self.index_name = f"{self.config.index_name}-{self._embedder.name}-v{SCHEMA_VERSION}"
-        schema = IndexSchema.from_dict({
+        self.schema = {  # the index's RediSearch schema, as RedisVL reads it
             "index": {"name": self.index_name, "prefix": f"{self.index_name}:", "storage_type": "hash"},
-            "fields": [
+            "fields": [  # the entry's other fields (scope, question, answer, created) are stored, not indexed
                 {"name": "tenant", "type": "tag"},
-                {"name": "scope", "type": "tag"},
                 {"name": "partition", "type": "tag"},
-                {"name": "question", "type": "text"},
-                {"name": "answer", "type": "text"},
-                {"name": "created", "type": "numeric"},
                 {"name": "embedding", "type": "vector", "attrs": {
-                    "dims": self.dimensions, "distance_metric": "cosine", "algorithm": "hnsw", "datatype": "float32"}},
+                    "dims": self.dimensions, "distance_metric": "cosine", "algorithm": "hnsw", "datatype": "float32",
+                    "m": self.config.hnsw_m, "ef_construction": self.config.hnsw_ef_construction}},
             ],
-        })
-        self._index = AsyncSearchIndex(schema, redis_url=self.redis_url)
+        }
+        self._index = AsyncSearchIndex(IndexSchema.from_dict(self.schema), redis_url=self.redis_url)
         self._ready = False
         self._markers: Redis | None = None
         self._sizes: dict[str, tuple[int, float]] = {}  # marker key -> (entries stored, trusted until)
@@ -264,17 +273,17 @@ class SemanticCache:
         except Exception as error:  # Redis down: serve without the cache; the stores embed later
             self.stats.errors += 1
             log.warning("semantic cache markers unreadable, serving without the cache: %s", error)
-            return CacheLookup([None] * len(queries), vectors)
+            return CacheLookup([None] * len(queries), vectors, tags=tags)
         warm = [i for i, size in enumerate(sizes) if size > 0]
         if not warm:
             self.stats.misses += len(queries)
-            return CacheLookup([None] * len(queries), vectors)
+            return CacheLookup([None] * len(queries), vectors, tags=tags)
         pending = [i for i in warm if np.isnan(vectors[i]).any()]
         if pending:
             vectors[pending] = await self._embed_off_loop([queries[i] for i in pending])
         unreadable = frozenset(i for i in warm if np.isnan(vectors[i]).any())
         policies = [hybrid_policy(size, index_size, self.config) for size in sizes]
-        return CacheLookup(await self.search(queries, vectors, tags, policies), vectors, unreadable)
+        return CacheLookup(await self.search(queries, vectors, tags, policies), vectors, unreadable, tags)
 
     async def search(self, queries: Sequence[Query], vectors: np.ndarray,
                      tags: Sequence[dict[str, str] | None] | None = None,
@@ -289,7 +298,8 @@ class SemanticCache:
         searchable = [(i, t) for i, t in enumerate(tags) if t is not None and not np.isnan(vectors[i]).any()]
         searches = [VectorQuery(
             vector=vectors[i].tobytes(), vector_field_name="embedding", num_results=self.config.candidates,
-            return_fields=["question", "answer", "created"], filter_expression=Tag("partition") == t["partition"],
+            return_fields=["question", "answer"], filter_expression=Tag("partition") == t["partition"],
+            ef_runtime=self.config.hnsw_ef_runtime,
             **({"hybrid_policy": policies[i]} if policies is not None and policies[i] else {}))
             for i, t in searchable]
         if not searches:
@@ -334,9 +344,10 @@ class SemanticCache:
         return answer.tier == last_tier or (answer.confidence or 0.0) >= self.config.min_small_confidence
 
     async def store(self, queries: Sequence[Query], answers: Sequence[RoutedAnswer], vectors: np.ndarray,
-                    last_tier: str) -> int:
+                    last_tier: str, tags: Sequence[dict[str, str] | None] | None = None) -> int:
         """Store the storable answers in one pipeline, embedding the questions the lookup did not (rows
-        of NaN), and mark their scopes warm; returns how many were stored. An entry that cannot be
+        of NaN), and count them in their partitions; returns how many were stored. ``tags``: the
+        lookup's entry tags per query (None where it has none: computed here). An entry that cannot be
         built is logged and counted (``cascade.records.dropped``) and never stops the others."""
         chosen = [i for i, a in enumerate(answers) if self.storable(a, last_tier)]
         pending = [i for i in chosen if np.isnan(vectors[i]).any()]
@@ -353,11 +364,12 @@ class SemanticCache:
         markers: dict[str, int] = {}
         for i in chosen:
             try:
-                tags = entry_tags(queries[i])
+                known = tags[i] if tags is not None else None
+                entry = known if known is not None else entry_tags(queries[i])
                 records.append({
-                    **tags, "question": queries[i].question, "answer": answers[i].model_dump_json(),
+                    **entry, "question": queries[i].question, "answer": answers[i].model_dump_json(),
                     "created": now, "embedding": np.asarray(vectors[i], np.float32).tobytes()})
-                key = self.marker_key(tags)
+                key = self.marker_key(entry)
                 markers[key] = markers.get(key, 0) + 1
             except Exception as error:
                 self.stats.errors += 1

@@ -110,6 +110,7 @@ class Trail:
     deferred: bool = False
     batch_size: int = 1
     vector: np.ndarray | None = None  # the question's cache embedding (NaN: not computed yet); None: never cached
+    cache_tags: dict[str, str] | None = None  # its cache entry tags, from the lookup
     rejected: Exception | None = None
     started_ns: int = field(default_factory=time.time_ns)
     links: dict[str, Any] = field(default_factory=dict)
@@ -297,7 +298,7 @@ class Router:
         for i, (query, hit) in enumerate(zip(queries, hits, strict=True)):
             if hit is None:
                 trail = next(passed)
-                trail.vector = lookup.vector(i)
+                trail.vector, trail.cache_tags = lookup.vector(i), lookup.tags_of(i)
             else:
                 trail = Trail(query, len(self.tiers), result=hit.model_copy(
                     update={"batch_size": len(queries), "latency": [cache_stage]}))
@@ -330,7 +331,7 @@ class Router:
             if self.cache is not None and fresh:
                 await self.cache.store([t.query for t in fresh], [t.result for t in fresh if t.result is not None],
                                        np.stack([t.vector for t in fresh if t.vector is not None]),
-                                       self.tiers[-1].name)
+                                       self.tiers[-1].name, [t.cache_tags for t in fresh])
         except Exception:
             log.exception("cache store failed for requests %s", [t.query.id for t in fresh])
         try:

@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from cascade.breaker import BreakerConfig, RedisBreaker
-from cascade.cache import CacheConfig, SemanticCache, hybrid_policy
+from cascade.cache import CacheConfig, SemanticCache, entry_tags, hybrid_policy
 from cascade.embeddings import MiniLMEmbedder
 from cascade.engines.scripted import ScriptedEngine
 from cascade.factory import build_router
@@ -118,7 +118,7 @@ async def test_the_default_cache_keeps_opposite_and_cross_context_questions_apar
     """The default embedder and threshold (the static embedding, the wording guard): a paraphrase
     hits; the opposite question, a question about another document and another tenant's miss."""
     cache = SemanticCache(local_redis.url, CacheConfig(index_name="test-default", ttl_s=60))
-    assert cache.config.embedder.kind == "static" and cache.index_name == "test-default-static-minilm-256-v2"
+    assert cache.config.embedder.kind == "static" and cache.index_name == "test-default-static-minilm-256-v3"
     router = two_tier_router(cache=cache)
     asked = "hard: what is the largest city in France?"
     [first] = await router.route([Query(prompt=asked, context=[PARIS])])
@@ -412,6 +412,7 @@ async def test_a_cold_scope_costs_no_embedding_and_a_warm_one_is_found(local_red
     question = {"prompt": "hard: what is the capital of France?", "context": [PARIS]}
     trails = await router.begin([Query(tenant="a", **question)])  # type: ignore[arg-type]
     assert counting.texts == [] and np.isnan(trails[0].vector).all(), "a cold scope: no embedding on the request path"
+    assert trails[0].cache_tags == entry_tags(trails[0].query), "the lookup's tags travel to the store"
     await router.route([Query(tenant="a", **question)])  # type: ignore[arg-type]
     assert counting.texts == [question["prompt"]], "embedded once, when its answer was stored"
     [hit] = await router.route([Query(tenant="a", prompt="hard: what's the capital of France", context=[PARIS])])
@@ -430,11 +431,16 @@ async def test_partitions_count_their_entries_and_a_large_one_is_searched_in_bat
     """Stores count entries per partition and for the index; a partition that is most of the index is
     searched through the HNSW graph (``BATCHES``) and its paraphrases still hit; a small one is not."""
     config = CacheConfig(index_name="test-sizes", ttl_s=60, marker_memo_s=0.0, batches_min_entries=3,
-                         batches_min_share=0.5)
+                         batches_min_share=0.5, hnsw_m=12, hnsw_ef_construction=48)
     cache = SemanticCache(local_redis.url, config, embedder)
     router = two_tier_router(cache=cache)
     asked = [f"hard: what is the capital of country number {n}?" for n in range(4)]
     await router.route([Query(tenant="a", prompt=q, context=[PARIS]) for q in asked])
+    client = redis.Redis.from_url(local_redis.url, decode_responses=True)
+    attributes = {a[1]: a for a in client.ft(cache.index_name).info()["attributes"]}
+    assert sorted(attributes) == ["embedding", "partition", "tenant"], "only what a lookup filters on is indexed"
+    graph = dict(zip(attributes["embedding"][::2], attributes["embedding"][1::2], strict=False))
+    assert int(graph["M"]) == 12 and int(graph["ef_construction"]) == 48, graph
     await router.route([Query(tenant="b", prompt=asked[0], context=[PARIS])])
     big, small = (Query(tenant=t, prompt="hard: what's the capital of country number 2", context=[PARIS])
                   for t in ("a", "b"))
