@@ -1,6 +1,8 @@
 """A static embedding distilled on this machine from the packaged MiniLM with model2vec: a question's
-vector is the weighted mean of its tokens' rows, so it costs a tokenizer pass and a lookup (about
-0.1 ms per question here, against 13 ms for MiniLM itself)."""
+vector is the mean of its tokens' rows, so it costs a tokenizer pass and a lookup (about 0.05 ms per
+question in a batch of 8 here, against 13 ms for MiniLM itself). model2vec's own ``encode`` pools
+question by question in Python; for a model whose rows are used as they are (no token mapping, no
+weights: the distilled default) the pooling is done here for the whole batch, with the same result."""
 
 from __future__ import annotations
 
@@ -67,6 +69,29 @@ class StaticEmbedder:
         """(len(texts), dimensions) float32 unit vectors (a question with no known token: a zero row)."""
         if not texts:
             return np.zeros((0, self.dimensions), np.float32)
-        vectors = np.asarray(self._load().encode(list(texts), show_progress_bar=False), np.float32)
+        model = self._load()
+        if model.token_mapping is None and model.weights is None and model.embedding.dtype.kind == "f":
+            vectors = mean_rows(model, texts)
+        else:
+            vectors = np.asarray(model.encode(list(texts), show_progress_bar=False), np.float32)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
+
+
+def mean_rows(model: Any, texts: Sequence[str]) -> np.ndarray:
+    """model2vec's mean pooling for a batch: the same truncation (characters, then tokens), unknown
+    tokens left out, one tokenizer call and one ``np.add.reduceat`` (float32, not normalized)."""
+    limit = model.max_length
+    if limit is not None:
+        texts = [text[:limit * model.median_token_length] for text in texts]
+    encodings = model.tokenizer.encode_batch_fast(list(texts), add_special_tokens=False)
+    rows = [[t for t in e.ids[:limit] if t != model.unk_token_id] for e in encodings]
+    lengths = np.fromiter(map(len, rows), np.int64, len(rows))
+    out = np.zeros((len(rows), model.dim), np.float32)
+    known = lengths > 0
+    if known.any():
+        tokens = np.fromiter((t for r in rows for t in r), np.int64, int(lengths.sum()))
+        starts = (np.cumsum(lengths) - lengths)[known]
+        out[known] = np.add.reduceat(np.asarray(model.embedding[tokens], np.float32), starts, axis=0)
+        out[known] /= lengths[known, None]
+    return out

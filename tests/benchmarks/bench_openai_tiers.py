@@ -4,8 +4,9 @@ backend called directly and a bare Serve echo deployment, in one run, at several
 
 Each cascade row is the app ``cascade serve`` runs (cache, queue and Redis off), with both tiers
 placed in the ingress (the default for remote engines) or in pool deployments of their own, and
-the small tier's answers all accepted (0% escalated) or all escalated (100%). With ``--cache``, two
-more rows turn Redis on (semantic cache and feedback log, a local Redis) with every request a miss:
+the small tier's answers all accepted (0% escalated) or all escalated (100%). With ``--cache``, a row
+turns the feedback log on (a local Redis, cache off: what the cache rows add to a deployment that logs
+its decisions anyway), and two more turn the semantic cache on too, with every request a miss:
 each request in a scope of its own (a cold cache: no embedding before the answer, the store embeds
 it afterwards) and every request a new question in one scope that has entries (embedded on the
 request path); then Redis is frozen (SIGSTOP) and the cached app is measured against the app
@@ -55,7 +56,8 @@ def new_question(n: int) -> dict[str, Any]:
     return {**CHAT, "messages": [{"role": "user", "content": f"What is the population of district {next(NUMBERS)}?"}]}
 
 
-def cascade_settings(backend: str, *, placement: str, escalate: bool, redis_url: str | None = None) -> Any:
+def cascade_settings(backend: str, *, placement: str, escalate: bool, redis_url: str | None = None,
+                     cache: bool = True) -> Any:
     from services.settings import CascadeSettings
 
     def tier(name: str, model: str, policy: str) -> dict[str, Any]:
@@ -63,7 +65,8 @@ def cascade_settings(backend: str, *, placement: str, escalate: bool, redis_url:
                 "engine": {"kind": "openai", "model": model, "base_url": f"{backend}/v1", "max_retries": 0}}
 
     small = "small-unsure" if escalate else "small"
-    redis: dict[str, Any] = {"redis_url": redis_url, "queue": {"enabled": False}} if redis_url else {}
+    redis: dict[str, Any] = {"redis_url": redis_url, "queue": {"enabled": False},
+                             "cache": {"enabled": cache}} if redis_url else {}
     return CascadeSettings(tiers=[tier("small", small, "v1"), tier("large", "large", "accept")], **redis, server={
         "use_redis": redis_url is not None, "batch_wait_timeout_s": 0.002, "max_batch_size": 32,
         "max_concurrent_batches": 8, "ingress": REPLICA})
@@ -171,6 +174,8 @@ def main() -> None:
             redis = LocalRedis(port=free_port(), state_dir=Path(tempfile.mkdtemp(prefix="bench-redis-")))
             apps["cached"] = ("cache on", cascade_settings(backend_url, placement="ingress", escalate=False,
                                                            redis_url=redis.start()))
+            apps["logged"] = ("cache off, feedback log on", cascade_settings(
+                backend_url, placement="ingress", escalate=False, redis_url=redis.url, cache=False))
         for prefix, (_, settings) in apps.items():  # side by side, so that every row sees the same machine
             serve.run(build_app(settings), name=prefix, route_prefix=f"/{prefix}")
         rows: list[Row] = [
@@ -196,12 +201,12 @@ def main() -> None:
             for name, by_level in results.items():
                 figures = by_level[concurrency]
                 print(row(name, figures, None if name in {"bare Serve echo", "direct to backend"} else echo))
-            print(f"  CPU ms per request: {'driver':>8} {'proxy':>8} {'replicas':>8} {'backend':>8} {'other':>8} "
-                  f"{'total':>8}")
+            print(f"  {'CPU ms per request':<40} {'driver':>8} {'proxy':>8} {'replicas':>8} {'backend':>8} "
+                  f"{'other':>8} {'total':>8}")
             for name, by_level in results.items():
                 cpu = {k.removeprefix("cpu."): v for k, v in by_level[concurrency].items() if k.startswith("cpu.")}
                 if cpu:
-                    print(f"  {name[:18]:<18} " + " ".join(f"{cpu[role]:>8.2f}" for role in (
+                    print(f"  {name[:40]:<40} " + " ".join(f"{cpu[role]:>8.2f}" for role in (
                         "driver", "proxy", "replicas", "backend", "other")) + f" {sum(cpu.values()):>8.2f}")
             direct = results["direct to backend"][concurrency]["rps"]
             for name, by_level in results.items():
@@ -212,12 +217,14 @@ def main() -> None:
             full = results[f"cascade, tiers in {placement}, 100% escalated"][levels[0]]["p50"]
             print(f"escalation cost, tiers in {placement}, concurrency {levels[0]}: p50 {full:.1f} / {zero:.1f} ms "
                   f"= {full / zero:.2f}×")
-        off = results.get("cascade, tiers in ingress, 0% escalated")
+        baselines = {"cache off (no Redis)": results.get("cascade, tiers in ingress, 0% escalated"),
+                     "cache off, feedback log on": results.get("cache off, feedback log on")}
         for name in [n for n in results if n.startswith("cache on")]:
-            if off is not None:
-                print(f"{name} against cache off: " + ", ".join(
-                    f"concurrency {c}: {results[name][c]['rps'] / off[c]['rps']:.2f}× req/s, "
-                    f"p50 {results[name][c]['p50'] - off[c]['p50']:+.1f} ms" for c in levels))
+            for baseline, off in baselines.items():
+                if off is not None:
+                    print(f"{name} against {baseline}: " + ", ".join(
+                        f"concurrency {c}: {results[name][c]['rps'] / off[c]['rps']:.2f}× req/s, "
+                        f"p50 {results[name][c]['p50'] - off[c]['p50']:+.1f} ms" for c in levels))
         if redis is not None:
             outage(redis, [("cache off", f"{base}/ingress-0/v1/chat/completions", CHAT),
                            ("cache on, Redis stopped", f"{base}/cached/v1/chat/completions", CHAT)],
