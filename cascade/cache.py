@@ -68,10 +68,10 @@ class CacheConfig(BaseModel):
     hnsw_m: int = Field(default=16, ge=2, le=512, description="HNSW graph edges per node")
     hnsw_ef_construction: int = Field(default=64, ge=1, description=(
         "HNSW candidates per insert: each stored answer is one insert, the largest Redis command of a cache "
-        "miss (bench_cache: 64 costs half of RediSearch's default 200 per insert)"))
+        "miss (bench_cache_graph: 64 costs less than half of RediSearch's default 200 per insert)"))
     hnsw_ef_runtime: int = Field(default=40, ge=1, description=(
         "HNSW candidates per search through the graph (BATCHES); RediSearch's default 10 loses paraphrases "
-        "that brute force finds (bench_cache)"))
+        "that brute force finds (bench_cache_graph)"))
     marker_memo_s: float = Field(default=1.0, ge=0.0, description=(
         "how long a replica trusts the entry counts it read for a partition (tenant and scope) and the index; "
         "an entry another replica stores in a cold partition is found after at most this long"))
