@@ -133,7 +133,7 @@ class CacheLookup:
     unreadable: frozenset[int] = frozenset()
     tags: Sequence[dict[str, str] | None] = ()  # per query, its entry tags (``tags_of``), for the store
 
-    def tags_of(self, i: int) -> dict[str, str] | None:
+    def tags_for(self, i: int) -> dict[str, str] | None:
         """Query ``i``'s entry tags, or None if the lookup has none for it (the store computes them)."""
         return self.tags[i] if i < len(self.tags) else None
 
