@@ -1,4 +1,5 @@
-"""Tenant- and context-scoped semantic cache on RedisVL, batched.
+"""Tenant- and context-scoped semantic cache on RediSearch, batched (RedisVL creates the index and stores
+entries; a lookup is a pipeline of FT.SEARCH commands written out, see ``search_command``).
 
 Similarity is on the user's question only (cosine, with the configured embedder: by default a
 static embedding distilled from MiniLM; each embedder has its own index). A near vector is not
@@ -29,16 +30,17 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
 from pydantic import BaseModel, Field
-from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from cascade.breaker import CircuitOpenError, RedisBreaker, RedisFaultError
 from cascade.embeddings import Embedder, EmbedderConfig, StaticConfig
+from cascade.redis_clients import connect
 from cascade.schemas import Query, RoutedAnswer
 from cascade.telemetry import count_dropped
 from cascade.wording import same_question
@@ -112,6 +114,35 @@ def hybrid_policy(entries: int, index_entries: int, config: CacheConfig) -> str 
     return None
 
 
+class Candidate(NamedTuple):
+    """A near entry a search returned: its cosine distance, its question, its answer's JSON."""
+
+    distance: float
+    question: str
+    answer: bytes
+
+
+def candidates(reply: Any) -> list[Candidate]:
+    """The entries of an FT.SEARCH reply in RESP2 (a count, then key and fields per entry) or RESP3 (a
+    map with ``results``), nearest first; an entry without an answer is left out."""
+    if isinstance(reply, dict):
+        rows = [{_text(k): v for k, v in row.items()} for row in {_text(k): v for k, v in reply.items()}["results"]]
+        fields = [row.get("extra_attributes", {}) for row in rows]
+    else:
+        fields = [dict(zip(found[::2], found[1::2], strict=True)) for found in reply[2::2]]
+    entries = [{_text(k): v for k, v in found.items()} for found in fields]
+    return [Candidate(float(e["vector_distance"]), _text(e.get("question", b"")), _bytes(e["answer"]))
+            for e in entries if "answer" in e and "vector_distance" in e]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
+
+
 @dataclass
 class CacheStats:
     """Counters a metrics exporter reads."""
@@ -173,9 +204,9 @@ class SemanticCache:
                     "m": self.config.hnsw_m, "ef_construction": self.config.hnsw_ef_construction}},
             ],
         }
-        self._index = AsyncSearchIndex(IndexSchema.from_dict(self.schema), redis_url=self.redis_url)
+        self._client = connect(self.redis_url)  # the index's searches and stores, and the markers
+        self._index = AsyncSearchIndex(IndexSchema.from_dict(self.schema), redis_client=self._client)
         self._ready = False
-        self._markers: Redis | None = None
         self._sizes: dict[str, tuple[int, float]] = {}  # marker key -> (entries stored, trusted until)
         self.size_key = f"{self.index_name}:entries"
 
@@ -241,18 +272,12 @@ class SemanticCache:
         unknown = sorted({k for k in [*keys, self.size_key]
                           if k is not None and self._sizes.get(k, (0, 0.0))[1] <= now})
         if unknown:
-            client = self._marker_client()
-            found = await self.breaker.call(lambda: client.mget(unknown))
+            found = await self.breaker.call(lambda: self._client.mget(unknown))
             until = now + self.config.marker_memo_s
             self._sizes.update({k: (int(v or 0), until) for k, v in zip(unknown, found, strict=True)})
             if len(self._sizes) > 100_000:
                 self._sizes = {k: v for k, v in self._sizes.items() if v[1] > now}
         return [0 if k is None else self._sizes[k][0] for k in keys], self._sizes[self.size_key][0]
-
-    def _marker_client(self) -> Redis:
-        if self._markers is None:
-            self._markers = Redis.from_url(self.redis_url)
-        return self._markers
 
     @property
     def embedder_name(self) -> str:
@@ -285,56 +310,64 @@ class SemanticCache:
         policies = [hybrid_policy(size, index_size, self.config) for size in sizes]
         return CacheLookup(await self.search(queries, vectors, tags, policies), vectors, unreadable, tags)
 
+    def search_command(self, vector: np.ndarray, partition: str, policy: str | None) -> list[str | int | bytes]:
+        """The FT.SEARCH of one question's nearest entries in its partition (the query RedisVL's
+        ``VectorQuery`` builds, written out: building one costs more than the search's own round trip
+        here). ``partition`` is a hex digest, so it needs no escaping in the tag filter."""
+        hybrid = f" HYBRID_POLICY {policy}" if policy else ""
+        knn = (f"(@partition:{{{partition}}})=>[KNN {self.config.candidates} @embedding $vector{hybrid} "
+               f"EF_RUNTIME {self.config.hnsw_ef_runtime} AS vector_distance]")
+        return ["FT.SEARCH", self.index_name, knn, "RETURN", 3, "question", "answer", "vector_distance",
+                "SORTBY", "vector_distance", "ASC", "DIALECT", 2, "LIMIT", 0, self.config.candidates,
+                "PARAMS", 2, "vector", vector.tobytes()]
+
     async def search(self, queries: Sequence[Query], vectors: np.ndarray,
                      tags: Sequence[dict[str, str] | None] | None = None,
                      policies: Sequence[str | None] | None = None) -> list[RoutedAnswer | None]:
         """Look up already-embedded questions in one pipeline round trip (``tags``: ``tags_of(queries)``,
         if the caller has them already; ``policies``: each search's ``hybrid_policy``)."""
-        from redisvl.query import VectorQuery
-        from redisvl.query.filter import Tag
-
         tags = self.tags_of(queries) if tags is None else tags
         misses: list[RoutedAnswer | None] = [None] * len(queries)
         searchable = [(i, t) for i, t in enumerate(tags) if t is not None and not np.isnan(vectors[i]).any()]
-        searches = [VectorQuery(
-            vector=vectors[i].tobytes(), vector_field_name="embedding", num_results=self.config.candidates,
-            return_fields=["question", "answer"], filter_expression=Tag("partition") == t["partition"],
-            ef_runtime=self.config.hnsw_ef_runtime,
-            **({"hybrid_policy": policies[i]} if policies is not None and policies[i] else {}))
-            for i, t in searchable]
-        if not searches:
+        if not searchable:
             return misses
+
+        async def run() -> list[Any]:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for i, t in searchable:
+                    pipe.execute_command(*self.search_command(
+                        vectors[i], t["partition"], policies[i] if policies is not None else None))
+                return list(await pipe.execute())
+
         try:
             await self.ensure_index()
-            results = await self.breaker.call(
-                lambda: self._index.batch_query(searches, batch_size=max(len(searches), 1)))
+            replies = await self.breaker.call(run)
         except Exception as error:  # Redis down or misconfigured: serve without the cache
             self.stats.errors += 1
             self._forget_index(error)
             log.warning("semantic cache lookup failed, serving without it: %s", error)
             return misses
         hits = list(misses)
-        for (i, _), found in zip(searchable, results, strict=True):
-            hits[i] = self._hit(queries[i], found)
+        for (i, _), reply in zip(searchable, replies, strict=True):
+            hits[i] = self._hit(queries[i], candidates(reply))
         self.stats.hits += sum(h is not None for h in hits)
         self.stats.misses += sum(h is None for h in hits)
         return hits
 
-    def _hit(self, query: Query, found: list[dict[str, object]]) -> RoutedAnswer | None:
+    def _hit(self, query: Query, found: Sequence[Candidate]) -> RoutedAnswer | None:
         """The nearest entry within the distance threshold whose question the wording guard accepts."""
-        near = [f for f in found if float(str(f["vector_distance"])) <= self.config.distance_threshold]
-        best = next((f for f in near if not self.config.wording_guard
-                     or same_question(query.question, str(f.get("question", "")))), None)
+        best = next((c for c in found if c.distance <= self.config.distance_threshold and (
+            not self.config.wording_guard or same_question(query.question, c.question))), None)
         if best is None:
             return None
         try:
-            answer = RoutedAnswer.model_validate_json(str(best["answer"]))
+            answer = RoutedAnswer.model_validate_json(best.answer)
         except ValueError as error:
             log.warning("query %s: unreadable cache entry skipped: %s", query.id, error)
             return None
         return answer.model_copy(update={
             "request_id": query.id, "cost": 0.0, "attempts": [], "latency": [], "cache_hit": True,
-            "reason": f"cache hit (distance {float(str(best['vector_distance'])):.3f}); originally: {answer.reason}",
+            "reason": f"cache hit (distance {best.distance:.3f}); originally: {answer.reason}",
         })
 
     def storable(self, answer: RoutedAnswer, last_tier: str) -> bool:
@@ -396,7 +429,7 @@ class SemanticCache:
         lifetime (after the entries, so a marker never announces entries that are not there yet). A
         count is of entries stored while its key lived: it overstates a partition whose older entries
         expired, as much as it overstates the index."""
-        async with self._marker_client().pipeline(transaction=False) as pipe:
+        async with self._client.pipeline(transaction=False) as pipe:
             for key, stored in [*markers.items(), (self.size_key, sum(markers.values()))]:
                 pipe.incrby(key, stored)
                 pipe.expire(key, self.config.ttl_s)
@@ -407,6 +440,4 @@ class SemanticCache:
 
     async def close(self) -> None:
         await self._index.disconnect()
-        if self._markers is not None:
-            await self._markers.aclose()
-            self._markers = None
+        await self._client.aclose()

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 from pydantic import BaseModel, Field
 from redis.exceptions import RedisError
 
 from cascade.breaker import RedisBreaker
+from cascade.redis_clients import connect
 from cascade.schemas import RoutedAnswer
 from cascade.telemetry import count_dropped
 
@@ -79,7 +79,7 @@ class FeedbackLog:
     breaker: RedisBreaker = field(default_factory=RedisBreaker)
 
     def __post_init__(self) -> None:
-        self._client = aioredis.Redis.from_url(self.redis_url, socket_connect_timeout=1, socket_timeout=2)
+        self._client = connect(self.redis_url, socket_connect_timeout=1, socket_timeout=2)
         self._buffer: deque[_Entry] = deque()
 
     @property

@@ -29,11 +29,11 @@ from typing import Any, Literal
 
 import numpy as np
 import orjson
-import redis.asyncio as aioredis
 from pydantic import BaseModel, Field, model_validator
 from redis.exceptions import RedisError, ResponseError
 
 from cascade.breaker import CircuitOpenError, RedisBreaker
+from cascade.redis_clients import connect
 
 log = logging.getLogger(__name__)
 THRESHOLDS_KEY = "cascade:thresholds"
@@ -129,7 +129,7 @@ class ThresholdController:
     windows: dict[str, _TenantWindow] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self._client = aioredis.Redis.from_url(self.redis_url)
+        self._client = connect(self.redis_url)
         self._seen: deque[str] = deque(maxlen=self.config.window * 4)
         self._seen_set: set[str] = set()
         self._decisions: dict[str, tuple[str, float]] = {}
@@ -256,7 +256,7 @@ class LiveThresholds:
     _read_at: float = float("-inf")
 
     def __post_init__(self) -> None:
-        self._client = aioredis.Redis.from_url(self.redis_url, socket_connect_timeout=1, socket_timeout=1)
+        self._client = connect(self.redis_url, socket_connect_timeout=1, socket_timeout=1)
 
     async def refresh(self, force: bool = False) -> None:
         """Re-read the thresholds when due; on a Redis fault keep the last values."""

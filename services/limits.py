@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from cascade.breaker import RedisBreaker
+from cascade.redis_clients import connect
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class RateLimiter:
     While Redis is unreachable (or skipped by the breaker) requests are let through, not refused."""
 
     def __init__(self, redis_url: str, breaker: RedisBreaker, prefix: str = "cascade:rate") -> None:
-        self._client = aioredis.Redis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=1)
+        self._client = connect(redis_url, socket_connect_timeout=1, socket_timeout=1)
         self.breaker = breaker
         self.prefix = prefix
 

@@ -133,6 +133,31 @@ async def test_the_default_cache_keeps_opposite_and_cross_context_questions_apar
     await cache.close()
 
 
+@pytest.mark.parametrize("protocol", [2, 3])
+async def test_a_lookup_reads_the_search_reply_of_either_protocol(local_redis: LocalRedis, protocol: int) -> None:
+    """The cache's own FT.SEARCH reply parsing, over RESP2 and RESP3 (a ``protocol=3`` Redis URL)."""
+    cache = SemanticCache(f"{local_redis.url}?protocol={protocol}", CacheConfig(index_name=f"test-resp{protocol}"))
+    router = two_tier_router(cache=cache)
+    [first] = await router.route([Query(prompt="hard: which river flows through Paris?", context=[PARIS])])
+    cache._sizes.clear()  # read the partition's new count now, not after ``marker_memo_s``
+    [again] = await router.route([Query(prompt="hard: which river flows through Paris ?", context=[PARIS])])
+    assert again.cache_hit and again.answer == first.answer and "distance 0.0" in again.reason
+    await cache.close()
+
+
+def test_clients_pack_commands_in_c_on_the_connection_their_url_asks_for() -> None:
+    from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
+
+    from cascade.redis_clients import connect
+
+    for url, kind in [("redis://localhost:6379/0", Connection), ("rediss://localhost:6380/0", SSLConnection),
+                      ("unix:///tmp/redis.sock", UnixDomainSocketConnection)]:
+        connection = connect(url).connection_pool.make_connection()
+        assert isinstance(connection, kind) and connection.pack_command("SET", "k", 1.5) == [
+            b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$3\r\n1.5\r\n"]
+        assert type(connection).pack_command is not kind.pack_command
+
+
 async def test_tenants_never_see_each_others_entries(cache: SemanticCache) -> None:
     router = two_tier_router(cache=cache)
     query = {"prompt": "hard: what is the capital of France?", "context": [PARIS]}
