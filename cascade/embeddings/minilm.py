@@ -10,6 +10,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
+from cascade.embeddings.base import limit_tokenizer_threads
+
 
 def minilm_path() -> str:
     """The packaged model's folder (a sentence-transformers layout)."""
@@ -46,6 +48,7 @@ class MiniLMEmbedder:
             from sentence_transformers import SentenceTransformer
 
             torch.set_num_threads(self.threads)
+            limit_tokenizer_threads(self.threads)
             self._model = SentenceTransformer(minilm_path(), device="cpu")
         return self._model
 

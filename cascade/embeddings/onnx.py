@@ -13,7 +13,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
-from cascade.embeddings.base import model_home, publish
+from cascade.embeddings.base import limit_tokenizer_threads, model_home, publish
 from cascade.embeddings.minilm import minilm_path
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,7 @@ class OnnxEmbedder:
             import onnxruntime
             from tokenizers import Tokenizer
 
+            limit_tokenizer_threads(self.threads)
             options = onnxruntime.SessionOptions()
             options.intra_op_num_threads = options.inter_op_num_threads = self.threads
             path = export(model_home() / self.name, self.int8)

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
-from cascade.embeddings.base import model_home, publish
+from cascade.embeddings.base import limit_tokenizer_threads, model_home, publish
 from cascade.embeddings.minilm import minilm_path
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,7 @@ class StaticEmbedder:
         if self._model is None:
             from model2vec import StaticModel
 
+            limit_tokenizer_threads(1)
             folder = self.path or distill(model_home() / f"static-minilm-{self.dimensions}", self.dimensions)
             self._model = StaticModel.from_pretrained(str(folder))
             self.dimensions = int(self._model.dim)

@@ -4,6 +4,7 @@ embedder pools a batch as model2vec does."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -46,3 +47,17 @@ def test_the_static_embedder_pools_a_batch_as_model2vec_does() -> None:
     assert np.abs(vectors - reference).max() < 1e-3
     assert not vectors[3].any() and np.allclose(np.linalg.norm(np.delete(vectors, 3, axis=0), axis=1), 1.0)
     assert np.allclose(embedder.embed(questions[4:5])[0], vectors[4], atol=1e-6)
+
+
+def test_a_one_thread_embedder_tokenizes_on_its_own_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading the static embedder turns Hugging Face tokenizers' thread pool off, unless the user chose."""
+    from cascade.embeddings.base import limit_tokenizer_threads
+
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
+    embedder = StaticConfig().build()
+    embedder._model = None
+    embedder.embed(["Which river flows through Paris?"])
+    assert os.environ["TOKENIZERS_PARALLELISM"] == "false"
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "true")
+    limit_tokenizer_threads(1)
+    assert os.environ["TOKENIZERS_PARALLELISM"] == "true"
