@@ -50,8 +50,11 @@ class Wording:
     names: frozenset[str]
 
 
-@lru_cache(maxsize=65536)
+@lru_cache(maxsize=4096)
 def wording(question: str) -> Wording:
+    """The words of ``question``; kept for the questions guarded most recently (the entries a lookup finds
+    again and again), not for every question ever asked: each kept wording is a few hundred objects'
+    worth of heap that every full garbage collection walks."""
     text = question.replace("can't", "can not").replace("won't", "will not").replace("Can't", "Can not")
     for pattern, replacement in CONTRACTIONS:
         text = pattern.sub(replacement, text)

@@ -55,9 +55,9 @@ from services.openai_api import (
     response_of,
     routing_object,
 )
-from services.pool import limit_threads
 from services.pool_engine import tier_engines, unwrap
 from services.recorder import TrailRecorder
+from services.replica import freeze_start_up_heap, limit_threads
 from services.settings import CascadeSettings
 from services.tenants import Caller, TenantDirectory
 
@@ -146,6 +146,7 @@ class RouterIngress:
         self.rate = RateLimiter(self.settings.redis_url, self.breaker) if (
             limited and self.breaker is not None and self.settings.redis_url) else None
         self._owners: OrderedDict[str, str] = OrderedDict()
+        freeze_start_up_heap()
 
     async def _admit(self, tenant: str) -> None:
         """429 with ``Retry-After`` when the tenant is over its request rate (counted in Redis)."""

@@ -18,18 +18,10 @@ from opentelemetry.trace import SpanKind
 from cascade.factory import build_engine
 from cascade.schemas import Generation, Query
 from cascade.telemetry import SCOPE, configure_from_env, continued
+from services.replica import freeze_start_up_heap, limit_threads
 from services.settings import PoolTierConfig
 
 log = logging.getLogger(__name__)
-
-
-def limit_threads() -> None:
-    """One intra-op thread per replica: replicas share two cores with each other and the proxy."""
-    try:
-        import torch
-    except ImportError:
-        return
-    torch.set_num_threads(1)
 
 
 class ModelPool:
@@ -42,6 +34,7 @@ class ModelPool:
         self.tier = PoolTierConfig.model_validate(tier)
         self.engine = build_engine(self.tier.engine)
         await self.engine.start()
+        freeze_start_up_heap()
         log.info("pool %s ready with %s", self.tier.name, self.engine.model)
 
     async def generate(self, queries: Sequence[Query], trace_headers: Mapping[str, str] | None = None

@@ -32,8 +32,8 @@ from cascade.telemetry import configure_from_env
 from services.batch.schema import error_line, output_line, parse_line
 from services.batch.store import TERMINAL, BatchStore
 from services.openai_api import response_of
-from services.pool import limit_threads
 from services.pool_engine import tier_engines
+from services.replica import limit_threads
 from services.settings import CascadeSettings
 from services.tenants import TenantDirectory
 
