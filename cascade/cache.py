@@ -161,12 +161,8 @@ class CacheLookup:
 
     hits: list[RoutedAnswer | None]
     vectors: np.ndarray
+    tags: Sequence[dict[str, str] | None]  # per query, its entry tags (``tags_of``; None: none), for the store
     unreadable: frozenset[int] = frozenset()
-    tags: Sequence[dict[str, str] | None] = ()  # per query, its entry tags (``tags_of``), for the store
-
-    def tags_for(self, i: int) -> dict[str, str] | None:
-        """Query ``i``'s entry tags, or None if the lookup has none for it (the store computes them)."""
-        return self.tags[i] if i < len(self.tags) else None
 
     def vector(self, i: int) -> np.ndarray | None:
         """Query ``i``'s embedding (NaN if not computed yet), or None if it cannot have one."""
@@ -298,17 +294,17 @@ class SemanticCache:
         except Exception as error:  # Redis down: serve without the cache; the stores embed later
             self.stats.errors += 1
             log.warning("semantic cache markers unreadable, serving without the cache: %s", error)
-            return CacheLookup([None] * len(queries), vectors, tags=tags)
+            return CacheLookup([None] * len(queries), vectors, tags)
         warm = [i for i, size in enumerate(sizes) if size > 0]
         if not warm:
             self.stats.misses += len(queries)
-            return CacheLookup([None] * len(queries), vectors, tags=tags)
+            return CacheLookup([None] * len(queries), vectors, tags)
         pending = [i for i in warm if np.isnan(vectors[i]).any()]
         if pending:
             vectors[pending] = await self._embed_off_loop([queries[i] for i in pending])
         unreadable = frozenset(i for i in warm if np.isnan(vectors[i]).any())
         policies = [hybrid_policy(size, index_size, self.config) for size in sizes]
-        return CacheLookup(await self.search(queries, vectors, tags, policies), vectors, unreadable, tags)
+        return CacheLookup(await self.search(queries, vectors, tags, policies), vectors, tags, unreadable)
 
     def search_command(self, vector: np.ndarray, partition: str, policy: str | None) -> list[str | int | bytes]:
         """The FT.SEARCH of one question's nearest entries in its partition (the query RedisVL's

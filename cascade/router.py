@@ -298,7 +298,7 @@ class Router:
         for i, (query, hit) in enumerate(zip(queries, hits, strict=True)):
             if hit is None:
                 trail = next(passed)
-                trail.vector, trail.cache_tags = lookup.vector(i), lookup.tags_for(i)
+                trail.vector, trail.cache_tags = lookup.vector(i), lookup.tags[i]
             else:
                 trail = Trail(query, len(self.tiers), result=hit.model_copy(
                     update={"batch_size": len(queries), "latency": [cache_stage]}))
