@@ -1,6 +1,9 @@
 """Serving overhead with remote (``openai``) tiers: the router on Ray Serve in front of an
 OpenAI-compatible backend that answers at once (``tests/benchmarks/openai_echo.py``), against the
-backend called directly and a bare Serve echo deployment, in one run, at several concurrencies.
+backend called directly, a bare Serve echo deployment and a bare Serve deployment that forwards
+each request to the backend (the least any Serve router of a remote model does), in one run, at
+several concurrencies. Rows are compared by their medians over trials and, where the comparison is
+a target's, also trial by trial (each cascade trial against the baseline's trial of the same repeat).
 
 Each cascade row is the app ``cascade serve`` runs (cache, queue and Redis off), with both tiers
 placed in the ingress (the default for remote engines) or in pool deployments of their own, and
@@ -57,7 +60,9 @@ def new_question(n: int) -> dict[str, Any]:
 
 
 def cascade_settings(backend: str, *, placement: str, escalate: bool, redis_url: str | None = None,
-                     cache: bool = True) -> Any:
+                     cache: bool = True, ingress_env: dict[str, str] | None = None) -> Any:
+    """The app's settings; ``ingress_env``: environment variables of the ingress replica (Serve's own
+    options are read from there)."""
     from services.settings import CascadeSettings
 
     def tier(name: str, model: str, policy: str) -> dict[str, Any]:
@@ -69,7 +74,8 @@ def cascade_settings(backend: str, *, placement: str, escalate: bool, redis_url:
                              "cache": {"enabled": cache}} if redis_url else {}
     return CascadeSettings(tiers=[tier("small", small, "v1"), tier("large", "large", "accept")], **redis, server={
         "use_redis": redis_url is not None, "batch_wait_timeout_s": 0.002, "max_batch_size": 32,
-        "max_concurrent_batches": 8, "ingress": REPLICA})
+        "max_concurrent_batches": 8, "ingress": REPLICA if not ingress_env else {**REPLICA, "ray_actor_options": {
+            **REPLICA["ray_actor_options"], "runtime_env": {"env_vars": ingress_env}}}})
 
 
 def row(name: str, figures: dict[str, float], reference: dict[str, float] | None = None) -> str:
@@ -82,14 +88,16 @@ def row(name: str, figures: dict[str, float], reference: dict[str, float] | None
 Row = tuple[str, str, dict[str, Any] | Callable[[int], dict[str, Any]]]
 
 
+Trials = dict[str, dict[int, list[dict[str, float]]]]
+
+
 def measure(rows: list[Row], levels: list[int], repeats: int, requests: Callable[[int], int],
-            backend_pid: int | None = None) -> dict[str, dict[int, dict[str, float]]]:
-    """Per row and level, the median figures of ``repeats`` trials; the rows are interleaved within
-    each repeat, so that drift of the machine hits all of them alike. With ``backend_pid``, each
-    trial also records the CPU milliseconds per request of every process on the path (``cpu.*``)."""
-    results: dict[str, dict[int, dict[str, float]]] = {}
+            backend_pid: int | None = None) -> Trials:
+    """Per row and level, the figures of ``repeats`` trials; the rows are interleaved within each
+    repeat, so that drift of the machine hits all of them alike. With ``backend_pid``, each trial
+    also records the CPU milliseconds per request of every process on the path (``cpu.*``)."""
+    trials: Trials = {name: {} for name, _, _ in rows}
     for concurrency in levels:
-        trials: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in rows}
         for _ in range(repeats):
             for name, url, body in rows:
                 app = url.split("/")[3]  # the Serve application's route prefix; "v1" for the backend itself
@@ -100,11 +108,22 @@ def measure(rows: list[Row], levels: list[int], repeats: int, requests: Callable
                 if meter is not None:
                     figures.update({f"cpu.{role}": ms for role, ms in meter.stop(requests(concurrency)).items()})
                 assert figures["errors"] == 0, (name, concurrency, figures)
-                trials[name].append(figures)
-        for name, measured in trials.items():
-            results.setdefault(name, {})[concurrency] = {
-                key: float(np.median([f[key] for f in measured])) for key in measured[0]}
-    return results
+                trials[name].setdefault(concurrency, []).append(figures)
+    return trials
+
+
+def medians(trials: Trials) -> dict[str, dict[int, dict[str, float]]]:
+    """Per row and level, the median of each figure over the trials."""
+    return {name: {level: {key: float(np.median([f[key] for f in measured])) for key in measured[0]}
+                   for level, measured in by_level.items()} for name, by_level in trials.items()}
+
+
+def paired(trials: Trials, name: str, baseline: str, level: int) -> tuple[float, float]:
+    """The median over repeats of ``name``'s req/s against ``baseline``'s in the same repeat, and of
+    its p50 minus the baseline's: each trial is compared with one run minutes, not rows, apart."""
+    pairs = list(zip(trials[name][level], trials[baseline][level], strict=True))
+    return (float(np.median([on["rps"] / off["rps"] for on, off in pairs])),
+            float(np.median([on["p50"] - off["p50"] for on, off in pairs])))
 
 
 def outage(redis: Any, rows: list[Row], levels: list[int], repeats: int, requests: Callable[[int], int]) -> None:
@@ -115,7 +134,7 @@ def outage(redis: Any, rows: list[Row], levels: list[int], repeats: int, request
     os.kill(pid, signal.SIGSTOP)
     try:
         asyncio.run(load(rows[1][1], 1, 2, CHAT))  # the first call waits out the timeout and opens the circuit
-        results = measure(rows, levels, repeats, requests)
+        results = medians(measure(rows, levels, repeats, requests))
     finally:
         os.kill(pid, signal.SIGCONT)
     off_figures, stopped_figures = results.values()
@@ -135,11 +154,19 @@ def main() -> None:
     parser.add_argument("--cache", action="store_true", help="add the cache-on rows (a local Redis)")
     parser.add_argument("--direct-ingress", action="store_true",
                         help="RAY_SERVE_ENABLE_DIRECT_INGRESS=1: HTTP served in the ingress replica, not the proxy")
+    parser.add_argument("--ingress-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="add a row: cascade at 0%% with tiers in the ingress, its ingress replica run with this "
+                             "environment variable (a Serve option to try, e.g. RAY_SERVE_THROUGHPUT_OPTIMIZED=1), "
+                             "compared trial by trial with the same app without it; repeatable")
     parser.add_argument("--ha-proxy", action="store_true",
                         help="Serve's HAProxy ingress in front of every app (server.proxy: haproxy, the default of "
                              "cascade serve) instead of its Python proxy")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
+    if any("=" not in item for item in args.ingress_env):
+        parser.error("--ingress-env takes NAME=VALUE")
+    if args.ingress_env and "ingress" not in args.placements.split(","):
+        parser.error("--ingress-env compares with the ingress placement: keep 'ingress' in --placements")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if args.direct_ingress:
         os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
@@ -150,7 +177,7 @@ def main() -> None:
     from cascade.local_redis import LocalRedis
     from services.app import build_app
     from services.local import start_ray
-    from tests.benchmarks.echo import Echo
+    from tests.benchmarks.echo import Echo, Forwarder
 
     def requests(concurrency: int) -> int:
         return max(args.requests, 16 * concurrency)
@@ -167,9 +194,15 @@ def main() -> None:
         base = f"http://127.0.0.1:{port}"
         serve.run(serve.deployment(name="echo", max_ongoing_requests=512, **REPLICA)(Echo).bind(),
                   name="echo", route_prefix="/echo")
+        serve.run(serve.deployment(name="forwarder", max_ongoing_requests=512, **REPLICA)(Forwarder).bind(
+            f"{backend_url}/v1/chat/completions", BACKEND_CHAT), name="forwarder", route_prefix="/forwarder")
         apps = {f"{placement}-{share}": (f"cascade, tiers in {placement}, {share}% escalated",
                                          cascade_settings(backend_url, placement=placement, escalate=share == 100))
                 for placement in args.placements.split(",") for share in (0, 100)}
+        ingress_env = dict(item.split("=", 1) for item in args.ingress_env)
+        if ingress_env:
+            apps["ingress-0-env"] = (f"cascade, ingress with {' '.join(args.ingress_env)}", cascade_settings(
+                backend_url, placement="ingress", escalate=False, ingress_env=ingress_env))
         if args.cache:
             redis = LocalRedis(port=free_port(), state_dir=Path(tempfile.mkdtemp(prefix="bench-redis-")))
             apps["cached"] = ("cache on", cascade_settings(backend_url, placement="ingress", escalate=False,
@@ -180,7 +213,8 @@ def main() -> None:
             serve.run(build_app(settings), name=prefix, route_prefix=f"/{prefix}")
         rows: list[Row] = [
             ("direct to backend", f"{backend_url}/v1/chat/completions", BACKEND_CHAT),
-            ("bare Serve echo", f"{base}/echo", CHAT)]
+            ("bare Serve echo", f"{base}/echo", CHAT),
+            ("bare Serve forwarder", f"{base}/forwarder", CHAT)]
         rows += [(name, f"{base}/{prefix}/v1/chat/completions", CHAT) for prefix, (name, _) in apps.items()
                  if prefix != "cached"]
         if args.cache:
@@ -188,7 +222,8 @@ def main() -> None:
             asyncio.run(load(cached_url, 1, 1, CHAT | {"messages": [{"role": "user", "content": "Warm up?"}]}))
             rows += [("cache on, misses, cold scopes", cached_url, new_scope),
                      ("cache on, misses, warm scope", cached_url, new_question)]
-        results = measure(rows, levels, args.repeats, requests, backend.pid)
+        trials = measure(rows, levels, args.repeats, requests, backend.pid)
+        results = medians(trials)
         print(f"serving overhead, openai tiers against a local echo backend, Ray {ray.__version__}, "
               f"{os.cpu_count()} CPUs, direct ingress {'on' if args.direct_ingress else 'off'}, "
               f"HAProxy {'on' if args.ha_proxy else 'off'}, "
@@ -211,20 +246,27 @@ def main() -> None:
             direct = results["direct to backend"][concurrency]["rps"]
             for name, by_level in results.items():
                 if name.startswith("cascade"):
-                    print(f"  {name}: {by_level[concurrency]['rps'] / direct:.2f}× direct-to-backend req/s")
+                    print(f"  {name}: {by_level[concurrency]['rps'] / direct:.2f}× direct-to-backend req/s; "
+                          "against the forwarder in the same trial: {:.2f}× req/s, p50 {:+.1f} ms".format(
+                              *paired(trials, name, "bare Serve forwarder", concurrency)))
         for placement in args.placements.split(","):
             zero = results[f"cascade, tiers in {placement}, 0% escalated"][levels[0]]["p50"]
             full = results[f"cascade, tiers in {placement}, 100% escalated"][levels[0]]["p50"]
             print(f"escalation cost, tiers in {placement}, concurrency {levels[0]}: p50 {full:.1f} / {zero:.1f} ms "
                   f"= {full / zero:.2f}×")
-        baselines = {"cache off (no Redis)": results.get("cascade, tiers in ingress, 0% escalated"),
-                     "cache off, feedback log on": results.get("cache off, feedback log on")}
-        for name in [n for n in results if n.startswith("cache on")]:
-            for baseline, off in baselines.items():
-                if off is not None:
-                    print(f"{name} against {baseline}: " + ", ".join(
-                        f"concurrency {c}: {results[name][c]['rps'] / off[c]['rps']:.2f}× req/s, "
-                        f"p50 {results[name][c]['p50'] - off[c]['p50']:+.1f} ms" for c in levels))
+        if ingress_env:
+            name = apps["ingress-0-env"][0]
+            print(f"{name} against the same app without it, paired trials: " + ", ".join(
+                "concurrency {}: {:.2f}× req/s, p50 {:+.1f} ms".format(
+                    c, *paired(trials, name, "cascade, tiers in ingress, 0% escalated", c)) for c in levels))
+        baselines = {"cascade, tiers in ingress, 0% escalated": "cache off (no Redis)",
+                     "cache off, feedback log on": "cache off, feedback log on"}
+        for name in [n for n in trials if n.startswith("cache on")]:
+            for baseline, label in baselines.items():
+                if baseline in trials:
+                    print(f"{name} against {label}, paired trials: " + ", ".join(
+                        "concurrency {}: {:.2f}× req/s, p50 {:+.1f} ms".format(c, *paired(trials, name, baseline, c))
+                        for c in levels))
         if redis is not None:
             outage(redis, [("cache off", f"{base}/ingress-0/v1/chat/completions", CHAT),
                            ("cache on, Redis stopped", f"{base}/cached/v1/chat/completions", CHAT)],

@@ -1,12 +1,13 @@
-"""A bare Ray Serve deployment that echoes the request body: the baseline the router's overhead
-is measured against (``tests/benchmarks/bench_serve.py``)."""
+"""Bare Ray Serve deployments the router's overhead is measured against: one that echoes the
+request body (``tests/benchmarks/bench_serve.py``) and one that forwards it to a backend."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import aiohttp
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 
 class Echo:
@@ -15,3 +16,21 @@ class Echo:
     async def __call__(self, request: Request) -> JSONResponse:
         body: Any = await request.json()
         return JSONResponse({"echo": body})
+
+
+class Forwarder:
+    """Sends every POST's JSON body on to one OpenAI-compatible backend over one pooled aiohttp
+    session and answers with the backend's reply: the least any Serve router in front of a remote
+    model does per request (``tests/benchmarks/bench_openai_tiers.py``)."""
+
+    def __init__(self, url: str, body: dict[str, Any]) -> None:
+        self._url = url
+        self._body = body
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __call__(self, request: Request) -> Response:
+        await request.body()
+        if self._session is None:
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
+        async with self._session.post(self._url, json=self._body) as reply:
+            return Response(await reply.read(), status_code=reply.status, media_type="application/json")
