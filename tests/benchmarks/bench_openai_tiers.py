@@ -1,7 +1,7 @@
 """Serving overhead with remote (``openai``) tiers: the router on Ray Serve in front of an
 OpenAI-compatible backend that answers at once (``tests/benchmarks/openai_echo.py``), against the
-backend called directly, a bare Serve echo deployment and a bare Serve deployment that forwards
-each request to the backend (the least any Serve router of a remote model does), in one run, at
+backend called directly, a bare Serve echo deployment and a bare Serve deployment that calls the
+backend once per request (the least any Serve router of a remote model does), in one run, at
 several concurrencies. Rows are compared by their medians over trials and, where the comparison is
 a target's, also trial by trial (each cascade trial against the baseline's trial of the same repeat).
 

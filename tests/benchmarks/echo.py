@@ -1,5 +1,5 @@
 """Bare Ray Serve deployments the router's overhead is measured against: one that echoes the
-request body (``tests/benchmarks/bench_serve.py``) and one that forwards it to a backend."""
+request body (``tests/benchmarks/bench_serve.py``) and one that calls a backend for every request."""
 
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ class Echo:
 
 
 class Forwarder:
-    """Sends every POST's JSON body on to one OpenAI-compatible backend over one pooled aiohttp
-    session and answers with the backend's reply: the least any Serve router in front of a remote
-    model does per request (``tests/benchmarks/bench_openai_tiers.py``)."""
+    """Answers every POST by posting one fixed chat request (``body``) to an OpenAI-compatible backend
+    over one pooled aiohttp session and returning the backend's reply as it came: the least any Serve
+    router in front of a remote model does per request (``tests/benchmarks/bench_openai_tiers.py``)."""
 
     def __init__(self, url: str, body: dict[str, Any]) -> None:
         self._url = url
