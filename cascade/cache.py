@@ -1,5 +1,6 @@
-"""Tenant- and context-scoped semantic cache on RediSearch, batched (RedisVL creates the index and stores
-entries; a lookup is a pipeline of FT.SEARCH commands written out, see ``search_command``).
+"""Tenant- and context-scoped semantic cache on RediSearch, batched (RedisVL creates the index; a lookup is
+a pipeline of FT.SEARCH commands written out, see ``search_command``, and a store one pipeline of the
+entries' hashes and their partitions' counts, see ``_write``).
 
 Similarity is on the user's question only (cosine, with the configured embedder: by default a
 static embedding distilled from MiniLM; each embedder has its own index). A near vector is not
@@ -10,7 +11,7 @@ prompt, context documents, generation parameters — is hashed into a ``scope``;
 together make the ``partition`` tag a lookup filters on (one tag: a filter on two costs Redis half as
 much again per search), which must match exactly: the same question about another document, or from
 another tenant, never hits. A batch of queries costs one batched embedding and one pipelined round
-trip for the lookups, and one more for the stores. A cold cache costs no embedding at all: each store
+trip for the lookups, and one more for the stores and their counts. A cold cache costs no embedding at all: each store
 counts its entries in a marker per partition (and one for the index) that outlives them, a lookup
 embeds only the questions whose marker is set (markers read in one round trip, remembered for
 ``marker_memo_s``), and the others are embedded when their answers are stored, off the request path.
@@ -37,6 +38,7 @@ import orjson
 from pydantic import BaseModel, Field
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redisvl.utils.utils import create_ulid
 
 from cascade.breaker import CircuitOpenError, RedisBreaker, RedisFaultError
 from cascade.embeddings import Embedder, EmbedderConfig, StaticConfig
@@ -389,15 +391,15 @@ class SemanticCache:
         if not chosen:
             return 0
         now = time.time()
-        records = []
+        entries: dict[str, dict[str, Any]] = {}
         markers: dict[str, int] = {}
         for i in chosen:
             try:
                 known = tags[i] if tags is not None else None
                 entry = known if known is not None else entry_tags(queries[i])
-                records.append({
+                entries[self._index.key(create_ulid())] = {
                     **entry, "question": queries[i].question, "answer": answers[i].model_dump_json(),
-                    "created": now, "embedding": np.asarray(vectors[i], np.float32).tobytes()})
+                    "created": now, "embedding": np.asarray(vectors[i], np.float32).tobytes()}
                 key = self.marker_key(entry)
                 markers[key] = markers.get(key, 0) + 1
             except Exception as error:
@@ -405,34 +407,38 @@ class SemanticCache:
                 count_dropped("cache", answers[i].tenant, type(error).__name__)
                 log.warning("request %s: answer not cached, its entry cannot be built: %s: %s",
                             answers[i].request_id, type(error).__name__, error)
-        if not records:
+        if not entries:
             return 0
         try:
             await self.ensure_index()
-            await self.breaker.call(lambda: self._index.load(records, ttl=self.config.ttl_s, batch_size=len(records)),
-                                    background=True)
-            await self.breaker.call(lambda: self._mark(markers), background=True)
+            await self.breaker.call(lambda: self._write(entries, markers), background=True)
         except Exception as error:
             self.stats.errors += 1
             self._forget_index(error)
             log.warning("semantic cache store failed, answers not cached: %s", error)
             return 0
-        self.stats.stores += len(records)
-        return len(records)
+        self.stats.stores += len(entries)
+        return len(entries)
 
-    async def _mark(self, markers: dict[str, int]) -> None:
-        """Count the stored entries in each partition's marker and in the index's, for the entries'
-        lifetime (after the entries, so a marker never announces entries that are not there yet). A
-        count is of entries stored while its key lived: it overstates a partition whose older entries
-        expired, as much as it overstates the index."""
+    async def _write(self, entries: dict[str, dict[str, Any]], markers: dict[str, int]) -> None:
+        """Write the entries (hashes the index picks up by their key prefix, as RedisVL's ``load``
+        writes them) and count them in each partition's marker and in the index's, in one round trip:
+        the pipeline runs in order, so a marker never announces entries that are not there yet. The
+        markers live as long as the entries. A count is of entries stored while its key lived: it
+        overstates a partition whose older entries expired, as much as it overstates the index."""
+        ttl = self.config.ttl_s
+        counted = [*markers.items(), (self.size_key, sum(markers.values()))]
         async with self._client.pipeline(transaction=False) as pipe:
-            for key, stored in [*markers.items(), (self.size_key, sum(markers.values()))]:
+            for key, entry in entries.items():
+                pipe.hset(key, mapping=entry)
+                pipe.expire(key, ttl)
+            for key, stored in counted:
                 pipe.incrby(key, stored)
-                pipe.expire(key, self.config.ttl_s)
-            counts = await pipe.execute()
+                pipe.expire(key, ttl)
+            replies = await pipe.execute()
+        counts = replies[2 * len(entries)::2]
         until = time.monotonic() + self.config.marker_memo_s
-        keys = [*markers, self.size_key]
-        self._sizes.update({key: (int(count), until) for key, count in zip(keys, counts[::2], strict=True)})
+        self._sizes.update({key: (int(count), until) for (key, _), count in zip(counted, counts, strict=True)})
 
     async def close(self) -> None:
         await self._index.disconnect()
