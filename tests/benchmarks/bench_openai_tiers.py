@@ -247,7 +247,9 @@ def main() -> None:
             for name, by_level in results.items():
                 if name.startswith("cascade"):
                     print(f"  {name}: {by_level[concurrency]['rps'] / direct:.2f}× direct-to-backend req/s; "
-                          "against the forwarder in the same trial: {:.2f}× req/s, p50 {:+.1f} ms".format(
+                          "in the same trial, against the echo: {:.2f}× req/s, p50 {:+.1f} ms, "
+                          "against the forwarder: {:.2f}× req/s, p50 {:+.1f} ms".format(
+                              *paired(trials, name, "bare Serve echo", concurrency),
                               *paired(trials, name, "bare Serve forwarder", concurrency)))
         for placement in args.placements.split(","):
             zero = results[f"cascade, tiers in {placement}, 0% escalated"][levels[0]]["p50"]
