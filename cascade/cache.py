@@ -11,10 +11,11 @@ prompt, context documents, generation parameters — is hashed into a ``scope``;
 together make the ``partition`` tag a lookup filters on (one tag: a filter on two costs Redis half as
 much again per search), which must match exactly: the same question about another document, or from
 another tenant, never hits. A batch of queries costs one batched embedding and one pipelined round
-trip for the lookups, and one more for the stores and their counts. A cold cache costs no embedding at all: each store
-counts its entries in a marker per partition (and one for the index) that outlives them, a lookup
-embeds only the questions whose marker is set (markers read in one round trip, remembered for
-``marker_memo_s``), and the others are embedded when their answers are stored, off the request path.
+trip for the lookups, and one more for the stores and their counts. A cold cache costs no embedding
+at all: each store counts its entries in a marker per partition (and one for the index) that
+outlives them, a lookup embeds only the questions whose marker is set (markers read in one round
+trip, remembered for ``marker_memo_s``), and the others are embedded when their answers are stored,
+off the request path.
 The counts also pick each search's strategy (``hybrid_policy``): brute force over a small
 partition's entries, the HNSW graph for a partition that is most of the index. Redis faults turn the cache off
 for that call, with a warning and a counter, and open the Redis circuit breaker, which skips the
