@@ -80,7 +80,8 @@ class RedisBreaker:
         timeout = (self.config.background_timeout_ms if background else self.config.timeout_ms) / 1000
         self.attempts += 1
         try:
-            result = await asyncio.wait_for(operation(), timeout)
+            async with asyncio.timeout(timeout):  # on the caller's task: ``wait_for`` makes a task per call
+                result = await operation()
         except (RedisError, OSError, TimeoutError) as error:
             self._open(error, timeout)
             raise RedisFaultError(f"Redis fault: {self.last_error}") from error

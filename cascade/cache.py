@@ -117,6 +117,11 @@ def hybrid_policy(entries: int, index_entries: int, config: CacheConfig) -> str 
     return None
 
 
+def blank_rows(vectors: np.ndarray) -> np.ndarray:
+    """Per row, whether it holds a NaN (a question not embedded, or one that cannot be)."""
+    return np.isnan(vectors).any(axis=1)
+
+
 class Candidate(NamedTuple):
     """A near entry a search returned: its cosine distance, its question, its answer's JSON."""
 
@@ -302,10 +307,12 @@ class SemanticCache:
         if not warm:
             self.stats.misses += len(queries)
             return CacheLookup([None] * len(queries), vectors, tags)
-        pending = [i for i in warm if np.isnan(vectors[i]).any()]
+        not_embedded = blank_rows(vectors)
+        pending = [i for i in warm if not_embedded[i]]
         if pending:
             vectors[pending] = await self._embed_off_loop([queries[i] for i in pending])
-        unreadable = frozenset(i for i in warm if np.isnan(vectors[i]).any())
+        blank = blank_rows(vectors)
+        unreadable = frozenset(i for i in warm if blank[i])
         policies = [hybrid_policy(size, index_size, self.config) for size in sizes]
         return CacheLookup(await self.search(queries, vectors, tags, policies), vectors, tags, unreadable)
 
@@ -327,7 +334,8 @@ class SemanticCache:
         if the caller has them already; ``policies``: each search's ``hybrid_policy``)."""
         tags = self.tags_of(queries) if tags is None else tags
         misses: list[RoutedAnswer | None] = [None] * len(queries)
-        searchable = [(i, t) for i, t in enumerate(tags) if t is not None and not np.isnan(vectors[i]).any()]
+        blank = blank_rows(vectors)
+        searchable = [(i, t) for i, t in enumerate(tags) if t is not None and not blank[i]]
         if not searchable:
             return misses
 
@@ -382,13 +390,15 @@ class SemanticCache:
         lookup's entry tags per query (None where it has none: computed here). An entry that cannot be
         built is logged and counted (``cascade.records.dropped``) and never stops the others."""
         chosen = [i for i, a in enumerate(answers) if self.storable(a, last_tier)]
-        pending = [i for i in chosen if np.isnan(vectors[i]).any()]
+        blank = blank_rows(vectors)
+        pending = [i for i in chosen if blank[i]]
         if pending and not self.breaker.allow():  # Redis is down: no embedding for a store that cannot happen
             return 0
         if pending:
             vectors = np.array(vectors, np.float32)
             vectors[pending] = await self._embed_off_loop([queries[i] for i in pending])
-            chosen = [i for i in chosen if not np.isnan(vectors[i]).any()]
+            blank = blank_rows(vectors)
+            chosen = [i for i in chosen if not blank[i]]
         if not chosen:
             return 0
         now = time.time()
