@@ -307,11 +307,11 @@ class SemanticCache:
         if not warm:
             self.stats.misses += len(queries)
             return CacheLookup([None] * len(queries), vectors, tags)
-        not_embedded = blank_rows(vectors)
-        pending = [i for i in warm if not_embedded[i]]
+        blank = blank_rows(vectors)
+        pending = [i for i in warm if blank[i]]
         if pending:
             vectors[pending] = await self._embed_off_loop([queries[i] for i in pending])
-        blank = blank_rows(vectors)
+            blank = blank_rows(vectors)
         unreadable = frozenset(i for i in warm if blank[i])
         policies = [hybrid_policy(size, index_size, self.config) for size in sizes]
         return CacheLookup(await self.search(queries, vectors, tags, policies), vectors, tags, unreadable)
