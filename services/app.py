@@ -48,7 +48,7 @@ def controlled(settings: CascadeSettings) -> bool:
 def topology(settings: CascadeSettings) -> dict[str, dict[str, Any]]:
     """Every deployment of the application, by name, with its Serve options: the one description of
     the app that ``build_app`` and ``serve_config`` both derive from."""
-    deployments = {INGRESS_NAME: settings.server.ingress.serve_options()}
+    deployments = {INGRESS_NAME: settings.server.ingress_options()}
     deployments |= {pool_name(t.name): t.deployment.serve_options() for t in settings.tiers if not t.in_ingress}
     if controlled(settings):
         deployments[CONTROLLER_NAME] = CONTROLLER_OPTIONS

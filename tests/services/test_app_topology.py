@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from services.app import CONSUMER_NAME, CONTROLLER_NAME, INGRESS_NAME, pool_name, serve_config, topology
-from services.settings import CascadeSettings
+from services.settings import USER_CODE_THREAD, CascadeSettings
 
 
 def settings(**overrides: object) -> CascadeSettings:
@@ -46,3 +46,14 @@ def test_an_engine_that_needs_its_own_process_cannot_be_placed_in_the_ingress() 
     with pytest.raises(pydantic.ValidationError, match="tier small: placement 'ingress' is for engines served"):
         CascadeSettings(tiers=[{"name": "small", "placement": "ingress", "engine": {"kind": "scripted", "model": "s"}},
                                remote("large")])
+
+
+def test_the_ingress_handles_requests_on_its_replica_loop_unless_told_otherwise() -> None:
+    def env(**server: object) -> dict[str, str]:
+        actor = topology(settings(server={"use_redis": False, **server}))[INGRESS_NAME]["ray_actor_options"]
+        return dict(actor["runtime_env"]["env_vars"])
+
+    assert env() == {USER_CODE_THREAD: "0"}
+    assert env(request_loop="thread") == {USER_CODE_THREAD: "1"}
+    own = {"num_cpus": 0.5, "runtime_env": {"env_vars": {USER_CODE_THREAD: "1", "OTHER": "x"}}}
+    assert env(ingress={"ray_actor_options": own}) == {USER_CODE_THREAD: "1", "OTHER": "x"}, "the deployment's own wins"
