@@ -230,14 +230,7 @@ class Router:
             for trail in ready:
                 if trail.escalated:
                     rests[id(trail)] = self.defer(trail)[1]
-        if mode == "throughput":
-            results = await self.finish_together(ready)
-        else:
-            results = []
-            for result in await asyncio.gather(*(self.finish(t) for t in ready), return_exceptions=True):
-                if not isinstance(result, (RoutedAnswer, Exception)):
-                    raise result  # cancellation and exit reach the caller
-                results.append(result)
+        results = await (self.finish_together(ready) if mode == "throughput" else self._finish_each(ready))
         outcomes = [Outcome(answer=r, rest=rests.get(id(t))) if isinstance(r, RoutedAnswer) else Outcome(error=r)
                     for t, r in zip(ready, results, strict=True)]
         answered = [(t, o.answer) for t, o in zip(ready, outcomes, strict=True) if o.answer is not None]
@@ -392,7 +385,10 @@ class Router:
         """One batched call per tier that some of ``trails`` are due at, concurrently."""
         starts = np.array([t.next_tier for t in trails], np.int64)
         groups = [[trails[i] for i in np.flatnonzero(starts == index)] for index in np.unique(starts)]
-        await asyncio.gather(*(self._run_tier(group, group[0].next_tier) for group in groups))
+        if len(groups) == 1:
+            await self._run_tier(groups[0], groups[0][0].next_tier)
+        else:
+            await asyncio.gather(*(self._run_tier(group, group[0].next_tier) for group in groups))
 
     def provisional(self, trail: Trail) -> RoutedAnswer:
         """The answer an unfinished trail has so far, for progressive answers (the final one follows)."""
@@ -434,6 +430,24 @@ class Router:
                 break
             await self._run_tier([trail], trail.next_tier)
         return trail.result
+
+    async def _finish_each(self, trails: Sequence[Trail]) -> list[RoutedAnswer | Exception]:
+        """``finish`` for each trail, concurrently; each trail's answer or the error that stopped it.
+        Trails already done, and the only one still going, are finished in turn: no task each."""
+        going = [t for t in trails if t.result is None and t.rejected is None]
+        if len(going) > 1:
+            results = await asyncio.gather(*(self.finish(t) for t in trails), return_exceptions=True)
+            for result in results:
+                if not isinstance(result, (RoutedAnswer, Exception)):
+                    raise result  # cancellation and exit reach the caller
+            return [r for r in results if isinstance(r, (RoutedAnswer, Exception))]
+        finished: list[RoutedAnswer | Exception] = []
+        for trail in trails:
+            try:
+                finished.append(await self.finish(trail))
+            except Exception as error:
+                finished.append(error)
+        return finished
 
     async def finish_together(self, trails: Sequence[Trail]) -> list[RoutedAnswer | Exception]:
         """Throughput mode (batch jobs): escalated trails go on tier by tier as batches, one call per
@@ -497,8 +511,8 @@ class Router:
         await asyncio.gather(self._run_tier(trails[:half], index), self._run_tier(trails[half:], index))
 
     async def _generate(self, tier: Tier, queries: list[Query]) -> list[Generation]:
-        call = tier.engine.generate(queries)
-        generations = await (asyncio.wait_for(call, tier.timeout_s) if tier.timeout_s else call)
+        async with asyncio.timeout(tier.timeout_s):  # on this task: no task per call, as wait_for makes
+            generations = await tier.engine.generate(queries)
         if len(generations) != len(queries):
             raise RuntimeError(f"engine returned {len(generations)} generations for {len(queries)} queries")
         return generations

@@ -75,6 +75,8 @@ class OpenAIEngine:
 
     async def generate(self, queries: Sequence[Query]) -> list[Generation]:
         await self.start()
+        if len(queries) == 1:  # no task for a lone query
+            return [await self._generate_one(queries[0])]
         return list(await asyncio.gather(*(self._generate_one(q) for q in queries)))
 
     async def _generate_one(self, query: Query) -> Generation:
