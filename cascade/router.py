@@ -511,7 +511,7 @@ class Router:
         await asyncio.gather(self._run_tier(trails[:half], index), self._run_tier(trails[half:], index))
 
     async def _generate(self, tier: Tier, queries: list[Query]) -> list[Generation]:
-        async with asyncio.timeout(tier.timeout_s):  # on this task: no task per call, as wait_for makes
+        async with asyncio.timeout(tier.timeout_s or None):  # on this task: no task per call, as wait_for makes
             generations = await tier.engine.generate(queries)
         if len(generations) != len(queries):
             raise RuntimeError(f"engine returned {len(generations)} generations for {len(queries)} queries")
