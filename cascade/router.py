@@ -435,13 +435,13 @@ class Router:
         """``finish`` for each trail, concurrently; each trail's answer or the error that stopped it.
         Trails already done, and the only one still going, are finished in turn: no task each."""
         going = [t for t in trails if t.result is None and t.rejected is None]
+        finished: list[RoutedAnswer | Exception] = []
         if len(going) > 1:
-            results = await asyncio.gather(*(self.finish(t) for t in trails), return_exceptions=True)
-            for result in results:
+            for result in await asyncio.gather(*(self.finish(t) for t in trails), return_exceptions=True):
                 if not isinstance(result, (RoutedAnswer, Exception)):
                     raise result  # cancellation and exit reach the caller
-            return [r for r in results if isinstance(r, (RoutedAnswer, Exception))]
-        finished: list[RoutedAnswer | Exception] = []
+                finished.append(result)
+            return finished
         for trail in trails:
             try:
                 finished.append(await self.finish(trail))
