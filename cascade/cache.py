@@ -11,7 +11,8 @@ prompt, context documents, generation parameters — is hashed into a ``scope``;
 together make the ``partition`` tag a lookup filters on (one tag: a filter on two costs Redis half as
 much again per search), which must match exactly: the same question about another document, or from
 another tenant, never hits. A batch of queries costs one batched embedding and one pipelined round
-trip for the lookups, and one more for the stores and their counts. A cold cache costs no embedding
+trip for the lookups (batches that come while a lookup is under way wait for it and are looked up
+together), and one more for the stores and their counts. A cold cache costs no embedding
 at all: each store counts its entries in a marker per partition (and one for the index) that
 outlives them, a lookup embeds only the questions whose marker is set (markers read in one round
 trip, remembered for ``marker_memo_s``), and the others are embedded when their answers are stored,
@@ -42,6 +43,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redisvl.utils.utils import create_ulid
 
 from cascade.breaker import CircuitOpenError, RedisBreaker, RedisFaultError
+from cascade.coalesce import Coalescer
 from cascade.embeddings import Embedder, EmbedderConfig, StaticConfig
 from cascade.redis_clients import connect
 from cascade.schemas import Query, RoutedAnswer
@@ -176,6 +178,11 @@ class CacheLookup:
         """Query ``i``'s embedding (NaN if not computed yet), or None if it cannot have one."""
         return None if i in self.unreadable else self.vectors[i]
 
+    def part(self, start: int, stop: int) -> CacheLookup:
+        """The lookup of queries ``start`` to ``stop``, numbered from 0."""
+        return CacheLookup(self.hits[start:stop], self.vectors[start:stop], self.tags[start:stop],
+                           frozenset(i - start for i in self.unreadable if start <= i < stop))
+
 
 @dataclass
 class SemanticCache:
@@ -212,6 +219,7 @@ class SemanticCache:
         self._index = AsyncSearchIndex(IndexSchema.from_dict(self.schema), redis_client=self._client)
         self._ready = False
         self._sizes: dict[str, tuple[int, float]] = {}  # marker key -> (entries stored, trusted until)
+        self._lookups = Coalescer(self._lookup_together)
         self.size_key = f"{self.index_name}:entries"
 
     async def ensure_index(self) -> None:
@@ -290,9 +298,27 @@ class SemanticCache:
     async def lookup(self, queries: Sequence[Query], known: np.ndarray | None = None) -> CacheLookup | None:
         """The cached answer for each query, or None; all misses if Redis fails; None (no embedding,
         no call) while the Redis circuit is open. Only questions whose scope has entries are embedded,
-        and not those with a row in ``known`` (embeddings computed already, NaN where not)."""
+        and not those with a row in ``known`` (embeddings computed already, NaN where not). Lookups that
+        come while another is under way are made together (``cascade/coalesce.py``): one embedder call
+        and one Redis round trip for all of them."""
         if not self.breaker.allow():
             return None
+        return await self._lookups((queries, known))
+
+    async def _lookup_together(self, requests: list[tuple[Sequence[Query], np.ndarray | None]]) -> list[CacheLookup]:
+        """One lookup of the requests' queries, split back per request."""
+        if len(requests) == 1:
+            return [await self._lookup(*requests[0])]
+        queries = [q for batch, _ in requests for q in batch]
+        known = None
+        if any(k is not None for _, k in requests):
+            known = np.concatenate([np.full((len(batch), self.dimensions), np.nan, np.float32) if k is None else k
+                                    for batch, k in requests])
+        together = await self._lookup(queries, known)
+        ends = np.cumsum([len(batch) for batch, _ in requests]).tolist()
+        return [together.part(end - len(batch), end) for (batch, _), end in zip(requests, ends, strict=True)]
+
+    async def _lookup(self, queries: Sequence[Query], known: np.ndarray | None) -> CacheLookup:
         vectors = np.full((len(queries), self.dimensions), np.nan, np.float32)
         if known is not None:
             vectors[:] = known

@@ -508,3 +508,35 @@ async def test_the_prerouter_and_the_cache_share_one_embedding_per_request(local
     assert again.cache_hit, "the lookup used the pre-router's vector"
     assert counting.texts == [question["prompt"]] * 2, "one embedding per request, none by the cache"
     await cache.close()
+
+
+async def test_concurrent_lookups_share_one_run_and_keep_their_tenants_and_rows(local_redis: LocalRedis,
+                                                                               embedder: MiniLMEmbedder) -> None:
+    """Batches that come while a lookup is under way are looked up together (one embedder call, one
+    round trip) and each gets back its own rows: a tenant's hit, another's miss, an unreadable question's
+    miss, a known vector used as given."""
+    counting = CountingEmbedder(embedder)
+    cache = SemanticCache(local_redis.url, CacheConfig(index_name="test-together", ttl_s=60), counting)
+    router = two_tier_router(cache=cache)
+    asked = "hard: which river flows through Paris?"
+    [first] = await router.route([Query(tenant="a", prompt=asked, context=[PARIS])])
+    await router.route([Query(tenant="b", prompt="hard: how tall is Mount Everest?", context=[PARIS])])
+    cache._sizes.clear()  # read the partitions' new counts now, not after ``marker_memo_s``
+    unreadable = Query(tenant="b", prompt="hard: x", context=[PARIS]).model_copy(update={"prompt": "hard \ud800"})
+    batches = [[Query(tenant="c", prompt="hard: what is the capital of France?", context=[PARIS])],
+               [Query(tenant="b", prompt=asked, context=[PARIS]), unreadable],
+               [Query(tenant="a", prompt="hard: which river flows through Paris ?", context=[PARIS])]]
+    known = np.full((1, cache.dimensions), np.nan, np.float32)
+    known[0] = embedder.embed([batches[2][0].question])[0]
+    runs, embedded = cache._lookups.runs, len(counting.texts)
+    lookups = await asyncio.gather(cache.lookup(batches[0]), cache.lookup(batches[1]), cache.lookup(batches[2], known))
+    assert cache._lookups.runs == runs + 2, "the first lookup ran alone, the two that came meanwhile together"
+    assert counting.texts[embedded:] == [asked, "hard \ud800", asked, "hard \ud800"], (
+        "a cold scope's question is not embedded; the second run embedded the questions of both its batches "
+        "in one call (which failed, so then one by one); the known vector was used as given")
+    first_lookup, second, third = [lookup for lookup in lookups if lookup is not None]
+    assert first_lookup.hits == [None] and second.hits == [None, None], "tenant b never sees tenant a's entry"
+    assert third.hits[0] is not None and third.hits[0].answer == first.answer
+    assert second.unreadable == frozenset({1}) and second.vector(1) is None and second.vector(0) is not None
+    assert np.array_equal(third.vectors, known) and len(second.tags) == 2 and second.tags[0] is not None
+    await cache.close()
