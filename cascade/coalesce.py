@@ -37,7 +37,7 @@ class Coalescer(Generic[Item, Result]):
             return await future
         self._busy = True
         try:
-            return (await self._counted([item]))[0]
+            return await self._alone(item)
         finally:
             self._next()
 
