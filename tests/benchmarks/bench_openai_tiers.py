@@ -13,7 +13,11 @@ its decisions anyway), and two more turn the semantic cache on too, with every r
 each request in a scope of its own (a cold cache: no embedding before the answer, the store embeds
 it afterwards) and every request a new question in one scope that has entries (embedded on the
 request path); then Redis is frozen (SIGSTOP) and the cached app is measured against the app
-without Redis (the fault-isolation issue: within 10% of its p50).
+without Redis (the fault-isolation issue: within 10% of its p50). Before that, the run checks that
+the cache rows measured the cache: how many searches Redis ran for the warm-scope requests, and what
+the cached app's Redis circuit breaker saw. The CPU table per row splits the machine's CPU into the
+load driver, the proxy (Serve's Python proxy and HAProxy), the app's replicas, the backend, Redis
+and the rest.
 
 Targets: cascade at 0% ≥ 0.9× the Serve echo's req/s and p50 within +3 ms of it at concurrency 1;
 ≥ 0.2× the direct backend's req/s at 16 and 64; escalating every query ≤ 1.5× the 0% p50 at
@@ -34,6 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 
 from tests.benchmarks.bench_serve import QUIET, load
@@ -92,7 +97,7 @@ Trials = dict[str, dict[int, list[dict[str, float]]]]
 
 
 def measure(rows: list[Row], levels: list[int], repeats: int, requests: Callable[[int], int],
-            backend_pid: int | None = None) -> Trials:
+            backend_pid: int | None = None, redis_pid: int | None = None) -> Trials:
     """Per row and level, the figures of ``repeats`` trials; the rows are interleaved within each
     repeat, so that drift of the machine hits all of them alike. With ``backend_pid``, each trial
     also records the CPU milliseconds per request of every process on the path (``cpu.*``)."""
@@ -101,7 +106,7 @@ def measure(rows: list[Row], levels: list[int], repeats: int, requests: Callable
         for _ in range(repeats):
             for name, url, body in rows:
                 app = url.split("/")[3]  # the Serve application's route prefix; "v1" for the backend itself
-                meter = Meter(backend_pid, None if app == "v1" else app) if backend_pid is not None else None
+                meter = Meter(backend_pid, None if app == "v1" else app, redis_pid) if backend_pid is not None else None
                 if meter is not None:
                     meter.start()
                 figures = asyncio.run(load(url, concurrency, requests(concurrency), body))
@@ -124,6 +129,25 @@ def paired(trials: Trials, name: str, baseline: str, level: int) -> tuple[float,
     pairs = list(zip(trials[name][level], trials[baseline][level], strict=True))
     return (float(np.median([on["rps"] / off["rps"] for on, off in pairs])),
             float(np.median([on["p50"] - off["p50"] for on, off in pairs])))
+
+
+def cache_health(redis: Any, healthz: str, warm_requests: int) -> None:
+    """Print how many cache searches Redis ran against the warm-scope requests made, and what the cached
+    app's Redis circuit breaker saw: a breaker that opened skipped the cache for a while, and the cache
+    rows then measure less than they claim."""
+    import redis as redis_py
+
+    client = redis_py.Redis.from_url(redis.url)
+    try:
+        stats = client.info("commandstats")
+    finally:
+        client.close()
+    searched = int(next((v["calls"] for k, v in stats.items() if k.lower() == "cmdstat_ft.search"), 0))
+    breaker = httpx.get(healthz, timeout=10).json()["redis"]
+    print(f"\ncache rows: Redis ran {searched} searches for {warm_requests} warm-scope requests (each worker's first "
+          f"included; one search each unless the cache was skipped); the cached app's Redis breaker: "
+          f"{breaker['failures']} faults, {breaker['skipped']} calls skipped, last error {breaker['last_error']}"
+          + ("  <- the cache was off for part of the cache rows" if breaker["failures"] else ""))
 
 
 def outage(redis: Any, rows: list[Row], levels: list[int], repeats: int, requests: Callable[[int], int]) -> None:
@@ -222,7 +246,7 @@ def main() -> None:
             asyncio.run(load(cached_url, 1, 1, CHAT | {"messages": [{"role": "user", "content": "Warm up?"}]}))
             rows += [("cache on, misses, cold scopes", cached_url, new_scope),
                      ("cache on, misses, warm scope", cached_url, new_question)]
-        trials = measure(rows, levels, args.repeats, requests, backend.pid)
+        trials = measure(rows, levels, args.repeats, requests, backend.pid, redis.pid() if redis is not None else None)
         results = medians(trials)
         print(f"serving overhead, openai tiers against a local echo backend, Ray {ray.__version__}, "
               f"{os.cpu_count()} CPUs, direct ingress {'on' if args.direct_ingress else 'off'}, "
@@ -236,13 +260,13 @@ def main() -> None:
             for name, by_level in results.items():
                 figures = by_level[concurrency]
                 print(row(name, figures, None if name in {"bare Serve echo", "direct to backend"} else echo))
-            print(f"  {'CPU ms per request':<40} {'driver':>8} {'proxy':>8} {'replicas':>8} {'backend':>8} "
-                  f"{'other':>8} {'total':>8}")
+            roles = ("driver", "proxy", "replicas", "backend", *(("redis",) if redis is not None else ()), "other")
+            print(f"  {'CPU ms per request':<40} " + " ".join(f"{role:>8}" for role in roles) + f" {'total':>8}")
             for name, by_level in results.items():
                 cpu = {k.removeprefix("cpu."): v for k, v in by_level[concurrency].items() if k.startswith("cpu.")}
                 if cpu:
-                    print(f"  {name[:40]:<40} " + " ".join(f"{cpu[role]:>8.2f}" for role in (
-                        "driver", "proxy", "replicas", "backend", "other")) + f" {sum(cpu.values()):>8.2f}")
+                    print(f"  {name[:40]:<40} " + " ".join(f"{cpu[role]:>8.2f}" for role in roles)
+                          + f" {sum(cpu.values()):>8.2f}")
             direct = results["direct to backend"][concurrency]["rps"]
             for name, by_level in results.items():
                 if name.startswith("cascade"):
@@ -270,6 +294,7 @@ def main() -> None:
                         "concurrency {}: {:.2f}× req/s, p50 {:+.1f} ms".format(c, *paired(trials, name, baseline, c))
                         for c in levels))
         if redis is not None:
+            cache_health(redis, f"{base}/cached/healthz", args.repeats * sum(requests(c) + c for c in levels))
             outage(redis, [("cache off", f"{base}/ingress-0/v1/chat/completions", CHAT),
                            ("cache on, Redis stopped", f"{base}/cached/v1/chat/completions", CHAT)],
                    levels, args.repeats, requests)

@@ -29,7 +29,8 @@ def machine_seconds() -> float:
 
 
 def serve_processes() -> dict[str, list[int]]:
-    """The Serve proxy and each application's replicas by role: "proxy", or the application's name."""
+    """The Serve proxy (its Python actor and, with the HAProxy ingress, HAProxy) and each application's
+    replicas by role: "proxy", or the application's name."""
     roles: dict[str, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -38,7 +39,7 @@ def serve_processes() -> dict[str, list[int]]:
             title = (entry / "cmdline").read_bytes().split(b"\0", 1)[0].decode(errors="ignore")
         except OSError:
             continue
-        if title.startswith("ray::ProxyActor"):
+        if title.startswith("ray::ProxyActor") or Path(title).name == "haproxy":
             roles.setdefault("proxy", []).append(int(entry.name))
         elif match := REPLICA.match(title):
             roles.setdefault(match.group(1), []).append(int(entry.name))
@@ -47,12 +48,14 @@ def serve_processes() -> dict[str, list[int]]:
 
 class Meter:
     """CPU seconds by role between ``start`` and ``stop``: the driver (this process), the backend, the
-    proxy, one Serve application's replicas, and everything else on the machine."""
+    proxy, one Serve application's replicas, Redis (if ``redis_pid``), and everything else on the machine."""
 
-    def __init__(self, backend_pid: int, app: str | None) -> None:
+    def __init__(self, backend_pid: int, app: str | None, redis_pid: int | None = None) -> None:
         processes = serve_processes()
         self.pids = {"driver": [os.getpid()], "backend": [backend_pid], "proxy": processes.get("proxy", []),
                      "replicas": processes.get(app, []) if app else []}
+        if redis_pid is not None:
+            self.pids["redis"] = [redis_pid]
 
     def _read(self) -> dict[str, float]:
         readings = {role: sum(cpu_seconds(p) for p in pids) for role, pids in self.pids.items()}
