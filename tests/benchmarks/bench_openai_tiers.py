@@ -147,7 +147,8 @@ def cache_health(redis: Any, healthz: str, warm_requests: int) -> None:
     print(f"\ncache rows: Redis ran {searched} searches for {warm_requests} warm-scope requests (each worker's first "
           f"included; one search each unless the cache was skipped); the cached app's Redis breaker: "
           f"{breaker['failures']} faults, {breaker['skipped']} calls skipped, last error {breaker['last_error']}"
-          + ("  <- the cache was off for part of the cache rows" if breaker["failures"] else ""))
+          + ("  <- the cache was off for part of the cache rows" if breaker["failures"] or searched < warm_requests
+             else ""))
 
 
 def outage(redis: Any, rows: list[Row], levels: list[int], repeats: int, requests: Callable[[int], int]) -> None:
