@@ -142,7 +142,7 @@ def cache_health(redis: Any, healthz: str, warm_requests: int) -> None:
         stats = client.info("commandstats")
     finally:
         client.close()
-    searched = int(next((v["calls"] for k, v in stats.items() if k.lower() == "cmdstat_ft.search"), 0))
+    searched = int(stats.get("cmdstat_FT.SEARCH", {"calls": 0})["calls"])
     breaker = httpx.get(healthz, timeout=10).json()["redis"]
     print(f"\ncache rows: Redis ran {searched} searches for {warm_requests} warm-scope requests (each worker's first "
           f"included; one search each unless the cache was skipped); the cached app's Redis breaker: "
