@@ -123,12 +123,15 @@ def medians(trials: Trials) -> dict[str, dict[int, dict[str, float]]]:
                    for level, measured in by_level.items()} for name, by_level in trials.items()}
 
 
-def paired(trials: Trials, name: str, baseline: str, level: int) -> tuple[float, float]:
-    """The median over repeats of ``name``'s req/s against ``baseline``'s in the same repeat, and of
-    its p50 minus the baseline's: each trial is compared with one run minutes, not rows, apart."""
+def paired(trials: Trials, name: str, baseline: str, level: int) -> str:
+    """``name``'s req/s against ``baseline``'s in the same repeat, and its p50 minus the baseline's: the
+    median over repeats, then the lowest and highest (each trial is compared with one run minutes, not
+    rows, apart; the range is how far one run of the bench can be off)."""
     pairs = list(zip(trials[name][level], trials[baseline][level], strict=True))
-    return (float(np.median([on["rps"] / off["rps"] for on, off in pairs])),
-            float(np.median([on["p50"] - off["p50"] for on, off in pairs])))
+    ratios = [on["rps"] / off["rps"] for on, off in pairs]
+    added = [on["p50"] - off["p50"] for on, off in pairs]
+    return (f"{np.median(ratios):.2f}× req/s ({min(ratios):.2f}–{max(ratios):.2f}), "
+            f"p50 {np.median(added):+.1f} ms ({min(added):+.1f} to {max(added):+.1f})")
 
 
 def cache_health(redis: Any, healthz: str, warm_requests: int) -> None:
@@ -271,11 +274,10 @@ def main() -> None:
             direct = results["direct to backend"][concurrency]["rps"]
             for name, by_level in results.items():
                 if name.startswith("cascade"):
+                    echoed, forwarded = (paired(trials, name, f"bare Serve {bare}", concurrency)
+                                         for bare in ("echo", "forwarder"))
                     print(f"  {name}: {by_level[concurrency]['rps'] / direct:.2f}× direct-to-backend req/s; "
-                          "in the same trial, against the echo: {:.2f}× req/s, p50 {:+.1f} ms, "
-                          "against the forwarder: {:.2f}× req/s, p50 {:+.1f} ms".format(
-                              *paired(trials, name, "bare Serve echo", concurrency),
-                              *paired(trials, name, "bare Serve forwarder", concurrency)))
+                          f"in the same trial, against the echo: {echoed}; against the forwarder: {forwarded}")
         for placement in args.placements.split(","):
             zero = results[f"cascade, tiers in {placement}, 0% escalated"][levels[0]]["p50"]
             full = results[f"cascade, tiers in {placement}, 100% escalated"][levels[0]]["p50"]
@@ -283,17 +285,16 @@ def main() -> None:
                   f"= {full / zero:.2f}×")
         if ingress_env:
             name = apps["ingress-0-env"][0]
-            print(f"{name} against the same app without it, paired trials: " + ", ".join(
-                "concurrency {}: {:.2f}× req/s, p50 {:+.1f} ms".format(
-                    c, *paired(trials, name, "cascade, tiers in ingress, 0% escalated", c)) for c in levels))
+            print(f"{name} against the same app without it, paired trials: " + "; ".join(
+                f"concurrency {c}: {paired(trials, name, 'cascade, tiers in ingress, 0% escalated', c)}"
+                for c in levels))
         baselines = {"cascade, tiers in ingress, 0% escalated": "cache off (no Redis)",
                      "cache off, feedback log on": "cache off, feedback log on"}
         for name in [n for n in trials if n.startswith("cache on")]:
             for baseline, label in baselines.items():
                 if baseline in trials:
-                    print(f"{name} against {label}, paired trials: " + ", ".join(
-                        "concurrency {}: {:.2f}× req/s, p50 {:+.1f} ms".format(c, *paired(trials, name, baseline, c))
-                        for c in levels))
+                    print(f"{name} against {label}, paired trials: " + "; ".join(
+                        f"concurrency {c}: {paired(trials, name, baseline, c)}" for c in levels))
         if redis is not None:
             cache_health(redis, f"{base}/cached/healthz", args.repeats * sum(requests(c) + c for c in levels))
             outage(redis, [("cache off", f"{base}/ingress-0/v1/chat/completions", CHAT),
