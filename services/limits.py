@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +14,7 @@ import orjson
 from redis.exceptions import RedisError
 
 from cascade.breaker import RedisBreaker
+from cascade.coalesce import Coalescer
 from cascade.redis_clients import connect
 
 log = logging.getLogger(__name__)
@@ -98,26 +100,50 @@ class BodyLimitMiddleware:
 
 class RateLimiter:
     """Requests per tenant per minute, counted in Redis (a fixed one-minute window per tenant).
-    While Redis is unreachable (or skipped by the breaker) requests are let through, not refused."""
+    While Redis is unreachable (or skipped by the breaker) requests are let through, not refused.
+
+    Checks that come while another is under way are counted together (``cascade/coalesce.py``): one
+    pipeline of one ``INCRBY`` per tenant window for all of them, each request taking its own place in
+    that window's count, so a request costs a share of a round trip rather than one of its own. The
+    breaker times each call out, so the client sets no socket timeout (one per reply costs a timer per
+    read)."""
 
     def __init__(self, redis_url: str, breaker: RedisBreaker, prefix: str = "cascade:rate") -> None:
-        self._client = connect(redis_url, socket_connect_timeout=1, socket_timeout=1)
+        self._client = connect(redis_url, socket_connect_timeout=1)
         self.breaker = breaker
         self.prefix = prefix
+        self._counts = Coalescer(self._count_together)
+
+    @property
+    def round_trips(self) -> int:
+        """Pipelines sent to Redis so far (each counts every check that came while the last was under way)."""
+        return self._counts.runs
+
+    async def _count_together(self, keys: list[str]) -> list[int]:
+        """Each request's place in its window's count (1 for the window's first request), for the
+        window keys of requests made together: one ``INCRBY`` and ``EXPIRE`` per distinct key."""
+        asked = Counter(keys)
+
+        async def count() -> list[Any]:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key, requests in asked.items():
+                    pipe.incrby(key, requests)
+                    pipe.expire(key, 120)
+                return list(await pipe.execute())
+
+        totals = await self.breaker.call(count)
+        before = {key: int(total) - asked[key] for key, total in zip(asked, totals[::2], strict=True)}
+        places = []
+        for key in keys:
+            before[key] += 1
+            places.append(before[key])
+        return places
 
     async def retry_after(self, tenant: str, per_minute: int) -> int | None:
         """Seconds until the tenant may ask again if this request is over its limit, else None."""
         now = time.time()
-        key = f"{self.prefix}:{tenant}:{int(now // 60)}"
-
-        async def count() -> list[Any]:
-            async with self._client.pipeline(transaction=False) as pipe:
-                pipe.incr(key)
-                pipe.expire(key, 120)
-                return list(await pipe.execute())
-
         try:
-            used = int((await self.breaker.call(count))[0])
+            used = await self._counts(f"{self.prefix}:{tenant}:{int(now // 60)}")
         except (RedisError, OSError) as error:
             log.debug("rate limit not checked for tenant %s: %s", tenant, error)
             return None
