@@ -23,7 +23,8 @@ async def test_concurrent_checks_share_round_trips_and_each_tenant_gets_exactly_
     assert all(1 <= w <= 61 for w in waits if w is not None)
     assert limiter.round_trips < len(tenants) / 4, f"{limiter.round_trips} pipelines for {len(tenants)} checks"
     window = int(time.time() // 60)
-    counts = redis.Redis.from_url(redis_url).mget([f"test-rate-shared:{t}:{window}" for t in ("busy", "quiet")])
+    with redis.Redis.from_url(redis_url) as client:
+        counts = client.mget([f"test-rate-shared:{t}:{window}" for t in ("busy", "quiet")])
     assert counts == [b"30", b"30"], "every request counted once"
     assert await limiter.retry_after("fresh", 1) is None and await limiter.retry_after("fresh", 1) is not None
     await limiter.close()
