@@ -10,11 +10,12 @@ way, off the request path.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar, cast
 
 import orjson
 import redis
@@ -22,8 +23,10 @@ from fastapi import FastAPI, File, Form, Header, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from opentelemetry.propagate import extract
+from pydantic import BaseModel, ValidationError
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 
 from cascade.engines.base import InvalidInputError, PromptTooLongError
 from cascade.factory import build_router
@@ -427,3 +430,46 @@ class RouterIngress:
         if self.rate is not None:
             await self.rate.close()
         await self.router.close()
+
+
+Body = TypeVar("Body", bound=BaseModel)
+
+
+def _parsed(model: type[Body], body: bytes) -> Body:
+    """The request body parsed and validated in one pass, its errors raised as FastAPI's (for the same
+    422 handler). JSON that pydantic's parser refuses but Python's reads (a lone surrogate in a string)
+    is read by Python's, as FastAPI does, so that the field validators name the field it is in."""
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as invalid:
+        problems = invalid.errors()
+    if any(p["type"] == "json_invalid" for p in problems):
+        try:
+            return model.model_validate(json.loads(body))
+        except ValueError as error:  # json.JSONDecodeError and pydantic's ValidationError are both ValueErrors
+            if isinstance(error, ValidationError):
+                problems = error.errors()
+    raise RequestValidationError([{**p, "loc": ("body", *p["loc"])} for p in problems])
+
+
+def _ingress() -> RouterIngress:
+    """This replica's ingress object, as Serve's own class routes get theirs."""
+    return cast(RouterIngress, serve.get_replica_context().servable_object)
+
+
+async def _chat_completions(request: Request) -> Response:
+    return await _ingress().chat_completions(_parsed(ChatCompletionRequest, await request.body()), request,
+                                          request.headers.get("authorization"))
+
+
+async def _completions(request: Request) -> Response:
+    return await _ingress().completions(_parsed(CompletionRequest, await request.body()), request,
+                                     request.headers.get("authorization"))
+
+
+# The two completion endpoints as plain Starlette routes, matched before the documented ones (which
+# OpenAPI still shows): the same handlers, the same middleware and error handlers, without FastAPI's
+# per-request dependency solving and its parse of the body into a dict that is then validated.
+# On Serve, a bare forwarder behind FastAPI's route spent 0.2–0.5 ms more replica CPU per request than behind these.
+api.router.routes[:0] = [Route("/v1/chat/completions", _chat_completions, methods=["POST"], include_in_schema=False),
+                         Route("/v1/completions", _completions, methods=["POST"], include_in_schema=False)]
