@@ -432,10 +432,10 @@ class RouterIngress:
         await self.router.close()
 
 
-Body = TypeVar("Body", bound=BaseModel)
+RequestModel = TypeVar("RequestModel", bound=BaseModel)
 
 
-def _parsed(model: type[Body], body: bytes) -> Body:
+def _parsed(model: type[RequestModel], body: bytes) -> RequestModel:
     """The request body parsed and validated in one pass, its errors raised as FastAPI's (for the same
     422 handler). JSON that pydantic's parser refuses but Python's reads (a lone surrogate in a string)
     is read by Python's, as FastAPI does, so that the field validators name the field it is in."""
@@ -446,9 +446,10 @@ def _parsed(model: type[Body], body: bytes) -> Body:
     if any(p["type"] == "json_invalid" for p in problems):
         try:
             return model.model_validate(json.loads(body))
-        except ValueError as error:  # json.JSONDecodeError and pydantic's ValidationError are both ValueErrors
-            if isinstance(error, ValidationError):
-                problems = error.errors()
+        except ValidationError as error:
+            problems = error.errors()
+        except (ValueError, RecursionError):  # not JSON to Python either (or nested past its limit)
+            pass
     raise RequestValidationError([{**p, "loc": ("body", *p["loc"])} for p in problems])
 
 

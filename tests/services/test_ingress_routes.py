@@ -29,6 +29,7 @@ def test_a_valid_body_is_parsed_into_its_request_model() -> None:
     (CompletionRequest, json.dumps({"prompt": "hi", "temperature": 5}).encode(), ("body", "temperature"), "2"),
     # Python's JSON reader takes a lone surrogate where pydantic's refuses it: the field's validator names it
     (CompletionRequest, json.dumps({"prompt": "\ud800 hi"}).encode(), ("body", "prompt"), "lone surrogate"),
+    (CompletionRequest, b'{"prompt": ' + b"[" * 5000 + b"]" * 5000 + b"}", ("body",), "recursion"),
 ])
 def test_an_invalid_body_is_refused_with_fastapis_error_location(model: type, body: bytes,
                                                                  location: tuple[object, ...], message: str) -> None:
