@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,7 +41,6 @@ import orjson
 from pydantic import BaseModel, Field
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redisvl.utils.utils import create_ulid
 
 from cascade.breaker import CircuitOpenError, RedisBreaker, RedisFaultError
 from cascade.coalesce import Coalescer
@@ -137,10 +137,9 @@ def candidates(reply: Any) -> list[Candidate]:
     map with ``results``), nearest first; an entry without an answer is left out."""
     if isinstance(reply, dict):
         rows = [{_text(k): v for k, v in row.items()} for row in {_text(k): v for k, v in reply.items()}["results"]]
-        fields = [row.get("extra_attributes", {}) for row in rows]
+        entries = [{_text(k): v for k, v in row.get("extra_attributes", {}).items()} for row in rows]
     else:
-        fields = [dict(zip(found[::2], found[1::2], strict=True)) for found in reply[2::2]]
-    entries = [{_text(k): v for k, v in found.items()} for found in fields]
+        entries = [dict(zip(map(_text, found[::2]), found[1::2], strict=True)) for found in reply[2::2]]
     return [Candidate(float(e["vector_distance"]), _text(e.get("question", b"")), _bytes(e["answer"]))
             for e in entries if "answer" in e and "vector_distance" in e]
 
@@ -434,7 +433,7 @@ class SemanticCache:
             try:
                 known = tags[i] if tags is not None else None
                 entry = known if known is not None else entry_tags(queries[i])
-                entries[self._index.key(create_ulid())] = {
+                entries[self._index.key(os.urandom(16).hex())] = {
                     **entry, "question": queries[i].question, "answer": answers[i].model_dump_json(),
                     "created": now, "embedding": np.asarray(vectors[i], np.float32).tobytes()}
                 key = self.marker_key(entry)

@@ -5,10 +5,11 @@ city" are 0.003 apart in cosine distance for MiniLM), so a near vector is not en
 The guard compares the words:
 
 - words that decide what is asked must occur as often on both sides: negations, question words,
-  numbers, quantities, order and direction ("not", "who", "two", "most", "first", "before", ...);
+  numbers (in words or digits: "two", "1066", "covid19"), quantities, order and direction ("not",
+  "who", "most", "first", "before", ...);
 - every other word that carries meaning, left over on one side, must be a typo (one edit, or two
   neighbours swapped) or an inflection (the same first five letters) of a word left over on the
-  other side; a name (a capitalised word after the first) and a number must match exactly;
+  other side; a name (a capitalised word after the first) must match exactly;
 - English function words and the lead-ins of a request ("please tell me") are ignored, and
   "which" counts as "what".
 
@@ -39,13 +40,14 @@ LEAD_INS = frozenset(["please", "tell", "know", "like", "question", "quick", "wo
 IGNORED = (frozenset(ENGLISH_STOP_WORDS) | LEAD_INS) - DECISIVE
 CONTRACTIONS = [(re.compile(r"n['’]t\b"), " not"), (re.compile(r"['’](s|re|ve|ll|d|m)\b"), "")]
 WORD = re.compile(r"[^\W_]+")
+DIGIT = re.compile(r"\d")
 SAME_WORD = {"which": "what"}  # "Which year..." and "What year..." ask the same
 
 
 @dataclass(frozen=True)
 class Wording:
     """A question's words (lower case, contractions opened), which of them are names, and the counts of
-    its decisive words (those two wordings of one question must share)."""
+    its decisive words and of its words with a digit (those two wordings of one question must share)."""
 
     words: Counter[str]
     names: frozenset[str]
@@ -63,7 +65,7 @@ def wording(question: str) -> Wording:
     tokens = WORD.findall(text)
     names = frozenset(t.lower() for t in tokens[1:] if t[0].isupper())
     words = Counter(SAME_WORD.get(t.lower(), t.lower()) for t in tokens)
-    return Wording(words, names, {w: words[w] for w in DECISIVE.intersection(words)})
+    return Wording(words, names, {w: n for w, n in words.items() if w in DECISIVE or DIGIT.search(w)})
 
 
 def close(a: str, b: str) -> bool:
