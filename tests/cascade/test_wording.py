@@ -3,9 +3,12 @@ differs does not."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
-from cascade.wording import close, same_question
+from cascade.wording import close, english_stop_words, same_question
 
 
 @pytest.mark.parametrize(("question", "other"), [
@@ -43,3 +46,18 @@ def test_close_words_are_typos_and_inflections_but_not_numbers() -> None:
     assert close("their", "tehir") and close("century", "cenutry") and close("country", "countr")
     assert close("identity", "identities") and close("govern", "govern")
     assert not close("largest", "smallest") and not close("1066", "1067") and not close("cat", "car")
+
+
+def test_the_stop_words_are_scikit_learns() -> None:
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    assert english_stop_words() == frozenset(ENGLISH_STOP_WORDS) and "the" in english_stop_words()
+
+
+def test_the_routing_path_does_not_load_scikit_learn_or_scipy() -> None:
+    """The ingress imports the guard with the cache: scikit-learn's package (and SciPy behind it) stays out
+    of a routing process, where the stop words alone would cost it about a second and 70 MB."""
+    imported = subprocess.run([sys.executable, "-c", "import sys, cascade.router, cascade.cache, services.ingress; "
+                               "print(sorted({m.split('.')[0] for m in sys.modules} & {'sklearn', 'scipy'}))"],
+                              capture_output=True, text=True, timeout=120, check=True).stdout
+    assert imported.strip() == "[]"
