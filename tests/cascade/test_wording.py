@@ -54,6 +54,14 @@ def test_the_stop_words_are_scikit_learns() -> None:
     assert english_stop_words() == frozenset(ENGLISH_STOP_WORDS) and "the" in english_stop_words()
 
 
+def test_the_stop_words_come_from_the_public_import_where_their_module_is_not_found(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    assert english_stop_words() == frozenset(ENGLISH_STOP_WORDS)
+
+
 def test_the_routing_path_does_not_load_scikit_learn_or_scipy() -> None:
     """The ingress imports the guard with the cache: scikit-learn's package (and SciPy behind it) stays out
     of a routing process, where the stop words alone would cost it about a second and 70 MB."""
