@@ -10,6 +10,7 @@ way, off the request path.
 from __future__ import annotations
 
 import asyncio
+import email.message
 import json
 import logging
 import time
@@ -435,10 +436,29 @@ class RouterIngress:
 RequestModel = TypeVar("RequestModel", bound=BaseModel)
 
 
-def _parsed(model: type[RequestModel], body: bytes) -> RequestModel:
+def json_content(content_type: str | None) -> bool:
+    """Whether a request's Content-Type is JSON as FastAPI's routes read it: ``application/json`` or
+    ``application/*+json``, parameters allowed; no Content-Type at all is not (FastAPI's strict default,
+    which keeps a cross-site form or ``text/plain`` POST, sent by a browser without a preflight, out)."""
+    if content_type == "application/json":
+        return True
+    if not content_type:
+        return False
+    message = email.message.Message()
+    message["content-type"] = content_type
+    subtype = message.get_content_subtype()
+    return message.get_content_maintype() == "application" and (subtype == "json" or subtype.endswith("+json"))
+
+
+def _parsed(model: type[RequestModel], body: bytes, content_type: str | None) -> RequestModel:
     """The request body parsed and validated in one pass, its errors raised as FastAPI's (for the same
     422 handler). JSON that pydantic's parser refuses but Python's reads (a lone surrogate in a string)
-    is read by Python's, as FastAPI does, so that the field validators name the field it is in."""
+    is read by Python's, as FastAPI does, so that the field validators name the field it is in. A body
+    sent as anything but JSON (``json_content``) is refused as FastAPI refuses it, unread."""
+    if body and not json_content(content_type):
+        raise RequestValidationError([{"type": "model_attributes_type", "loc": ("body",), "input": None,
+                                       "msg": "Input should be a valid dictionary or object to extract fields from"
+                                              " (send it as Content-Type: application/json)"}])
     try:
         return model.model_validate_json(body)
     except ValidationError as invalid:
@@ -459,13 +479,13 @@ def _ingress() -> RouterIngress:
 
 
 async def _chat_completions(request: Request) -> Response:
-    return await _ingress().chat_completions(_parsed(ChatCompletionRequest, await request.body()), request,
-                                          request.headers.get("authorization"))
+    body = _parsed(ChatCompletionRequest, await request.body(), request.headers.get("content-type"))
+    return await _ingress().chat_completions(body, request, request.headers.get("authorization"))
 
 
 async def _completions(request: Request) -> Response:
-    return await _ingress().completions(_parsed(CompletionRequest, await request.body()), request,
-                                     request.headers.get("authorization"))
+    body = _parsed(CompletionRequest, await request.body(), request.headers.get("content-type"))
+    return await _ingress().completions(body, request, request.headers.get("authorization"))
 
 
 # The two completion endpoints as plain Starlette routes, matched before the documented ones (which

@@ -9,13 +9,13 @@ import pytest
 from fastapi.exceptions import RequestValidationError
 from starlette.routing import Route
 
-from services.ingress import _parsed, api
+from services.ingress import _parsed, api, json_content
 from services.openai_api import ChatCompletionRequest, CompletionRequest
 
 
 def test_a_valid_body_is_parsed_into_its_request_model() -> None:
     body = json.dumps({"messages": [{"role": "user", "content": "Which river flows through Paris?"}], "max_tokens": 8})
-    request = _parsed(ChatCompletionRequest, body.encode())
+    request = _parsed(ChatCompletionRequest, body.encode(), "application/json")
     assert isinstance(request, ChatCompletionRequest) and request.max_tokens == 8
     assert request.messages[0].content == "Which river flows through Paris?"
 
@@ -34,10 +34,29 @@ def test_a_valid_body_is_parsed_into_its_request_model() -> None:
 def test_an_invalid_body_is_refused_with_fastapis_error_location(model: type, body: bytes,
                                                                  location: tuple[object, ...], message: str) -> None:
     with pytest.raises(RequestValidationError) as refused:
-        _parsed(model, body)
+        _parsed(model, body, "application/json")
     first = refused.value.errors()[0]
     assert tuple(first["loc"][:len(location)]) == location, first
     assert message in first["msg"], first
+
+
+@pytest.mark.parametrize(("content_type", "is_json"), [
+    ("application/json", True), ("application/json; charset=utf-8", True), ("Application/JSON", True),
+    ("application/vnd.api+json", True), (None, False), ("", False), ("text/plain", False),
+    ("application/x-www-form-urlencoded", False), ("multipart/form-data; boundary=x", False), ("text/json", False),
+])
+def test_a_content_type_is_json_as_fastapi_reads_it(content_type: str | None, is_json: bool) -> None:
+    assert json_content(content_type) is is_json
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded"])
+def test_a_json_body_sent_as_another_content_type_is_refused_naming_the_body(content_type: str | None) -> None:
+    """As FastAPI's routes refuse it: a browser sends a form or text/plain POST to another site without asking."""
+    body = json.dumps({"messages": [{"role": "user", "content": "Which river flows through Paris?"}]}).encode()
+    with pytest.raises(RequestValidationError) as refused:
+        _parsed(ChatCompletionRequest, body, content_type)
+    first = refused.value.errors()[0]
+    assert first["loc"] == ("body",) and "application/json" in first["msg"], first
 
 
 def test_the_plain_routes_come_first_and_openapi_still_documents_both_bodies() -> None:

@@ -210,6 +210,15 @@ def test_invalid_json_is_422(base_url: str) -> None:
     assert response.status_code == 422 and response.json()["error"]["message"]
 
 
+@pytest.mark.parametrize("path", ["completions", "chat/completions"])
+def test_json_sent_as_plain_text_is_422_naming_the_body(base_url: str, path: str) -> None:
+    """What a browser may POST to another site without asking first is not routed to a model."""
+    body = {"prompt": "hi"} if path == "completions" else {"messages": [{"role": "user", "content": "hi"}]}
+    response = httpx.post(f"{base_url}/main/v1/{path}", content=json.dumps(body),
+                          headers={"Authorization": "Bearer key-basic", "Content-Type": "text/plain"})
+    assert response.status_code == 422 and response.json()["error"]["param"] == "body", response.text
+
+
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic key-free"}])
 def test_unknown_or_missing_key_is_401(base_url: str, headers: dict[str, str]) -> None:
     response = httpx.post(f"{base_url}/main/v1/completions", json={"prompt": "hi"}, headers=headers)
