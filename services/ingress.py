@@ -100,9 +100,11 @@ async def _store_down(request: Request, error: redis.RedisError) -> JSONResponse
 
 @api.exception_handler(StarletteHTTPException)
 async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-    """FastAPI's own refusals (a body it cannot decode, an unknown path or method) in the error shape."""
+    """FastAPI's own refusals (a body it cannot decode, an unknown path or method) and a body that grew past
+    the limit while it was received (``BodyTooLargeError``), in the error shape."""
     kind = "not_found_error" if error.status_code == 404 else "invalid_request_error"
-    return JSONResponse(ApiError(error.status_code, str(error.detail), kind=kind).body(),
+    code = "request_too_large" if error.status_code == 413 else None
+    return JSONResponse(ApiError(error.status_code, str(error.detail), kind=kind, code=code).body(),
                         status_code=error.status_code, headers=dict(error.headers or {}))
 
 

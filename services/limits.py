@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException
 
 from cascade.breaker import RedisBreaker
 from cascade.coalesce import Coalescer
@@ -39,13 +40,23 @@ class BodyLimits:
 BODY_LIMITS = BodyLimits()  # this process's limits: the ingress sets them from its settings when it starts
 
 
-class _TooLarge(Exception):
-    pass
+def too_large_message(limit: int, what: str = "request body") -> str:
+    return f"{what} exceeds this server's limit of {limit} bytes"
 
 
 def too_large_body(limit: int, what: str = "request body") -> bytes:
-    return orjson.dumps({"error": {"message": f"{what} exceeds this server's limit of {limit} bytes",
-                                   "type": "invalid_request_error", "param": None, "code": "request_too_large"}})
+    return orjson.dumps({"error": {"message": too_large_message(limit, what), "type": "invalid_request_error",
+                                   "param": None, "code": "request_too_large"}})
+
+
+class BodyTooLargeError(HTTPException):
+    """A body that grew past the limit while it was received. An ``HTTPException``, because FastAPI's
+    parsing of a route's body turns any other exception into a 400: this one it raises again, to the
+    app's HTTP error handler (a 413 naming the limit), or else to ``BodyLimitMiddleware``."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, too_large_message(limit), headers={"connection": "close"})
+        self.limit = limit
 
 
 class BodyLimitMiddleware:
@@ -75,7 +86,7 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise _TooLarge
+                    raise BodyTooLargeError(limit)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -85,7 +96,7 @@ class BodyLimitMiddleware:
 
         try:
             await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
+        except BodyTooLargeError:
             if not started:
                 await self._refuse(send, limit)
 

@@ -177,6 +177,10 @@ def limited_app() -> FastAPI:
     async def files(request: Request) -> dict[str, int]:
         return {"bytes": len(await request.body())}
 
+    @app.post("/v1/feedback")
+    async def feedback(body: dict[str, str]) -> dict[str, int]:  # a body FastAPI parses, as the ingress's routes
+        return {"fields": len(body)}
+
     return app
 
 
@@ -195,6 +199,9 @@ async def test_bodies_over_the_limit_are_413_with_the_limit_before_parsing() -> 
 
         streamed = await client.post("/v1/completions", content=chunks())
         assert streamed.status_code == 413, "a body without Content-Length is counted as it arrives"
+        parsed = await client.post("/v1/feedback", content=chunks(), headers={"Content-Type": "application/json"})
+        assert parsed.status_code == 413 and "limit of 1024 bytes" in parsed.text, "not FastAPI's 400 for a parse error"
+        assert parsed.headers["connection"] == "close"
 
 
 async def test_the_breaker_skips_redis_during_the_cool_down_then_probes() -> None:

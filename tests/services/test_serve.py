@@ -382,6 +382,21 @@ def test_a_body_over_the_limit_is_413_before_it_is_parsed(base_url: str) -> None
     assert "65536 bytes" in response.json()["error"]["message"]
 
 
+@pytest.mark.parametrize("path", ["completions", "feedback"])
+def test_a_body_sent_without_its_length_is_413_once_it_grows_past_the_limit(base_url: str, path: str) -> None:
+    """Counted as it arrives, on the plain routes and on FastAPI's, whose body parsing would make it a 400."""
+    def chunks() -> Iterator[bytes]:
+        yield b'{"request_id": "'
+        for _ in range(70):
+            yield b"x" * 1024
+
+    response = httpx.post(f"{base_url}/guarded/v1/{path}", content=chunks(),
+                          headers={"Content-Type": "application/json"})
+    assert response.status_code == 413, response.text
+    error = response.json()["error"]
+    assert "65536 bytes" in error["message"] and error["code"] == "request_too_large"
+
+
 def test_openapi_lists_the_errors_the_server_answers_and_health_reports_redis(base_url: str) -> None:
     document = httpx.get(f"{base_url}/guarded/openapi.json").json()
     for path in ("/v1/chat/completions", "/v1/completions"):
