@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
 from cascade.engines.base import InvalidInputError, PromptTooLongError
+from cascade.errors import public_message
 from cascade.factory import build_router
 from cascade.feedback import outcome_record
 from cascade.router import AllTiersFailedError, TierNotAllowedError, Trail, TrailCheckpoint, UnknownTierError
@@ -420,8 +421,9 @@ class RouterIngress:
             return None
         try:
             return dict(await self.controller.status.remote())
-        except Exception as error:
-            return {"running": False, "error": str(unwrap(error))}
+        except Exception as error:  # Ray's message carries its traceback, paths and ids: logged, not shown
+            log.warning("controller status unavailable: %s", error)
+            return {"running": False, "error": public_message(unwrap(error))}
 
     def _buffered(self) -> int:
         return self.router.feedback.buffered if self.router.feedback is not None else 0

@@ -4,6 +4,7 @@ ingress only authenticates and calls these (one instance per ingress replica, no
 from __future__ import annotations
 
 import asyncio
+import codecs
 import logging
 import time
 from collections import Counter
@@ -13,7 +14,7 @@ import redis
 
 from services.batch.queue import TaskQueue
 from services.batch.schema import ENDPOINTS, BatchCreate, batch_object, custom_ids
-from services.batch.store import TERMINAL, BatchStore, new_id
+from services.batch.store import TERMINAL, BatchStore, is_id, new_id
 from services.openai_api import ApiError
 from services.settings import CascadeSettings
 
@@ -47,7 +48,7 @@ class BatchApi:
         return public(await asyncio.to_thread(self.store.save_file, tenant, filename, purpose, content))
 
     async def file(self, file_id: str, tenant: str) -> dict[str, Any]:
-        meta = await asyncio.to_thread(self.store.file, file_id)
+        meta = await asyncio.to_thread(self.store.file, file_id) if is_id("file", file_id) else None
         if meta is None or meta["tenant"] != tenant:
             raise ApiError(404, f"no file {file_id}", param="file_id", code="not_found")
         return meta
@@ -65,12 +66,14 @@ class BatchApi:
             raise ApiError(400, f"file {meta['id']} has purpose {meta['purpose']!r}, not 'batch'",
                            param="input_file_id")
         content = await asyncio.to_thread(self.store.file_content, request.input_file_id) or b""
-        lines = [line for line in content.splitlines() if line.strip()]
+        numbered = [(n, line) for n, line in enumerate(content.removeprefix(codecs.BOM_UTF8).splitlines(), start=1)
+                    if line.strip()]  # a file saved with a byte order mark (Notepad, PowerShell) reads as without
+        lines = [line for _, line in numbered]
         queue = self.settings.queue
         if not lines or len(lines) > queue.max_lines:
             raise ApiError(400, f"the input file has {len(lines)} lines; a batch takes 1 to {queue.max_lines}",
                            param="input_file_id")
-        ids = custom_ids(lines)
+        ids = custom_ids(lines, numbers=[n for n, _ in numbered])
         duplicates = sorted(c for c, n in Counter(ids).items() if n > 1)
         if duplicates:
             raise ApiError(400, f"custom_id values must be unique; repeated: {duplicates[:5]}", param="input_file_id")
@@ -86,7 +89,7 @@ class BatchApi:
         return public(batch)
 
     async def batch(self, batch_id: str, tenant: str) -> dict[str, Any]:
-        batch = await asyncio.to_thread(self.store.batch, batch_id)
+        batch = await asyncio.to_thread(self.store.batch, batch_id) if is_id("batch", batch_id) else None
         if batch is None or batch["tenant"] != tenant:
             raise ApiError(404, f"no batch {batch_id}", param="batch_id", code="not_found")
         return public(batch)
@@ -106,7 +109,7 @@ class BatchApi:
         await asyncio.to_thread(self.tasks.finish_job, job["id"])
 
     async def job(self, job_id: str, tenant: str) -> dict[str, Any]:
-        job = await asyncio.to_thread(self.store.job, job_id)
+        job = await asyncio.to_thread(self.store.job, job_id) if is_id("job", job_id) else None
         if job is None or job["tenant"] != tenant:
             raise ApiError(404, f"no job {job_id}", param="job_id", code="not_found")
         return public(job)

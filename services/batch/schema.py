@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,16 +51,27 @@ class ParsedLine:
     status: int = 400
 
 
-def custom_ids(lines: list[bytes], first: int = 0) -> list[str]:
-    """The ``custom_id`` of each line, or ``line-<n>`` (n counted in the whole file, from 1, ``first``
-    being the index of ``lines[0]``) where a line has none: it will be an error."""
-    ids = []
-    for n, line in enumerate(lines, start=first):
+def custom_ids(lines: list[bytes], first: int = 0, numbers: Sequence[int] | None = None) -> list[str]:
+    """The ``custom_id`` of each line, or ``line-<n>`` where a line has none (it will be an error): n is
+    the line's number in the file, ``numbers[i]`` if given, else counted from 1 with ``first`` the index of
+    ``lines[0]``. A made-up id that another line's own ``custom_id`` holds gets ``~`` appended until it
+    is free, so that it never collides with one (and is not taken for a repeated ``custom_id``)."""
+    given: list[str | None] = []
+    for line in lines:
         try:
             value = orjson.loads(line).get("custom_id")
         except (orjson.JSONDecodeError, AttributeError):
             value = None
-        ids.append(value if isinstance(value, str) and value else f"line-{n + 1}")
+        given.append(value if isinstance(value, str) and value else None)
+    taken = {value for value in given if value is not None}
+    ids = []
+    for i, value in enumerate(given):
+        if value is None:
+            value = f"line-{numbers[i] if numbers is not None else first + i + 1}"
+            while value in taken:
+                value += "~"
+            taken.add(value)
+        ids.append(value)
     return ids
 
 

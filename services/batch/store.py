@@ -27,6 +27,13 @@ def new_id(kind: str) -> str:
     return f"{kind}-{uuid.uuid4().hex[:24]}"
 
 
+def is_id(kind: str, value: str) -> bool:
+    """Whether ``value`` has the shape of a ``new_id(kind)``: any other value names nothing, and is never
+    made into a key (a ``:`` in it would reach another record's keys)."""
+    return len(value) == len(kind) + 25 and value.startswith(f"{kind}-") and all(
+        c in "0123456789abcdef" for c in value[len(kind) + 1:])
+
+
 # A chunk's outcome, atomically: each line's result or error once (HSETNX), the chunk counted done
 # once (SADD), the tenant's queued lines and the batch's progress time moved only then; returns how
 # many outcomes were new and whether every chunk of the batch is done.

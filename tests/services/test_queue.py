@@ -239,6 +239,26 @@ def test_batch_input_errors_are_4xx(base_url: str) -> None:
         api.batches.create(input_file_id=uploaded.id, endpoint="/v1/completions", completion_window="24h")
     with pytest.raises(openai.NotFoundError):
         client(base_url, "k-small").files.content(uploaded.id)
+    batch = api.batches.create(input_file_id=submit(api, duplicate).input_file_id, endpoint="/v1/completions",
+                               completion_window="24h")
+    for call in (lambda: api.files.retrieve(f"{uploaded.id}:content"), lambda: api.files.content(f"{uploaded.id}:x"),
+                 lambda: api.batches.retrieve(f"{batch.id}:lines"), lambda: api.batches.cancel(f"{batch.id}:lines")):
+        with pytest.raises(openai.NotFoundError):  # an id that is not one never reaches a key
+            call()
+
+
+def test_a_byte_order_mark_blank_lines_and_made_up_ids_cost_no_line(base_url: str, data_dir: Path) -> None:
+    api = client(base_url)
+    first, second = batch_file(data_dir, 2).splitlines()
+    named_like_a_made_up_id = orjson.dumps({**orjson.loads(second), "custom_id": "line-3"})
+    without_id = b'{"method": "POST", "url": "/v1/completions"}'
+    content = b"\xef\xbb\xbf" + first + b"\n\n" + without_id + b"\n" + named_like_a_made_up_id
+    batch = wait(api, submit(api, content).id)
+    assert batch.status == "completed" and batch.request_counts.completed == 2 and batch.request_counts.failed == 1
+    answered = {line["custom_id"] for line in lines_of(api, batch.output_file_id)}
+    assert answered == {orjson.loads(first)["custom_id"], "line-3"}, "the first line is read past the BOM"
+    assert [line["custom_id"] for line in lines_of(api, batch.error_file_id)] == ["line-3~"], \
+        "the line without an id is named by its place in the file (line 3), not taken for a repeat of line-3"
 
 
 def test_progressive_answer_by_polling_and_by_signed_webhook(base_url: str) -> None:

@@ -1,0 +1,31 @@
+"""Batch input ids, without Ray: each line's custom_id, or a made-up one that names its place in the file
+and never collides with a line's own; and the shape of the ids the store makes."""
+
+from __future__ import annotations
+
+import orjson
+
+from services.batch.schema import custom_ids
+from services.batch.store import is_id, new_id
+
+
+def line(custom_id: str | None) -> bytes:
+    return orjson.dumps({"method": "POST", "url": "/v1/completions", "body": {"prompt": "x"}}
+                        | ({"custom_id": custom_id} if custom_id is not None else {}))
+
+
+def test_a_line_without_an_id_is_named_by_its_place_in_the_file() -> None:
+    assert custom_ids([line("a"), b"{not json", line(None)], numbers=[1, 4, 6]) == ["a", "line-4", "line-6"]
+    assert custom_ids([line(None), line("b")], first=10) == ["line-11", "b"]
+
+
+def test_a_made_up_id_never_collides_with_a_lines_own() -> None:
+    ids = custom_ids([line(None), line("line-1"), line("line-1~"), line(None)])
+    assert ids == ["line-1~~", "line-1", "line-1~", "line-4"] and len(set(ids)) == len(ids)
+
+
+def test_only_the_stores_own_ids_are_ids() -> None:
+    assert is_id("file", new_id("file")) and is_id("batch", new_id("batch")) and is_id("job", new_id("job"))
+    made = new_id("batch")
+    for value in (f"{made}:lines", made.upper(), made[:-1], f"file-{made[6:]}", "", "batch-", f"{made}0"):
+        assert not is_id("batch", value), value
