@@ -100,7 +100,8 @@ class BatchApi:
         if batch["status"] in TERMINAL:
             raise ApiError(409, f"batch {batch_id} is already {batch['status']}", param="batch_id")
         await asyncio.to_thread(self.store.cancel, batch_id)
-        await asyncio.to_thread(self.store.update_batch, batch_id, status="cancelling", cancelling_at=int(time.time()))
+        await asyncio.to_thread(self.store.update_batch, batch_id, status="cancelling", cancelling_at=int(time.time()),
+                                unless_final=True)  # a batch that finished meanwhile keeps its final status
         return await self.batch(batch_id, tenant)
 
     async def start_job(self, job: dict[str, Any]) -> None:

@@ -6,7 +6,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -37,7 +37,7 @@ class BatchCreate(BaseModel):
 
     input_file_id: str = Field(min_length=1)
     endpoint: str = Field(json_schema_extra={"enum": ["/v1/chat/completions", "/v1/completions"]})
-    completion_window: str = "24h"
+    completion_window: Literal["24h"] = "24h"  # the only window OpenAI's Batch API has
     metadata: dict[str, str] | None = None
 
 

@@ -122,11 +122,22 @@ class BatchStore:
                                    "failed": int(errors)}
         return dict(batch)
 
-    def update_batch(self, batch_id: str, **fields: Any) -> None:
-        raw = self.client.get(self._key("batch", batch_id))
-        if raw:
-            batch = {**orjson.loads(raw), **fields}
-            self.client.set(self._key("batch", batch_id), orjson.dumps(batch))
+    def update_batch(self, batch_id: str, *, unless_final: bool = False, **fields: Any) -> bool:
+        """Set ``fields`` of a stored batch, read and written as one step (WATCH: a write that comes in
+        between makes it read again, so neither loses the other's fields); with ``unless_final``, not
+        once the batch has a final status. Whether it was written."""
+        key = self._key("batch", batch_id)
+
+        def update(pipe: Any) -> bool:
+            raw = pipe.get(key)
+            batch = orjson.loads(raw) if raw else None
+            if batch is None or (unless_final and batch.get("status") in TERMINAL):
+                return False
+            pipe.multi()
+            pipe.set(key, orjson.dumps({**batch, **fields}))
+            return True
+
+        return bool(self.client.transaction(update, key, value_from_callable=True))
 
     def lines(self, batch_id: str, start: int, stop: int) -> list[bytes]:
         return [bytes(x) for x in self.client.lrange(self._key("batch", batch_id, "lines"), start, stop - 1)]

@@ -4,8 +4,10 @@ and never collides with a line's own; and the shape of the ids the store makes."
 from __future__ import annotations
 
 import orjson
+import pytest
+from pydantic import ValidationError
 
-from services.batch.schema import custom_ids
+from services.batch.schema import BatchCreate, custom_ids
 from services.batch.store import is_id, new_id
 
 
@@ -29,3 +31,9 @@ def test_only_the_stores_own_ids_are_ids() -> None:
     made = new_id("batch")
     for value in (f"{made}:lines", made.upper(), made[:-1], f"file-{made[6:]}", "", "batch-", f"{made}0"):
         assert not is_id("batch", value), value
+
+
+def test_a_completion_window_other_than_24h_is_refused_naming_it() -> None:
+    assert BatchCreate(input_file_id="file-a", endpoint="/v1/completions").completion_window == "24h"
+    with pytest.raises(ValidationError, match="completion_window"):
+        BatchCreate(input_file_id="file-a", endpoint="/v1/completions", completion_window="bogus")

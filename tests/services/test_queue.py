@@ -330,3 +330,15 @@ def test_stalled_batches_give_back_their_unfinished_chunks_once(redis_url: str) 
     assert "batch-stall" in store.active()
     assert store.finalize("batch-stall") and "batch-stall" not in store.active()
     store.close()
+
+
+def test_a_cancel_that_comes_after_the_batch_finished_keeps_its_final_status(redis_url: str) -> None:
+    store = BatchStore(redis_url)
+    batch = {"id": "batch-race", "tenant": "t", "status": "in_progress", "request_counts": {"total": 1}}
+    assert store.create_batch(batch, [b"a"], ["a"], chunks=1, quota=10)
+    assert store.update_batch("batch-race", status="cancelling", unless_final=True), "not final yet"
+    assert store.update_batch("batch-race", status="cancelled", output_file_id="file-out")
+    assert not store.update_batch("batch-race", status="cancelling", unless_final=True)
+    stored = store.batch("batch-race")
+    assert stored is not None and stored["status"] == "cancelled" and stored["output_file_id"] == "file-out"
+    assert not store.update_batch("batch-missing", status="cancelling")
