@@ -153,7 +153,7 @@ class RouterIngress:
         self.rate = RateLimiter(self.settings.redis_url, self.breaker) if (
             limited and self.breaker is not None and self.settings.redis_url) else None
         self._owners: OrderedDict[str, str] = OrderedDict()
-        freeze_start_up_heap()
+        freeze_start_up_heap(server.gc_threshold)
 
     async def _admit(self, tenant: str) -> None:
         """429 with ``Retry-After`` when the tenant is over its request rate (counted in Redis)."""

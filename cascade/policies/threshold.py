@@ -57,12 +57,13 @@ class ThresholdPolicy(BaseModel):
         return PolicyDecision(geometric_mean_probability(signals), np.asarray(self.fired(signals).any(axis=1)))
 
     def explain(self, signals: SignalBatch, index: int, escalate: bool) -> str:
+        """The rules that fired for answer ``index`` (evaluated again only for an escalated answer)."""
+        if not escalate:
+            return f"accepted by {self.name}: no rule fired"
         fired = self.fired(signals.take(np.array([index])))[0]
-        if escalate:
-            hits = [f"{rule} ({signals.column(rule.signal)[index]:.3g})"
-                    for rule, hit in zip(self.rules, fired, strict=True) if hit]
-            return f"escalated by {self.name}: " + ", ".join(hits)
-        return f"accepted by {self.name}: no rule fired"
+        hits = [f"{rule} ({signals.column(rule.signal)[index]:.3g})"
+                for rule, hit in zip(self.rules, fired, strict=True) if hit]
+        return f"escalated by {self.name}: " + ", ".join(hits)
 
 
 def _preset(name: str, words: float, entropy: float, logprob: float) -> ThresholdPolicy:

@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+import pytest
+from pydantic import ValidationError
+
 from cascade.router import Trail
 from cascade.schemas import Query
 from services.recorder import TrailRecorder
@@ -57,9 +60,34 @@ def test_a_replica_freezes_its_start_up_heap() -> None:
     from services.replica import freeze_start_up_heap
 
     kept = [[i] for i in range(1000)]  # lists: objects the collector tracks
+    threshold = gc.get_threshold()
     try:
         freeze_start_up_heap()
         assert gc.get_freeze_count() >= len(kept)
         assert not any(o is kept[0] for o in gc.get_objects())  # frozen objects are out of every generation
     finally:
         gc.unfreeze()
+        gc.set_threshold(*threshold)
+
+
+def test_a_replica_collects_its_young_generation_at_its_threshold() -> None:
+    """The young generation is collected after the configured number of new objects, not Python's 700;
+    the older generations keep their thresholds, and the ingress takes the number from its settings."""
+    import gc
+
+    from services.replica import YOUNG_GC_THRESHOLD, freeze_start_up_heap
+    from services.settings import ServerConfig
+
+    threshold = gc.get_threshold()
+    try:
+        freeze_start_up_heap(5_000)
+        assert gc.get_threshold() == (5_000, *threshold[1:])
+        freeze_start_up_heap()
+        assert gc.get_threshold()[0] == YOUNG_GC_THRESHOLD > 700
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
+    assert ServerConfig().gc_threshold == YOUNG_GC_THRESHOLD
+    assert ServerConfig(gc_threshold=700).gc_threshold == 700
+    with pytest.raises(ValidationError, match="gc_threshold"):
+        ServerConfig(gc_threshold=0)
