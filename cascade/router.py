@@ -383,12 +383,14 @@ class Router:
 
     async def _run_by_tier(self, trails: Sequence[Trail]) -> None:
         """One batched call per tier that some of ``trails`` are due at, concurrently."""
-        starts = np.array([t.next_tier for t in trails], np.int64)
-        groups = [[trails[i] for i in np.flatnonzero(starts == index)] for index in np.unique(starts)]
+        groups: dict[int, list[Trail]] = {}
+        for trail in trails:
+            groups.setdefault(trail.next_tier, []).append(trail)
         if len(groups) == 1:
-            await self._run_tier(groups[0], groups[0][0].next_tier)
+            [(index, group)] = groups.items()
+            await self._run_tier(group, index)
         else:
-            await asyncio.gather(*(self._run_tier(group, group[0].next_tier) for group in groups))
+            await asyncio.gather(*(self._run_tier(group, index) for index, group in groups.items()))
 
     def provisional(self, trail: Trail) -> RoutedAnswer:
         """The answer an unfinished trail has so far, for progressive answers (the final one follows)."""
@@ -559,6 +561,8 @@ class Router:
         forced tier or a plan's highest tier holds the answer where it is. Returns the decisions and, per
         query, the reason a control decided it (None where the policy did)."""
         controls = [t.query.routing for t in trails]
+        if all(c.threshold is None and c.force_tier is None and c.max_tier is None for c in controls):
+            return escalate, [None] * len(trails)
         threshold = np.array([np.nan if c.threshold is None else c.threshold for c in controls])
         has_threshold = ~np.isnan(threshold) & (index < len(self.tiers) - 1)
         escalate = np.where(has_threshold, confidence < np.where(has_threshold, threshold, 0.0), escalate)

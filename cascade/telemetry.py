@@ -207,18 +207,26 @@ class Telemetry:
         ended_ns = started_ns + int(sum(ms for _, ms in stages) * 1e6)
         root = self.tracer.start_span("cascade.request", context=parent, kind=SpanKind.SERVER,
                                       start_time=started_ns, attributes=attributes)
+        at = self._stage_spans(root, stages, links or {}, started_ns) if root.is_recording() else started_ns
+        root.end(end_time=max(ended_ns, at))
+        self.request_latency.record((max(ended_ns, at) - started_ns) / 1e6, {"tier": answer.tier})
+
+    def _stage_spans(self, root: Span, stages: Sequence[tuple[str, float]], links: Mapping[str, Any],
+                     started_ns: int) -> int:
+        """The stages' spans under ``root``, end to end from ``started_ns``; returns where the last ends.
+        Only for a recording root: without a tracer provider, or for a trace not sampled, there is
+        nothing to build."""
         request_context = trace.set_span_in_context(root)
         at = started_ns
         for i, (stage, ms) in enumerate(stages):
             kind, _, tier = stage.partition(":")
-            link = (links or {}).get(stage)
             name = f"{kind}.{tier}" if tier else kind
-            self._child(name, request_context, at, at + int(ms * 1e6), {"cascade.tier": tier} if tier else {}, link)
+            self._child(name, request_context, at, at + int(ms * 1e6), {"cascade.tier": tier} if tier else {},
+                        links.get(stage))
             at += int(ms * 1e6)
             if kind == "score" and i + 1 < len(stages) and stages[i + 1][0].startswith("tier:"):
                 self._child("escalate", request_context, at, at, {"cascade.from_tier": tier}, None)
-        root.end(end_time=max(ended_ns, at))
-        self.request_latency.record((max(ended_ns, at) - started_ns) / 1e6, {"tier": answer.tier})
+        return at
 
     def _child(self, name: str, parent: Any, start_ns: int, end_ns: int, attributes: dict[str, Any],
                link: Any) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import sys
 
 import numpy as np
 import pytest
@@ -14,7 +13,6 @@ from cascade.schemas import Generation
 from cascade.signals import (
     LOG_FLOOR,
     SIGNAL_NAMES,
-    WHITESPACE_CODEPOINTS,
     TokenBatch,
     compute_signals,
     signals_of,
@@ -101,11 +99,6 @@ def test_full_vocabulary_entropy_takes_precedence_over_topk() -> None:
                             prompt_tokens=1, completion_tokens=2)
     row = signals_of([generation]).row(0)
     assert (row.mean_entropy, row.max_entropy) == (pytest.approx(3.0), pytest.approx(4.0))
-
-
-def test_whitespace_table_is_exactly_str_isspace() -> None:
-    expected = {c for c in range(sys.maxunicode + 1) if chr(c).isspace()}
-    assert set(WHITESPACE_CODEPOINTS.tolist()) == expected
 
 
 def test_word_counts_match_str_split() -> None:

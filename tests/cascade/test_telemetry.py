@@ -117,3 +117,19 @@ def test_trace_context_crosses_a_process_boundary_as_w3c_headers() -> None:
         pass
     assert callee.parent is not None and callee.parent.span_id == caller.get_span_context().span_id
     assert trace.get_current_span().get_span_context().is_valid is False, "the context is detached after"
+
+
+async def test_a_trace_not_sampled_builds_no_spans_and_still_counts_its_latency() -> None:
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+    spans = InMemorySpanExporter()
+    tracer_provider = TracerProvider(sampler=ALWAYS_OFF)
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    reader = InMemoryMetricReader()
+    small = Tier("small", ScriptedEngine("small-model", small_script), PRESETS["v1"], ModelPrice())
+    large = Tier("large", ScriptedEngine("large-model", large_script), AcceptAllPolicy(), ModelPrice())
+    router = Router([small, large], telemetry=Telemetry(tracer_provider, MeterProvider(metric_readers=[reader])))
+    [answer] = await router.route([Query(prompt="hard question about Peru")])
+    assert len(answer.attempts) == 2 and spans.get_finished_spans() == ()
+    [latency] = metric_points(reader)["cascade.request.latency"]
+    assert latency.count == 1 and latency.sum == pytest.approx(sum(s.ms for s in answer.latency), rel=1e-3, abs=0.01)
