@@ -140,7 +140,7 @@ class RouterIngress:
         server = self.settings.server
         self._begin: Callable[[Query], Awaitable[Trail]] = serve.batch(
             max_batch_size=server.max_batch_size, batch_wait_timeout_s=server.batch_wait_timeout_s,
-            max_concurrent_batches=server.max_concurrent_batches)(self.router.begin)
+            max_concurrent_batches=server.batches_in_flight())(self.router.begin)
         self._recorder = TrailRecorder(self.router.record)
         self._in_flight = 0
         redis_url = self.settings.redis_url if server.use_redis and self.settings.queue.enabled else None

@@ -78,8 +78,8 @@ def cascade_settings(backend: str, *, placement: str, escalate: bool, redis_url:
     redis: dict[str, Any] = {"redis_url": redis_url, "queue": {"enabled": False},
                              "cache": {"enabled": cache}} if redis_url else {}
     return CascadeSettings(tiers=[tier("small", small, "v1"), tier("large", "large", "accept")], **redis, server={
-        "use_redis": redis_url is not None, "batch_wait_timeout_s": 0.002, "max_batch_size": 32,
-        "max_concurrent_batches": 8, "ingress": REPLICA if not ingress_env else {**REPLICA, "ray_actor_options": {
+        "use_redis": redis_url is not None,
+        "ingress": REPLICA if not ingress_env else {**REPLICA, "ray_actor_options": {
             **REPLICA["ray_actor_options"], "runtime_env": {"env_vars": ingress_env}}}})
 
 

@@ -33,7 +33,7 @@ def scripted_settings() -> Any:
                 "deployment": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}, "logging_config": QUIET}}
 
     return CascadeSettings(tiers=[tier("small", "v1"), tier("large", "accept")], server={
-        "use_redis": False, "batch_wait_timeout_s": 0.002, "max_batch_size": 32, "max_concurrent_batches": 8,
+        "use_redis": False,
         "ingress": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}, "logging_config": QUIET}})
 
 

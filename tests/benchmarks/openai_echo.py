@@ -4,12 +4,15 @@ benchmark (``bench_openai_tiers``) and of the tests of tiers placed in the ingre
 ``POST /v1/chat/completions`` answers "Paris" in two tokens with ``logprobs`` and the requested
 ``top_logprobs``. The model name sets the confidence: a name containing ``unsure`` gets token
 log-probabilities of -3 (any threshold policy escalates it), any other name -0.01 (accepted).
-``python -m tests.benchmarks.openai_echo --port N`` serves it with uvicorn.
+``python -m tests.benchmarks.openai_echo --port N`` serves it with uvicorn; ``--delay-ms D`` makes
+every answer take D ms (a model's generation time, spent asleep: no CPU).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
 from functools import cache
 
 import orjson
@@ -19,6 +22,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 ANSWER = ("Par", "is")
+DELAY_S = float(os.environ.get("OPENAI_ECHO_DELAY_MS", "0")) / 1000
 
 
 @cache
@@ -40,6 +44,8 @@ def completion(model: str, top_logprobs: int) -> bytes:
 async def chat_completions(request: Request) -> Response:
     body = orjson.loads(await request.body())
     top = int(body.get("top_logprobs") or 1) if body.get("logprobs") else 1
+    if DELAY_S:
+        await asyncio.sleep(DELAY_S)
     return Response(completion(str(body.get("model", "echo")), max(1, top)), media_type="application/json")
 
 
@@ -57,7 +63,10 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--delay-ms", type=float, default=0.0, help="time every answer takes, asleep")
     args = parser.parse_args()
+    global DELAY_S
+    DELAY_S = args.delay_ms / 1000
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
 
 

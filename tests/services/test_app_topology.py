@@ -57,3 +57,12 @@ def test_the_ingress_handles_requests_on_its_replica_loop_unless_told_otherwise(
     assert env(request_loop="thread") == {USER_CODE_THREAD: "1"}
     own = {"num_cpus": 0.5, "runtime_env": {"env_vars": {USER_CODE_THREAD: "1", "OTHER": "x"}}}
     assert env(ingress={"ray_actor_options": own}) == {USER_CODE_THREAD: "1", "OTHER": "x"}, "the deployment's own wins"
+
+
+def test_first_pass_batches_wait_for_no_timer_and_are_capped_only_by_the_ingress() -> None:
+    server = settings(server={"use_redis": False}).server
+    assert server.batch_wait_timeout_s == 0.0
+    assert server.batches_in_flight() == server.ingress.max_ongoing_requests == 512
+    wider = settings(server={"use_redis": False, "ingress": {"max_ongoing_requests": 2048}}).server
+    assert wider.batches_in_flight() == 2048
+    assert settings(server={"use_redis": False, "max_concurrent_batches": 4}).server.batches_in_flight() == 4

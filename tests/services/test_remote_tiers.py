@@ -1,11 +1,14 @@
 """Tiers whose engine is remote (``openai``) on a real Ray Serve, in front of a real OpenAI-compatible
 backend (``tests/benchmarks/openai_echo.py``): called from the ingress by default, with no pool
-deployment, escalating and degrading as pool tiers do; ``placement: pool`` still gives them a pool."""
+deployment, escalating and degrading as pool tiers do; ``placement: pool`` still gives them a pool;
+a slow model does not make queries queue behind one another in the ingress's batching."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,10 +33,12 @@ def app(small: dict[str, Any], large: dict[str, Any]) -> CascadeSettings:
     return CascadeSettings(tiers=[small, large], server={"use_redis": False, "ingress": ONE_REPLICA})
 
 
-@pytest.fixture(scope="module")
-def backend() -> Iterator[str]:
+SLOW_MODEL_S = 0.4  # the slow backend's time per answer
+
+
+def echo_backend(*options: str) -> Iterator[str]:
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "tests.benchmarks.openai_echo", "--port", str(port)])
+    process = subprocess.Popen([sys.executable, "-m", "tests.benchmarks.openai_echo", "--port", str(port), *options])
     try:
         wait_for_http(f"http://127.0.0.1:{port}/v1/models", process, timeout_s=60)
         yield f"http://127.0.0.1:{port}/v1"
@@ -43,7 +48,17 @@ def backend() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def base_url(backend: str) -> Iterator[str]:
+def backend() -> Iterator[str]:
+    yield from echo_backend()
+
+
+@pytest.fixture(scope="module")
+def slow_backend() -> Iterator[str]:
+    yield from echo_backend("--delay-ms", str(SLOW_MODEL_S * 1000))
+
+
+@pytest.fixture(scope="module")
+def base_url(backend: str, slow_backend: str) -> Iterator[str]:
     down = f"http://127.0.0.1:{free_port()}/v1"
     large = remote_tier("large", "large", backend, "accept")
     apps = {
@@ -54,6 +69,7 @@ def base_url(backend: str) -> Iterator[str]:
                           remote_tier("large", "large", down, "accept")),
         "pooled": app(remote_tier("small", "small", backend, "v1", placement="pool"),
                       remote_tier("large", "large", backend, "accept", placement="pool")),
+        "slow": app(remote_tier("small", "small", slow_backend, "v1"), large),
     }
     with serve_apps(apps) as url:
         yield url
@@ -102,3 +118,23 @@ def test_an_unreachable_remote_tier_degrades_like_a_pool(base_url: str) -> None:
 def test_placement_pool_keeps_a_pool_deployment_per_remote_tier(base_url: str) -> None:
     assert deployments("pooled") == {"router", "pool-small", "pool-large"}
     assert routing(base_url, "pooled")["tier"] == "small"
+
+
+def test_queries_arriving_one_by_one_do_not_queue_behind_a_slow_first_tier(base_url: str) -> None:
+    """24 requests 15 ms apart, each answered by a model that takes 0.4 s: every one is answered in
+    about that time. A first-pass batch holds its queries until the model answers; with a cap of 4
+    batches in flight (the former default) the last ones waited for five rounds of the model."""
+    async def one(client: httpx.AsyncClient, delay_s: float) -> float:
+        await asyncio.sleep(delay_s)
+        started = time.perf_counter()
+        response = await client.post(f"{base_url}/slow/v1/chat/completions", json=CHAT)
+        assert response.status_code == 200, response.text
+        return time.perf_counter() - started
+
+    async def run() -> list[float]:
+        async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=32)) as client:
+            await one(client, 0.0)  # connect and warm up
+            return list(await asyncio.gather(*(one(client, 0.015 * i) for i in range(24))))
+
+    latencies = asyncio.run(run())
+    assert max(latencies) < 2 * SLOW_MODEL_S, [round(s, 2) for s in latencies]
