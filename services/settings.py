@@ -131,8 +131,8 @@ class ServerConfig(BaseModel):
     max_concurrent_batches: int | None = Field(default=None, ge=1, description=(
         "first-pass batches in flight at once; none: as many as the ingress's max_ongoing_requests. A batch "
         "holds its queries until the first tier answers, so a lower cap holds new queries in the queue while "
-        "a model generates: at 4 in flight, a 100 ms model and 120 requests/s arriving one by one, p50 grew "
-        "to 1.7 s (README, Serving)"))
+        "a model generates: at 4 in flight, with a 100 ms model and 120 requests/s arriving one by one, p50 "
+        "was 510 ms instead of 106 ms (README, Serving)"))
     max_prompt_chars: int = Field(default=32_000, ge=1, description="longer prompts are refused with 413")
     max_tokens_limit: int = Field(default=1024, ge=1, description="largest max_tokens a request may ask for")
     max_body_bytes: int = Field(default=8 << 20, ge=1024, description="larger request bodies are refused with 413")
