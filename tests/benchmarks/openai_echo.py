@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 from functools import cache
 
 import orjson
@@ -22,7 +21,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 ANSWER = ("Par", "is")
-DELAY_S = float(os.environ.get("OPENAI_ECHO_DELAY_MS", "0")) / 1000
+DELAY_S = 0.0  # set from --delay-ms
 
 
 @cache
