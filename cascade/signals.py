@@ -200,7 +200,7 @@ def compute_signals(batch: TokenBatch) -> SignalBatch:
     nonempty = np.flatnonzero(lengths)
     if not nonempty.size:
         return SignalBatch(values)
-    firsts = (np.cumsum(lengths) - lengths)[nonempty]
+    firsts = batch.starts[nonempty]
     per_token = np.stack([batch.logprobs, token_entropy(batch)]).astype(np.float64)
     sums = np.add.reduceat(per_token, firsts, axis=1) / lengths[nonempty]
     values[nonempty, 2] = sums[0]
