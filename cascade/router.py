@@ -549,7 +549,7 @@ class Router:
                        escalate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Where a live threshold is set for (tenant, tier), escalate when confidence is below it."""
         live = np.full(len(trails), np.nan)
-        if self.thresholds is None or index == len(self.tiers) - 1:
+        if self.thresholds is None or not self.thresholds.values or index == len(self.tiers) - 1:
             return escalate, live
         live = self.thresholds.for_tier([t.query.tenant for t in trails], self.tiers[index].name)
         controlled = ~np.isnan(live)
