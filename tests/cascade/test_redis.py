@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import tracemalloc
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from cascade.cache import CacheConfig, SemanticCache, entry_tags, hybrid_policy
 from cascade.embeddings import MiniLMEmbedder
 from cascade.engines.scripted import ScriptedEngine
 from cascade.factory import build_router
-from cascade.feedback import FeedbackConfig, FeedbackLog, outcome_record
+from cascade.feedback import FeedbackConfig, FeedbackLog, decision_record, outcome_record
 from cascade.local_redis import LocalRedis, RedisSearchMissingError, has_search, server_binary
 from cascade.policies import PRESETS, AcceptAllPolicy
 from cascade.router import Router, Tier
@@ -367,6 +368,26 @@ async def test_a_record_that_cannot_be_stored_is_dropped_alone_and_counted(local
     outcomes = [r["request_id"] for _, r in await log.read_all() if r["kind"] == "outcome"]
     assert outcomes == ["a", "c"]
     await router.close()
+
+
+async def test_feedback_buffered_while_redis_is_down_costs_no_serialized_copy() -> None:
+    """A record buffered while Redis is down (here: nothing listens on the port) is kept as it came, at
+    about the size of the record itself: no copy in orjson's output buffer (4 KB and more per record)."""
+    [answer] = await two_tier_router().route([Query(prompt="easy question")])
+    breaker = RedisBreaker(BreakerConfig(cooldown_s=3600))
+    log = FeedbackLog(f"redis://127.0.0.1:{free_port()}", FeedbackConfig(stream="test:sized"), breaker=breaker)
+    await log.append([decision_record(answer)])  # refused: the circuit opens, the record is buffered
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(2000):
+            await log.append([decision_record(answer)])
+        per_record = (tracemalloc.get_traced_memory()[0] - before) / 2000
+    finally:
+        tracemalloc.stop()
+    assert log.buffered == 2001 and breaker.state == "open"
+    assert per_record < 3000, f"{per_record:.0f} bytes held per buffered record"
+    await log.close()
 
 
 async def test_feedback_log_knows_which_tenant_owns_a_request_id(local_redis: LocalRedis) -> None:
