@@ -15,7 +15,7 @@ it afterwards) and every request a new question in one scope that has entries (e
 request path); then Redis is frozen (SIGSTOP) and the cached app is measured against the app
 without Redis (the fault-isolation issue: within 10% of its p50). Before that, the run checks that
 the cache rows measured the cache: how many searches Redis ran for the warm-scope requests, and what
-the cached app's Redis circuit breaker saw. The CPU table per row splits the machine's CPU into the
+the cached app's Redis circuit breaker saw. The CPU table per row splits the machine's CPU over the timed requests into the
 load driver, the proxy (Serve's Python proxy and HAProxy), the app's replicas, the backend, Redis
 and the rest.
 
@@ -107,11 +107,7 @@ def measure(rows: list[Row], levels: list[int], repeats: int, requests: Callable
             for name, url, body in rows:
                 app = url.split("/")[3]  # the Serve application's route prefix; "v1" for the backend itself
                 meter = Meter(backend_pid, None if app == "v1" else app, redis_pid) if backend_pid is not None else None
-                if meter is not None:
-                    meter.start()
-                figures = asyncio.run(load(url, concurrency, requests(concurrency), body))
-                if meter is not None:
-                    figures.update({f"cpu.{role}": ms for role, ms in meter.stop(requests(concurrency)).items()})
+                figures = asyncio.run(load(url, concurrency, requests(concurrency), body, meter))
                 assert figures["errors"] == 0, (name, concurrency, figures)
                 trials[name].setdefault(concurrency, []).append(figures)
     return trials

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from tests.benchmarks.cpu_accounting import Meter
 from tests.conftest import free_port
 
 QUIET = {"enable_access_log": False}  # the same for both apps: no per-request access log lines
@@ -38,12 +39,14 @@ def scripted_settings() -> Any:
 
 
 async def load(url: str, concurrency: int, requests: int,
-               body: dict[str, Any] | Callable[[int], dict[str, Any]] = QUESTION) -> dict[str, float]:
+               body: dict[str, Any] | Callable[[int], dict[str, Any]] = QUESTION,
+               meter: Meter | None = None) -> dict[str, float]:
     """Closed loop: ``concurrency`` workers send ``requests`` POSTs of ``body`` (or of ``body(n)`` for
     the n-th request) in all, each over a keep-alive connection of its own (a client per worker: one
     shared pool's bookkeeping grows with the requests waiting on it, so at concurrency 64 the driver
     spent more CPU per request the slower the server answered, on the cores the server runs on);
-    latency per request."""
+    latency per request. ``meter`` reads the CPU of the timed requests only (``cpu.<role>``): not of
+    making the clients (21 ms each), their first requests or closing them."""
     def body_of(n: int) -> dict[str, Any]:
         return body(n) if callable(body) else body
 
@@ -65,14 +68,18 @@ async def load(url: str, concurrency: int, requests: int,
     try:
         for n, client in enumerate(clients):  # open every connection and warm the replicas
             await client.post(url, json=body_of(requests + n))
+        if meter is not None:
+            meter.start()
         started = time.perf_counter()
         await asyncio.gather(*(worker(client) for client in clients))
         elapsed = time.perf_counter() - started
+        used = meter.stop(len(latencies)) if meter is not None else {}
     finally:
         await asyncio.gather(*(client.aclose() for client in clients))
     times = np.array(latencies)
     return {"rps": len(times) / elapsed, "p50": float(np.percentile(times, 50)),
-            "p99": float(np.percentile(times, 99)), "errors": errors}
+            "p99": float(np.percentile(times, 99)), "errors": errors,
+            **{f"cpu.{role}": ms for role, ms in used.items()}}
 
 
 def main() -> None:
