@@ -111,13 +111,15 @@ class FeedbackLog:
 
     async def append(self, records: Sequence[Record]) -> bool:
         """Write buffered records, then these, in one pipeline; False (and buffered) if Redis is down
-        or skipped by the circuit breaker."""
+        or skipped by the circuit breaker. A write takes what it writes out of the buffer: appends in
+        flight together never write a record twice, and one that fails never drops what another held."""
         if self._buffer and not self.breaker.allow():  # Redis skipped: no call, no copy of the buffer
             self._hold(records)
             return False
-        pending = self._serialized([*self._buffer, *records])
+        taken = [*self._buffer, *records]
+        self._buffer.clear()
+        pending = self._serialized(taken)
         if not pending:
-            self._buffer.clear()
             return True
 
         async def write() -> None:
@@ -132,12 +134,12 @@ class FeedbackLog:
         try:
             await self.breaker.call(write, background=True)
         except (RedisError, OSError) as error:
+            held_meanwhile = list(self._buffer)  # by appends made during this one: they stay behind it
             self._buffer.clear()
-            self._hold(record for record, _ in pending)
+            self._hold([*(record for record, _ in pending), *held_meanwhile])
             log.warning("feedback log unreachable, %d records buffered (%d dropped): %s",
                         len(self._buffer), self.dropped, error)
             return False
-        self._buffer.clear()
         return True
 
     async def owner(self, request_id: str) -> str | None:

@@ -15,9 +15,9 @@ it afterwards) and every request a new question in one scope that has entries (e
 request path); then Redis is frozen (SIGSTOP) and the cached app is measured against the app
 without Redis (the fault-isolation issue: within 10% of its p50). Before that, the run checks that
 the cache rows measured the cache: how many searches Redis ran for the warm-scope requests, and what
-the cached app's Redis circuit breaker saw. The CPU table per row splits the machine's CPU over the timed requests into the
-load driver, the proxy (Serve's Python proxy and HAProxy), the app's replicas, the backend, Redis
-and the rest.
+the cached app's Redis circuit breaker saw. The CPU table per row splits the machine's CPU over the
+timed requests into the load driver, the proxy (Serve's Python proxy and HAProxy), the app's
+replicas, the backend, Redis and the rest.
 
 Targets: cascade at 0% ≥ 0.9× the Serve echo's req/s and p50 within +3 ms of it at concurrency 1;
 ≥ 0.2× the direct backend's req/s at 16 and 64; escalating every query ≤ 1.5× the 0% p50 at

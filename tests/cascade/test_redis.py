@@ -390,6 +390,28 @@ async def test_feedback_buffered_while_redis_is_down_costs_no_serialized_copy() 
     await log.close()
 
 
+async def test_feedback_appends_failing_together_lose_no_record_and_write_each_once(tmp_path: Path) -> None:
+    """Appends in flight together when Redis fails (nothing listens on the port yet) all keep their
+    records; once Redis answers, each record reaches the stream exactly once."""
+    server = LocalRedis(port=free_port(), state_dir=tmp_path)
+    breaker = RedisBreaker(BreakerConfig(cooldown_s=0.2))
+    log = FeedbackLog(server.url, FeedbackConfig(stream="test:together"), breaker=breaker)
+    batches = [[outcome_record(f"batch-{b}-{i}", "t", correct=True) for i in range(3)] for b in range(4)]
+    stored = await asyncio.gather(*(log.append(batch) for batch in batches))
+    assert not any(stored) and breaker.attempts >= 2 and log.buffered == 12 and log.dropped == 0
+    server.start()
+    try:
+        await asyncio.sleep(0.3)  # the breaker's cool-down
+        later = [outcome_record(f"later-{k}", "t", correct=True) for k in range(2)]
+        await asyncio.gather(log.append(later[:1]), log.append(later[1:]))
+        assert await log.flush() and log.buffered == 0
+        written = [record["request_id"] for _, record in await log.read_all()]
+        assert sorted(written) == sorted(r["request_id"] for r in [*later, *(r for b in batches for r in b)])
+    finally:
+        await log.close()
+        server.stop()
+
+
 async def test_feedback_log_knows_which_tenant_owns_a_request_id(local_redis: LocalRedis) -> None:
     log = FeedbackLog(local_redis.url, FeedbackConfig(stream="test:feedback-owners"))
     router = two_tier_router(feedback=log)
