@@ -2,13 +2,15 @@
 
 When Redis is unreachable, or the Redis circuit breaker is open, records wait in a bounded in-memory
 buffer (oldest dropped first when it overflows, counted and logged) and are flushed, in order,
-before the next append that succeeds. A record that cannot be serialized is logged and counted
+before the next append that succeeds; one write runs at a time, and a write that fails or is
+cancelled puts back what it took. A record that cannot be serialized is logged and counted
 (``cascade.records.dropped``) and never stops the others. Each decision also stores which tenant
 owns its request id, so that only that tenant may label it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -79,6 +81,8 @@ class FeedbackLog:
         # pays no serialization, and no serialized copy is kept (orjson's output holds a buffer of 4 KB
         # and more per record: 100,000 records of 560 bytes kept 779 MB resident)
         self._buffer: deque[Record] = deque()
+        self._writer = asyncio.Lock()  # one write at a time, so that records reach the stream in order
+        self._writing: list[Record] = []  # what the write under way took out of the buffer
 
     @property
     def buffered(self) -> int:
@@ -92,6 +96,12 @@ class FeedbackLog:
                 self.dropped += 1
                 count_dropped("feedback", str(oldest.get("tenant")), "buffer_full")
             self._buffer.append(record)
+
+    def _put_back(self, records: Sequence[Record]) -> None:
+        """Buffer again what a write took and could not write, ahead of what came meanwhile (newer)."""
+        meanwhile = list(self._buffer)
+        self._buffer.clear()
+        self._hold([*records, *meanwhile])
 
     def _serialized(self, records: Iterable[Record]) -> list[tuple[Record, bytes]]:
         """Each record with its JSON; one that cannot be serialized is logged, counted and left out alone."""
@@ -110,44 +120,55 @@ class FeedbackLog:
         return f"{self.config.stream}:owner:{request_id}"
 
     async def append(self, records: Sequence[Record]) -> bool:
-        """Write buffered records, then these, in one pipeline; False (and buffered) if Redis is down
-        or skipped by the circuit breaker. A write takes what it writes out of the buffer: appends in
-        flight together never write a record twice, and one that fails never drops what another held."""
-        if self._buffer and not self.breaker.allow():  # Redis skipped: no call, no copy of the buffer
-            self._hold(records)
-            return False
-        taken = [*self._buffer, *records]
-        self._buffer.clear()
-        pending = self._serialized(taken)
-        if not pending:
-            return True
-
-        async def write() -> None:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for record, data in pending:
-                    pipe.xadd(self.config.stream, {"data": data}, maxlen=self.config.max_length, approximate=True)
-                    if record.get("kind") == "decision":
-                        pipe.set(self._owner_key(str(record.get("request_id"))), str(record.get("tenant")),
-                                 ex=self.config.owner_ttl_s)
-                await pipe.execute()
-
-        try:
-            await self.breaker.call(write, background=True)
-        except (RedisError, OSError) as error:
-            held_meanwhile = list(self._buffer)  # by appends made during this one: they stay behind it
+        """Buffer these records behind the ones waiting, then write everything buffered in one pipeline;
+        True once they are written (by this call or one before it), False (and buffered) while Redis is
+        down or skipped by the circuit breaker. One write at a time takes what it writes out of the
+        buffer and puts it back if the write fails or is cancelled: records are never lost to another
+        append, and reach the stream in order, at least once (a write Redis ran after its timeout is
+        written again)."""
+        self._hold(records)
+        if self.breaker.state != "closed" and self._writer.locked():
+            return False  # a probe of Redis is under way: wait behind it, as while the circuit is open
+        async with self._writer:
+            if not self._buffer:
+                return True
+            if not self.breaker.allow():  # Redis skipped: no call
+                return False
+            taken = list(self._buffer)
             self._buffer.clear()
-            self._hold([*(record for record, _ in pending), *held_meanwhile])
-            log.warning("feedback log unreachable, %d records buffered (%d dropped): %s",
-                        len(self._buffer), self.dropped, error)
-            return False
-        return True
+            pending = self._serialized(taken)
+            if not pending:
+                return True
+            self._writing = [record for record, _ in pending]
+            written = False
+            try:
+                await self.breaker.call(lambda: self._write(pending), background=True)
+                written = True
+            except (RedisError, OSError) as error:
+                log.warning("feedback log unreachable, %d records buffered (%d dropped): %s",
+                            len(pending) + len(self._buffer), self.dropped, error)
+            finally:
+                if not written:
+                    self._put_back(self._writing)
+                self._writing = []
+            return written
+
+    async def _write(self, pending: Sequence[tuple[Record, bytes]]) -> None:
+        """One pipeline: each record on the stream, and each decision's owner."""
+        async with self._client.pipeline(transaction=False) as pipe:
+            for record, data in pending:
+                pipe.xadd(self.config.stream, {"data": data}, maxlen=self.config.max_length, approximate=True)
+                if record.get("kind") == "decision":
+                    pipe.set(self._owner_key(str(record.get("request_id"))), str(record.get("tenant")),
+                             ex=self.config.owner_ttl_s)
+            await pipe.execute()
 
     async def owner(self, request_id: str) -> str | None:
         """The tenant whose decision ``request_id`` is, or None if unknown (``RedisError`` if Redis is
-        unreachable or skipped)."""
+        unreachable or skipped); a decision not written yet is looked up where it waits."""
         raw = await self.breaker.call(lambda: self._client.get(self._owner_key(request_id)), background=True)
         if raw is None:
-            return next((str(r.get("tenant")) for r in self._buffer
+            return next((str(r.get("tenant")) for r in (*self._writing, *self._buffer)
                          if r.get("kind") == "decision" and r.get("request_id") == request_id), None)
         return raw.decode() if isinstance(raw, bytes) else str(raw)
 
@@ -161,6 +182,13 @@ class FeedbackLog:
         return [(entry_id.decode(), orjson.loads(fields[b"data"])) for entry_id, fields in entries]
 
     async def close(self) -> None:
-        """Try once more to write what is buffered, then disconnect."""
+        """Try once more to write what is buffered, then disconnect; what is still buffered then is
+        lost, and counted and logged as dropped."""
         await self.flush()
+        if self._buffer:
+            log.warning("feedback log closed with %d records unwritten (Redis unreachable)", len(self._buffer))
+            for record in self._buffer:
+                count_dropped("feedback", str(record.get("tenant")), "closed_unwritten")
+            self.dropped += len(self._buffer)
+            self._buffer.clear()
         await self._client.aclose()

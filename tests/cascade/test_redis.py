@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 import tracemalloc
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -392,13 +393,14 @@ async def test_feedback_buffered_while_redis_is_down_costs_no_serialized_copy() 
 
 async def test_feedback_appends_failing_together_lose_no_record_and_write_each_once(tmp_path: Path) -> None:
     """Appends in flight together when Redis fails (nothing listens on the port yet) all keep their
-    records; once Redis answers, each record reaches the stream exactly once."""
+    records; once Redis answers, each record reaches the stream exactly once, in the order appended."""
     server = LocalRedis(port=free_port(), state_dir=tmp_path)
     breaker = RedisBreaker(BreakerConfig(cooldown_s=0.2))
     log = FeedbackLog(server.url, FeedbackConfig(stream="test:together"), breaker=breaker)
     batches = [[outcome_record(f"batch-{b}-{i}", "t", correct=True) for i in range(3)] for b in range(4)]
     stored = await asyncio.gather(*(log.append(batch) for batch in batches))
-    assert not any(stored) and breaker.attempts >= 2 and log.buffered == 12 and log.dropped == 0
+    assert not any(stored) and log.buffered == 12 and log.dropped == 0
+    assert breaker.attempts == 1, "one write at a time: the others waited for it and found the circuit open"
     server.start()
     try:
         await asyncio.sleep(0.3)  # the breaker's cool-down
@@ -406,10 +408,28 @@ async def test_feedback_appends_failing_together_lose_no_record_and_write_each_o
         await asyncio.gather(log.append(later[:1]), log.append(later[1:]))
         assert await log.flush() and log.buffered == 0
         written = [record["request_id"] for _, record in await log.read_all()]
-        assert sorted(written) == sorted(r["request_id"] for r in [*later, *(r for b in batches for r in b)])
+        assert written == [r["request_id"] for r in [*(r for b in batches for r in b), *later]]
     finally:
         await log.close()
         server.stop()
+
+
+async def test_a_cancelled_feedback_write_puts_its_records_back() -> None:
+    """A write cancelled while Redis does not answer (a socket that accepts and never replies) leaves
+    every record it took in the buffer; closing the log with them unwritten counts them as dropped."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        breaker = RedisBreaker(BreakerConfig(background_timeout_ms=300, cooldown_s=3600))
+        log = FeedbackLog(f"redis://127.0.0.1:{silent.getsockname()[1]}", FeedbackConfig(stream="test:cancel"),
+                          breaker=breaker)
+        writing = asyncio.create_task(log.append([outcome_record(f"r{i}", "t", correct=True) for i in range(5)]))
+        await asyncio.sleep(0.1)
+        assert log.buffered == 0, "the write under way took the records"
+        writing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await writing
+        assert log.buffered == 5 and log.dropped == 0
+        await log.close()  # one more try: no answer within 300 ms, the records stay unwritten
+        assert log.buffered == 0 and log.dropped == 5 and breaker.state == "open"
 
 
 async def test_feedback_log_knows_which_tenant_owns_a_request_id(local_redis: LocalRedis) -> None:
