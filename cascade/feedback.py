@@ -2,19 +2,22 @@
 
 When Redis is unreachable, or the Redis circuit breaker is open, records wait in a bounded in-memory
 buffer (oldest dropped first when it overflows, counted and logged) and are flushed, in order,
-before the next append that succeeds; one write runs at a time, and a write that fails or is
-cancelled puts back what it took. A record that cannot be serialized is logged and counted
-(``cascade.records.dropped``) and never stops the others. Each decision also stores which tenant
-owns its request id, so that only that tenant may label it.
+ahead of the records of the next append that succeeds; a write that fails or is cancelled puts
+back what it took. A record that cannot be serialized, or is still unwritten when the log closes,
+is logged and counted (``cascade.records.dropped``) and never stops the others. Each decision also
+stores which tenant owns its request id, so that only that tenant may label it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -80,38 +83,47 @@ class FeedbackLog:
         # records as they came, serialized when they are written: a request made while Redis is skipped
         # pays no serialization, and no serialized copy is kept (orjson's output holds a buffer of 4 KB
         # and more per record: 100,000 records of 560 bytes kept 779 MB resident)
-        self._buffer: deque[Record] = deque()
-        self._writer = asyncio.Lock()  # one write at a time, so that records reach the stream in order
-        self._writing: list[Record] = []  # what the write under way took out of the buffer
+        self._buffer: deque[tuple[int, Record]] = deque()  # in the order appended: (number, record)
+        self._numbers = itertools.count()
+        self._writing: dict[int, list[tuple[int, Record]]] = {}  # what each write under way took out of the buffer
+        self._writes = itertools.count()
+        self._closed = False
 
     @property
     def buffered(self) -> int:
         return len(self._buffer)
 
-    def _hold(self, records: Iterable[Record]) -> None:
-        """Buffer ``records``; a full buffer drops its oldest record (logged per tenant as a drop)."""
-        for record in records:
+    def _hold(self, numbered: Iterable[tuple[int, Record]]) -> None:
+        """Buffer records with their numbers; a full buffer drops its oldest record (counted per tenant)."""
+        for item in numbered:
             if len(self._buffer) >= self.config.buffer_size:
-                oldest = self._buffer.popleft()
-                self.dropped += 1
-                count_dropped("feedback", str(oldest.get("tenant")), "buffer_full")
-            self._buffer.append(record)
+                self._drop([self._buffer.popleft()[1]], "buffer_full")
+            self._buffer.append(item)
 
-    def _put_back(self, records: Sequence[Record]) -> None:
-        """Buffer again what a write took and could not write, ahead of what came meanwhile (newer)."""
-        meanwhile = list(self._buffer)
-        self._buffer.clear()
-        self._hold([*records, *meanwhile])
-
-    def _serialized(self, records: Iterable[Record]) -> list[tuple[Record, bytes]]:
-        """Each record with its JSON; one that cannot be serialized is logged, counted and left out alone."""
-        out = []
+    def _drop(self, records: Sequence[Record], reason: str) -> None:
+        self.dropped += len(records)
         for record in records:
+            count_dropped("feedback", str(record.get("tenant")), reason)
+
+    def _put_back(self, numbered: Sequence[tuple[int, Record]]) -> None:
+        """Buffer again what a write took and could not write, in the order appended among what came
+        or was put back meanwhile; after ``close`` nothing will write them: they are dropped, counted."""
+        if self._closed:
+            self._drop([record for _, record in numbered], "closed_unwritten")
+            return
+        merged = sorted([*numbered, *self._buffer], key=itemgetter(0))
+        self._buffer.clear()
+        self._hold(merged)
+
+    def _serialized(self, numbered: Iterable[tuple[int, Record]]) -> list[tuple[int, Record, bytes]]:
+        """Each record with its number and JSON; one that cannot be serialized is logged, counted and left
+        out alone."""
+        out = []
+        for number, record in numbered:
             try:
-                out.append((record, orjson.dumps(record)))
+                out.append((number, record, orjson.dumps(record)))
             except (TypeError, orjson.JSONEncodeError) as error:
-                self.dropped += 1
-                count_dropped("feedback", str(record.get("tenant")), type(error).__name__)
+                self._drop([record], type(error).__name__)
                 log.warning("request %s: %s record not stored, it cannot be serialized: %s",
                             record.get("request_id"), record.get("kind"), error)
         return out
@@ -120,43 +132,38 @@ class FeedbackLog:
         return f"{self.config.stream}:owner:{request_id}"
 
     async def append(self, records: Sequence[Record]) -> bool:
-        """Buffer these records behind the ones waiting, then write everything buffered in one pipeline;
-        True once they are written (by this call or one before it), False (and buffered) while Redis is
-        down or skipped by the circuit breaker. One write at a time takes what it writes out of the
-        buffer and puts it back if the write fails or is cancelled: records are never lost to another
-        append, and reach the stream in order, at least once (a write Redis ran after its timeout is
-        written again)."""
-        self._hold(records)
-        if self.breaker.state != "closed" and self._writer.locked():
-            return False  # a probe of Redis is under way: wait behind it, as while the circuit is open
-        async with self._writer:
-            if not self._buffer:
-                return True
-            if not self.breaker.allow():  # Redis skipped: no call
-                return False
-            taken = list(self._buffer)
-            self._buffer.clear()
-            pending = self._serialized(taken)
-            if not pending:
-                return True
-            self._writing = [record for record, _ in pending]
-            written = False
-            try:
-                await self.breaker.call(lambda: self._write(pending), background=True)
-                written = True
-            except (RedisError, OSError) as error:
-                log.warning("feedback log unreachable, %d records buffered (%d dropped): %s",
-                            len(pending) + len(self._buffer), self.dropped, error)
-            finally:
-                if not written:
-                    self._put_back(self._writing)
-                self._writing = []
-            return written
+        """Write buffered records, then these, in one pipeline; False (and buffered) if Redis is down
+        or skipped by the circuit breaker. A write takes what it writes out of the buffer and puts it
+        back if it fails or is cancelled: appends in flight together never write a record twice, and
+        never drop what another one took or held. At least once: a write Redis ran after its timeout
+        is written again."""
+        numbered = [(next(self._numbers), record) for record in records]
+        if not self.breaker.allow():  # Redis skipped: no call, no serialization, no copy of the buffer
+            self._hold(numbered)
+            return False
+        taken = [*self._buffer, *numbered]
+        self._buffer.clear()
+        pending = self._serialized(taken)
+        if not pending:
+            return True
+        write = next(self._writes)
+        self._writing[write] = [(number, record) for number, record, _ in pending]
+        written = False
+        try:
+            await self.breaker.call(lambda: self._write(pending), background=True)
+            written = True
+        except (RedisError, OSError) as error:
+            log.warning("feedback log unreachable, %d records to buffer again: %s", len(pending), error)
+        finally:
+            if not written:
+                self._put_back(self._writing[write])
+            del self._writing[write]
+        return written
 
-    async def _write(self, pending: Sequence[tuple[Record, bytes]]) -> None:
+    async def _write(self, pending: Sequence[tuple[int, Record, bytes]]) -> None:
         """One pipeline: each record on the stream, and each decision's owner."""
         async with self._client.pipeline(transaction=False) as pipe:
-            for record, data in pending:
+            for _, record, data in pending:
                 pipe.xadd(self.config.stream, {"data": data}, maxlen=self.config.max_length, approximate=True)
                 if record.get("kind") == "decision":
                     pipe.set(self._owner_key(str(record.get("request_id"))), str(record.get("tenant")),
@@ -168,7 +175,8 @@ class FeedbackLog:
         unreachable or skipped); a decision not written yet is looked up where it waits."""
         raw = await self.breaker.call(lambda: self._client.get(self._owner_key(request_id)), background=True)
         if raw is None:
-            return next((str(r.get("tenant")) for r in (*self._writing, *self._buffer)
+            waiting = (record for _, record in itertools.chain(*self._writing.values(), self._buffer))
+            return next((str(r.get("tenant")) for r in waiting
                          if r.get("kind") == "decision" and r.get("request_id") == request_id), None)
         return raw.decode() if isinstance(raw, bytes) else str(raw)
 
@@ -182,13 +190,15 @@ class FeedbackLog:
         return [(entry_id.decode(), orjson.loads(fields[b"data"])) for entry_id, fields in entries]
 
     async def close(self) -> None:
-        """Try once more to write what is buffered, then disconnect; what is still buffered then is
-        lost, and counted and logged as dropped."""
+        """Try once more to write what is buffered, let the writes under way end (each within the
+        breaker's timeout), then disconnect; what is left unwritten is dropped, counted and logged."""
         await self.flush()
+        deadline = time.monotonic() + self.breaker.config.background_timeout_ms / 1000
+        while self._writing and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        self._closed = True
         if self._buffer:
             log.warning("feedback log closed with %d records unwritten (Redis unreachable)", len(self._buffer))
-            for record in self._buffer:
-                count_dropped("feedback", str(record.get("tenant")), "closed_unwritten")
-            self.dropped += len(self._buffer)
+            self._drop([record for _, record in self._buffer], "closed_unwritten")
             self._buffer.clear()
         await self._client.aclose()
