@@ -1,11 +1,11 @@
 """The feedback log: every routing decision and every outcome label, on a length-bounded Redis Stream.
 
 When Redis is unreachable, or the Redis circuit breaker is open, records wait in a bounded in-memory
-buffer (oldest dropped first when it overflows, counted and logged) and are flushed, in order,
-ahead of the records of the next append that succeeds; a write that fails or is cancelled puts
-back what it took. A record that cannot be serialized, or is still unwritten when the log closes,
-is logged and counted (``cascade.records.dropped``) and never stops the others. Each decision also
-stores which tenant owns its request id, so that only that tenant may label it.
+buffer (oldest dropped first when it overflows, counted and logged) and are written in the order
+appended, ahead of the records of the next append that Redis takes; a write that fails or is
+cancelled puts back what it took. A record that cannot be serialized, or is still unwritten when
+the log closes, is logged and counted (``cascade.records.dropped``) and never stops the others.
+Each decision also stores which tenant owns its request id, so that only that tenant may label it.
 """
 
 from __future__ import annotations
@@ -132,28 +132,33 @@ class FeedbackLog:
         return f"{self.config.stream}:owner:{request_id}"
 
     async def append(self, records: Sequence[Record]) -> bool:
-        """Write buffered records, then these, in one pipeline; False (and buffered) if Redis is down
-        or skipped by the circuit breaker. A write takes what it writes out of the buffer and puts it
-        back if it fails or is cancelled: appends in flight together never write a record twice, and
-        never drop what another one took or held. At least once: a write Redis ran after its timeout
-        is written again."""
+        """Write buffered records, then these, in one pipeline; False (and buffered) if Redis is down or
+        skipped by the circuit breaker. A write takes what it writes out of the buffer and puts it back
+        if it fails or is cancelled: appends in flight together never write a record twice, and never
+        drop what another one took or held. At least once: a write that Redis ran but whose reply was
+        lost (a timeout, a dropped connection, a cancel) is written again."""
         numbered = [(next(self._numbers), record) for record in records]
+        if self._closed:
+            self._drop(records, "closed")
+            return False
         if not self.breaker.allow():  # Redis skipped: no call, no serialization, no copy of the buffer
             self._hold(numbered)
             return False
         taken = [*self._buffer, *numbered]
         self._buffer.clear()
-        pending = self._serialized(taken)
-        if not pending:
+        if not taken:
             return True
         write = next(self._writes)
-        self._writing[write] = [(number, record) for number, record, _ in pending]
+        self._writing[write] = taken
         written = False
         try:
-            await self.breaker.call(lambda: self._write(pending), background=True)
+            pending = self._serialized(taken)
+            self._writing[write] = [(number, record) for number, record, _ in pending]  # the rest are dropped
+            if pending:
+                await self.breaker.call(lambda: self._write(pending), background=True)
             written = True
         except (RedisError, OSError) as error:
-            log.warning("feedback log unreachable, %d records to buffer again: %s", len(pending), error)
+            log.warning("feedback log unreachable, %d records to buffer again: %s", len(taken), error)
         finally:
             if not written:
                 self._put_back(self._writing[write])
@@ -170,14 +175,22 @@ class FeedbackLog:
                              ex=self.config.owner_ttl_s)
             await pipe.execute()
 
+    def _waiting_owner(self, request_id: str) -> str | None:
+        """The tenant of a decision not written yet (buffered, or in a write under way)."""
+        waiting = (record for _, record in itertools.chain(*self._writing.values(), self._buffer))
+        return next((str(r.get("tenant")) for r in waiting
+                     if r.get("kind") == "decision" and r.get("request_id") == request_id), None)
+
     async def owner(self, request_id: str) -> str | None:
         """The tenant whose decision ``request_id`` is, or None if unknown (``RedisError`` if Redis is
-        unreachable or skipped); a decision not written yet is looked up where it waits."""
+        unreachable or skipped and the decision is not waiting here). A decision waiting here is found
+        before Redis is asked: from there, it only moves on to Redis."""
+        waiting = self._waiting_owner(request_id)
+        if waiting is not None:
+            return waiting
         raw = await self.breaker.call(lambda: self._client.get(self._owner_key(request_id)), background=True)
         if raw is None:
-            waiting = (record for _, record in itertools.chain(*self._writing.values(), self._buffer))
-            return next((str(r.get("tenant")) for r in waiting
-                         if r.get("kind") == "decision" and r.get("request_id") == request_id), None)
+            return None
         return raw.decode() if isinstance(raw, bytes) else str(raw)
 
     async def flush(self) -> bool:

@@ -404,7 +404,8 @@ async def test_feedback_appends_failing_together_lose_no_record_and_write_each_o
     try:
         await asyncio.sleep(0.3)  # the breaker's cool-down
         later = [outcome_record(f"later-{k}", "t", correct=True) for k in range(2)]
-        await asyncio.gather(log.append(later[:1]), log.append(later[1:]))
+        stored = await asyncio.gather(log.append(later[:1]), log.append(later[1:]))
+        assert stored == [True, False] and log.buffered == 1, "the second append waited behind the probe"
         assert await log.flush() and log.buffered == 0
         written = [record["request_id"] for _, record in await log.read_all()]
         assert written == [r["request_id"] for r in [*(r for b in batches for r in b), *later]]
@@ -415,7 +416,8 @@ async def test_feedback_appends_failing_together_lose_no_record_and_write_each_o
 
 async def test_a_cancelled_feedback_write_puts_its_records_back() -> None:
     """A write cancelled while Redis does not answer (a socket that accepts and never replies) leaves
-    every record it took in the buffer; closing the log with them unwritten counts them as dropped."""
+    every record it took in the buffer; closing the log with them unwritten counts them as dropped, as
+    it does a record appended after."""
     with socket.create_server(("127.0.0.1", 0)) as silent:
         breaker = RedisBreaker(BreakerConfig(background_timeout_ms=300, cooldown_s=3600))
         log = FeedbackLog(f"redis://127.0.0.1:{silent.getsockname()[1]}", FeedbackConfig(stream="test:cancel"),
@@ -429,6 +431,7 @@ async def test_a_cancelled_feedback_write_puts_its_records_back() -> None:
         assert log.buffered == 5 and log.dropped == 0
         await log.close()  # one more try: no answer within 300 ms, the records stay unwritten
         assert log.buffered == 0 and log.dropped == 5 and breaker.state == "open"
+        assert not await log.append([outcome_record("late", "t", correct=True)]) and log.dropped == 6
 
 
 async def test_feedback_log_knows_which_tenant_owns_a_request_id(local_redis: LocalRedis) -> None:
