@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 DEFAULT_PORT = 6390
 STATE_DIR = Path(os.environ.get("CASCADE_STATE_DIR", Path.home() / ".cache" / "cascade"))
@@ -42,6 +44,14 @@ def module_paths() -> list[Path]:
     return [lib / "redisearch.so", lib / "rejson.so"]
 
 
+def probe_client(url: str, timeout_s: float) -> redis.Redis:
+    """A client for one look at a server: no retries. redis-py 7 retries a refused connection three
+    times with backoff by default, about 7 s before a probe of a stopped server says so; and a server
+    that accepts and never answers (stopped with SIGSTOP) fails the probe after ``timeout_s``."""
+    return redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s,
+                                retry=Retry(NoBackoff(), 0))
+
+
 def has_search(client: redis.Redis) -> bool:
     """Whether the server can run FT.* vector search."""
     modules: list[dict[bytes, object]] = client.module_list()  # type: ignore[assignment]
@@ -50,7 +60,7 @@ def has_search(client: redis.Redis) -> bool:
 
 def require_search(url: str) -> None:
     """Raise RedisSearchMissingError unless the Redis at ``url`` has the search module."""
-    client = redis.Redis.from_url(url, socket_connect_timeout=2)
+    client = probe_client(url, 2.0)
     try:
         if not has_search(client):
             raise RedisSearchMissingError(
@@ -82,7 +92,7 @@ class LocalRedis:
 
     def answering(self) -> bool:
         """Whether a Redis answers PING on the port."""
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5)
+        client = probe_client(self.url, 0.5)
         try:
             return bool(client.ping())
         except redis.RedisError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import subprocess
+import time
 import tracemalloc
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
@@ -72,6 +73,17 @@ def test_launcher_loads_search_and_stops_cleanly(tmp_path: Path) -> None:
     assert has_search(redis.Redis.from_url(url)) and server.pid() is not None
     assert server.stop() and not server.answering() and server.pid() is None
     assert not server.stop()
+
+
+def test_the_launcher_sees_a_stopped_or_frozen_server_at_once() -> None:
+    """A probe of a port nothing listens on, or of a server that accepts and never answers (a frozen
+    one), says so within its timeout: redis-py 7's default retries made the first take about 7 s on
+    every start and stop, and the second never returned."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        for port in (free_port(), silent.getsockname()[1]):
+            began = time.monotonic()
+            assert not LocalRedis(port=port).answering()
+            assert time.monotonic() - began < 2.0, f"probe of port {port} took {time.monotonic() - began:.1f} s"
 
 
 def scripted_settings(redis_url: str) -> CascadeSettings:
