@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextvars
+import functools
 import logging
 import time
 from collections import Counter
-from typing import Any
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import redis
 
@@ -19,6 +23,8 @@ from services.openai_api import ApiError
 from services.settings import CascadeSettings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+STORE_THREADS = 8  # the Batch API's own threads for its Redis and broker calls (see BatchApi._run)
 
 
 def public(record: dict[str, Any]) -> dict[str, Any]:
@@ -33,6 +39,15 @@ class BatchApi:
         self.settings = settings
         self.store = BatchStore(redis_url)
         self.tasks = TaskQueue(settings)
+        self._threads = ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="cascade-batch-store")
+
+    async def _run(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """A synchronous store or queue call on this API's own threads, in the caller's context (its
+        trace): a Redis that stops answering holds each call up to the store's socket timeout, and on
+        ``asyncio.to_thread``'s shared pool (CPU count + 4 threads) a few polls of a job would hold every
+        thread the ingress embeds questions on, for all tenants."""
+        call = functools.partial(contextvars.copy_context().run, function, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self._threads, call)
 
     async def create_file(self, tenant: str, filename: str, purpose: str, content: bytes) -> dict[str, Any]:
         if purpose != "batch":
@@ -45,17 +60,17 @@ class BatchApi:
         if lines > max_lines:
             raise ApiError(413, f"the file has {lines} lines; this server's limit is {max_lines} lines per file",
                            param="file", code="file_too_large")
-        return public(await asyncio.to_thread(self.store.save_file, tenant, filename, purpose, content))
+        return public(await self._run(self.store.save_file, tenant, filename, purpose, content))
 
     async def file(self, file_id: str, tenant: str) -> dict[str, Any]:
-        meta = await asyncio.to_thread(self.store.file, file_id) if is_id("file", file_id) else None
+        meta = await self._run(self.store.file, file_id) if is_id("file", file_id) else None
         if meta is None or meta["tenant"] != tenant:
             raise ApiError(404, f"no file {file_id}", param="file_id", code="not_found")
         return meta
 
     async def file_content(self, file_id: str, tenant: str) -> bytes:
         await self.file(file_id, tenant)
-        return await asyncio.to_thread(self.store.file_content, file_id) or b""
+        return await self._run(self.store.file_content, file_id) or b""
 
     async def create_batch(self, tenant: str, request: BatchCreate) -> dict[str, Any]:
         """Split the input file into chunks and queue them; the consumer routes each chunk as a batch."""
@@ -65,7 +80,7 @@ class BatchApi:
         if meta["purpose"] != "batch":
             raise ApiError(400, f"file {meta['id']} has purpose {meta['purpose']!r}, not 'batch'",
                            param="input_file_id")
-        content = await asyncio.to_thread(self.store.file_content, request.input_file_id) or b""
+        content = await self._run(self.store.file_content, request.input_file_id) or b""
         numbered = [(n, line) for n, line in enumerate(content.removeprefix(codecs.BOM_UTF8).splitlines(), start=1)
                     if line.strip()]  # a file saved with a byte order mark (Notepad, PowerShell) reads as without
         lines = [line for _, line in numbered]
@@ -79,17 +94,17 @@ class BatchApi:
             raise ApiError(400, f"custom_id values must be unique; repeated: {duplicates[:5]}", param="input_file_id")
         batch = batch_object(new_id("batch"), tenant, request, len(lines))
         chunks = -(-len(lines) // queue.chunk_size)
-        if not await asyncio.to_thread(self.store.create_batch, batch, lines, ids, chunks,
+        if not await self._run(self.store.create_batch, batch, lines, ids, chunks,
                                      queue.tenant_quota_lines):
             raise ApiError(429, f"tenant {tenant!r} has more than {queue.tenant_quota_lines} lines queued; "
                                 "retry when some batches finish", kind="rate_limit_error", code="queue_full",
                            headers={"Retry-After": "60"})
         for chunk in range(chunks):
-            await asyncio.to_thread(self.tasks.route_chunk, batch["id"], chunk)
+            await self._run(self.tasks.route_chunk, batch["id"], chunk)
         return public(batch)
 
     async def batch(self, batch_id: str, tenant: str) -> dict[str, Any]:
-        batch = await asyncio.to_thread(self.store.batch, batch_id) if is_id("batch", batch_id) else None
+        batch = await self._run(self.store.batch, batch_id) if is_id("batch", batch_id) else None
         if batch is None or batch["tenant"] != tenant:
             raise ApiError(404, f"no batch {batch_id}", param="batch_id", code="not_found")
         return public(batch)
@@ -99,25 +114,25 @@ class BatchApi:
         batch = await self.batch(batch_id, tenant)
         if batch["status"] in TERMINAL:
             raise ApiError(409, f"batch {batch_id} is already {batch['status']}", param="batch_id")
-        await asyncio.to_thread(self.store.cancel, batch_id)
-        await asyncio.to_thread(self.store.update_batch, batch_id, status="cancelling", cancelling_at=int(time.time()),
+        await self._run(self.store.cancel, batch_id)
+        await self._run(self.store.update_batch, batch_id, status="cancelling", cancelling_at=int(time.time()),
                                 unless_final=True)  # a batch that finished meanwhile keeps its final status
         return await self.batch(batch_id, tenant)
 
     async def start_job(self, job: dict[str, Any]) -> None:
         """Store a progressive request's job (its trail checkpoint) and queue its finishing."""
-        await asyncio.to_thread(self.store.save_job, job)
-        await asyncio.to_thread(self.tasks.finish_job, job["id"])
+        await self._run(self.store.save_job, job)
+        await self._run(self.tasks.finish_job, job["id"])
 
     async def job(self, job_id: str, tenant: str) -> dict[str, Any]:
-        job = await asyncio.to_thread(self.store.job, job_id) if is_id("job", job_id) else None
+        job = await self._run(self.store.job, job_id) if is_id("job", job_id) else None
         if job is None or job["tenant"] != tenant:
             raise ApiError(404, f"no job {job_id}", param="job_id", code="not_found")
         return public(job)
 
     async def completed_job(self, job_id: str) -> dict[str, Any] | None:
         """The job once completed (for the progressive stream), else None."""
-        job = await asyncio.to_thread(self.store.job, job_id)
+        job = await self._run(self.store.job, job_id)
         return job if job is not None and job["status"] == "completed" else None
 
     async def sweep_stalled_batches(self) -> None:
@@ -128,10 +143,10 @@ class BatchApi:
         while True:
             await asyncio.sleep(max(1.0, after / 2))
             try:
-                for batch_id in await asyncio.to_thread(self.store.active):
-                    for chunk in await asyncio.to_thread(self.store.stalled_chunks, batch_id, after):
+                for batch_id in await self._run(self.store.active):
+                    for chunk in await self._run(self.store.stalled_chunks, batch_id, after):
                         log.warning("batch %s chunk %d made no progress for %.0f s; queueing it again",
                                     batch_id, chunk, after)
-                        await asyncio.to_thread(self.tasks.route_chunk, batch_id, chunk)
+                        await self._run(self.tasks.route_chunk, batch_id, chunk)
             except (redis.RedisError, OSError) as error:
                 log.warning("stalled-batch sweep skipped: %s", error)

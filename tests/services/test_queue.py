@@ -4,9 +4,12 @@ finish in seconds. Questions come from the SQuAD 2.0 subset."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import io
+import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -18,10 +21,14 @@ import httpx
 import openai
 import orjson
 import pytest
+import redis
 
+from cascade.local_redis import LocalRedis
 from pipelines.datasets import load_qa
-from services.batch.store import BatchStore
-from services.settings import CascadeSettings
+from services.batch.api import BatchApi
+from services.batch.store import BatchStore, new_id
+from services.openai_api import ApiError
+from services.settings import CascadeSettings, load_service_settings
 from tests.conftest import free_port, serve_apps
 
 SECRET = "webhook-secret"
@@ -342,3 +349,29 @@ def test_a_cancel_that_comes_after_the_batch_finished_keeps_its_final_status(red
     stored = store.batch("batch-race")
     assert stored is not None and stored["status"] == "cancelled" and stored["output_file_id"] == "file-out"
     assert not store.update_batch("batch-missing", status="cancelling")
+
+
+async def test_job_polls_while_redis_is_frozen_leave_the_shared_threads_free(tmp_path: Path) -> None:
+    """Polls of a job while Redis accepts and never answers (SIGSTOP; a partitioned network) each hold
+    a thread up to the store's socket timeout; they hold the Batch API's own threads, never
+    ``asyncio.to_thread``'s, which the ingress embeds questions on for every tenant."""
+    server = LocalRedis(port=free_port(), state_dir=tmp_path)
+    api = BatchApi(load_service_settings(redis_url=server.start()), server.url)
+    job_id = new_id("job")
+    with pytest.raises(ApiError, match="no job"):
+        await api.job(job_id, "acme")
+    shared_threads = min(32, (os.cpu_count() or 1) + 4)  # asyncio.to_thread's pool
+    pid = server.pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        polls = [asyncio.create_task(api.job(job_id, "acme")) for _ in range(shared_threads + 2)]
+        await asyncio.sleep(0.5)
+        began = time.monotonic()
+        assert await asyncio.wait_for(asyncio.to_thread(lambda: "free"), timeout=5) == "free"
+        assert time.monotonic() - began < 1.0
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    outcomes = await asyncio.gather(*polls, return_exceptions=True)
+    assert all(isinstance(o, (ApiError, redis.RedisError)) for o in outcomes), outcomes
+    server.stop()
