@@ -11,9 +11,9 @@ Each decision also stores which tenant owns its request id, so that only that te
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
-import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -87,6 +87,8 @@ class FeedbackLog:
         self._numbers = itertools.count()
         self._writing: dict[int, list[tuple[int, Record]]] = {}  # what each write under way took out of the buffer
         self._writes = itertools.count()
+        self._idle = asyncio.Event()  # set while no write is under way
+        self._idle.set()
         self._closed = False
 
     @property
@@ -150,6 +152,7 @@ class FeedbackLog:
             return True
         write = next(self._writes)
         self._writing[write] = taken
+        self._idle.clear()
         written = False
         try:
             pending = self._serialized(taken)
@@ -163,6 +166,8 @@ class FeedbackLog:
             if not written:
                 self._put_back(self._writing[write])
             del self._writing[write]
+            if not self._writing:
+                self._idle.set()
         return written
 
     async def _write(self, pending: Sequence[tuple[int, Record, bytes]]) -> None:
@@ -206,9 +211,8 @@ class FeedbackLog:
         """Try once more to write what is buffered, let the writes under way end (each within the
         breaker's timeout), then disconnect; what is left unwritten is dropped, counted and logged."""
         await self.flush()
-        deadline = time.monotonic() + self.breaker.config.background_timeout_ms / 1000
-        while self._writing and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), self.breaker.config.background_timeout_ms / 1000)
         self._closed = True
         if self._buffer:
             log.warning("feedback log closed with %d records unwritten (Redis unreachable)", len(self._buffer))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
 import subprocess
 import time
@@ -11,6 +13,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 import redis
 
@@ -444,6 +447,35 @@ async def test_a_cancelled_feedback_write_puts_its_records_back() -> None:
         await log.close()  # one more try: no answer within 300 ms, the records stay unwritten
         assert log.buffered == 0 and log.dropped == 5 and breaker.state == "open"
         assert not await log.append([outcome_record("late", "t", correct=True)]) and log.dropped == 6
+
+
+async def test_closing_the_feedback_log_waits_for_the_write_under_way(tmp_path: Path) -> None:
+    """A write under way when the log closes (Redis frozen for 300 ms of a 2 s timeout) ends before the
+    client disconnects: its records reach the stream, none is dropped."""
+    server = LocalRedis(port=free_port(), state_dir=tmp_path)
+    url, pid = server.start(), server.pid()
+    assert pid is not None
+    try:
+        log = FeedbackLog(url, FeedbackConfig(stream="test:close"),
+                          breaker=RedisBreaker(BreakerConfig(background_timeout_ms=2000)))
+        assert await log.append([outcome_record("first", "t", correct=True)])
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            records = [outcome_record(f"r{i}", "t", correct=True) for i in range(5)]
+            writing = asyncio.create_task(log.append(records))
+            await asyncio.sleep(0.05)
+            closing = asyncio.create_task(log.close())
+            await asyncio.sleep(0.3)
+            assert not closing.done(), "close waits for the write under way"
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        await closing
+        assert await writing and log.dropped == 0 and log.buffered == 0
+        stream = redis.Redis.from_url(url).xrange("test:close")
+        written = [orjson.loads(fields[b"data"])["request_id"] for _, fields in stream]
+        assert written == ["first", *(f"r{i}" for i in range(5))]
+    finally:
+        server.stop()
 
 
 async def test_feedback_log_knows_which_tenant_owns_a_request_id(local_redis: LocalRedis) -> None:

@@ -356,22 +356,24 @@ async def test_job_polls_while_redis_is_frozen_leave_the_shared_threads_free(tmp
     a thread up to the store's socket timeout; they hold the Batch API's own threads, never
     ``asyncio.to_thread``'s, which the ingress embeds questions on for every tenant."""
     server = LocalRedis(port=free_port(), state_dir=tmp_path)
-    api = BatchApi(load_service_settings(redis_url=server.start()), server.url)
-    job_id = new_id("job")
-    with pytest.raises(ApiError, match="no job"):
-        await api.job(job_id, "acme")
-    shared_threads = min(32, (os.cpu_count() or 1) + 4)  # asyncio.to_thread's pool
-    pid = server.pid()
-    assert pid is not None
-    os.kill(pid, signal.SIGSTOP)
     try:
-        polls = [asyncio.create_task(api.job(job_id, "acme")) for _ in range(shared_threads + 2)]
-        await asyncio.sleep(0.5)
-        began = time.monotonic()
-        assert await asyncio.wait_for(asyncio.to_thread(lambda: "free"), timeout=5) == "free"
-        assert time.monotonic() - began < 1.0
+        api = BatchApi(load_service_settings(redis_url=server.start()), server.url)
+        job_id = new_id("job")
+        with pytest.raises(ApiError, match="no job"):
+            await api.job(job_id, "acme")
+        shared_threads = min(32, (os.cpu_count() or 1) + 4)  # asyncio.to_thread's pool
+        pid = server.pid()
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            polls = [asyncio.create_task(api.job(job_id, "acme")) for _ in range(shared_threads + 2)]
+            await asyncio.sleep(0.5)
+            began = time.monotonic()
+            assert await asyncio.wait_for(asyncio.to_thread(lambda: "free"), timeout=5) == "free"
+            assert time.monotonic() - began < 1.0
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        outcomes = await asyncio.gather(*polls, return_exceptions=True)
+        assert all(isinstance(o, (ApiError, redis.RedisError)) for o in outcomes), outcomes
     finally:
-        os.kill(pid, signal.SIGCONT)
-    outcomes = await asyncio.gather(*polls, return_exceptions=True)
-    assert all(isinstance(o, (ApiError, redis.RedisError)) for o in outcomes), outcomes
-    server.stop()
+        server.stop()
