@@ -5,7 +5,8 @@ buffer (oldest dropped first when it overflows, counted and logged) and are writ
 appended, ahead of the records of the next append that Redis takes; a write that fails or is
 cancelled puts back what it took. A record that cannot be serialized, or is still unwritten when
 the log closes, is logged and counted (``cascade.records.dropped``) and never stops the others.
-Each decision also stores which tenant owns its request id, so that only that tenant may label it.
+Each decision also stores which tenant owns its request id, so that only that tenant may label it
+(``owner_keys``; a service whose request ids carry their tenant, signed, stores none).
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ class FeedbackConfig(BaseModel):
     stream: str = "cascade:feedback"
     max_length: int = Field(default=1_000_000, ge=1000, description="approximate stream length bound")
     buffer_size: int = Field(default=10_000, ge=1, description="records kept in memory while Redis is down")
+    owner_keys: bool = Field(default=True, description=(
+        "store each decision's tenant under its request id, for the feedback endpoint's check (off when the "
+        "service signs its request ids: server.request_id_secret)"))
     owner_ttl_s: int = Field(default=7 * 24 * 3600, ge=60, description="how long a request id may be labelled")
 
 
@@ -171,11 +175,11 @@ class FeedbackLog:
         return written
 
     async def _write(self, pending: Sequence[tuple[int, Record, bytes]]) -> None:
-        """One pipeline: each record on the stream, and each decision's owner."""
+        """One pipeline: each record on the stream, and each decision's owner (``owner_keys``)."""
         async with self._client.pipeline(transaction=False) as pipe:
             for _, record, data in pending:
                 pipe.xadd(self.config.stream, {"data": data}, maxlen=self.config.max_length, approximate=True)
-                if record.get("kind") == "decision":
+                if self.config.owner_keys and record.get("kind") == "decision":
                     pipe.set(self._owner_key(str(record.get("request_id"))), str(record.get("tenant")),
                              ex=self.config.owner_ttl_s)
             await pipe.execute()

@@ -32,7 +32,7 @@ from starlette.routing import Route
 from cascade.engines.base import InvalidInputError, PromptTooLongError
 from cascade.errors import public_message
 from cascade.factory import build_router
-from cascade.feedback import outcome_record
+from cascade.feedback import FeedbackLog, outcome_record
 from cascade.router import AllTiersFailedError, TierNotAllowedError, Trail, TrailCheckpoint, UnknownTierError
 from cascade.schemas import Query, RoutedAnswer
 from cascade.telemetry import configure_from_env, count_refused_feedback
@@ -63,6 +63,7 @@ from services.openai_api import (
 from services.pool_engine import tier_engines, unwrap
 from services.recorder import TrailRecorder
 from services.replica import freeze_start_up_heap, limit_threads
+from services.request_ids import RequestIds
 from services.settings import CascadeSettings
 from services.tenants import Caller, TenantDirectory
 
@@ -153,6 +154,7 @@ class RouterIngress:
         self.rate = RateLimiter(self.settings.redis_url, self.breaker) if (
             limited and self.breaker is not None and self.settings.redis_url) else None
         self._owners: OrderedDict[str, str] = OrderedDict()
+        self.request_ids = RequestIds.signing_with(self.settings.server.request_id_secret)
         freeze_start_up_heap(server.gc_threshold)
 
     async def _admit(self, tenant: str) -> None:
@@ -185,6 +187,8 @@ class RouterIngress:
         param = "messages" if queries and queries[0].messages else "prompt"
         for query in queries:
             check_prompt_size(query, limit, param)
+            if self.request_ids is not None:
+                query.id = self.request_ids.new(query.tenant)
         if progressive:
             self._batches()
         outcomes = await self.router.answer(queries, "progressive" if progressive else "interactive",
@@ -198,8 +202,9 @@ class RouterIngress:
         for i, outcome in enumerate(outcomes):
             if outcome.rest is not None and outcome.answer is not None:
                 jobs[i], answers[i] = await self._start_job(outcome.answer, outcome.rest, shape, param)
-        for answer in answers:
-            self._remember_owner(answer.request_id, answer.tenant)
+        if self.request_ids is None:
+            for answer in answers:
+                self._remember_owner(answer.request_id, answer.tenant)
         return answers, jobs
 
     async def _first_pass(self, queries: list[Query]) -> list[Trail]:
@@ -387,14 +392,7 @@ class RouterIngress:
         if log_ is None:
             raise ApiError(503, "the feedback log is off on this server (server.use_redis is false)",
                            kind="service_unavailable")
-        owner = self._owners.get(request.request_id)
-        if owner is None:
-            try:
-                owner = await log_.owner(request.request_id)
-            except (redis.RedisError, OSError):
-                raise ApiError(503, "request ids cannot be checked while the feedback store is unreachable",
-                               kind="service_unavailable", headers={"Retry-After": "5"}) from None
-        if owner != caller.tenant:
+        if await self._owner(request.request_id, caller.tenant, log_) != caller.tenant:
             count_refused_feedback(caller.tenant)
             log.warning("tenant %s: feedback on request %s refused (not its request)", caller.tenant,
                         request.request_id)
@@ -404,6 +402,20 @@ class RouterIngress:
                                 source=request.source)
         stored = await log_.append([record])
         return {"accepted": True, "request_id": request.request_id, "buffered": not stored}
+
+    async def _owner(self, request_id: str, caller: str, log_: FeedbackLog) -> str | None:
+        """The tenant that made ``request_id``, if known: ``caller`` if the id's signature is the caller's
+        (signed ids), else the tenant remembered here or stored in the feedback log (503 if unreachable)."""
+        if self.request_ids is not None:
+            return caller if self.request_ids.made_for(request_id, caller) else None
+        owner = self._owners.get(request_id)
+        if owner is not None:
+            return owner
+        try:
+            return await log_.owner(request_id)
+        except (redis.RedisError, OSError):
+            raise ApiError(503, "request ids cannot be checked while the feedback store is unreachable",
+                           kind="service_unavailable", headers={"Retry-After": "5"}) from None
 
     @api.get("/healthz")
     async def healthz(self) -> JSONResponse:

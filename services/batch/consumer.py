@@ -34,6 +34,7 @@ from services.batch.store import TERMINAL, BatchStore
 from services.openai_api import response_of
 from services.pool_engine import tier_engines
 from services.replica import limit_threads
+from services.request_ids import RequestIds
 from services.settings import CascadeSettings
 from services.tenants import TenantDirectory
 
@@ -61,6 +62,7 @@ class RoutingConsumer:
                                    engines=engines)
         self.store = BatchStore(self.settings.redis_url)
         self.tenants = TenantDirectory(self.settings.server, [t.name for t in self.settings.tiers])
+        self.request_ids = RequestIds.signing_with(self.settings.server.request_id_secret)
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, name="consumer-loop", daemon=True).start()
         self._deliveries: set[concurrent.futures.Future[None]] = set()
@@ -99,6 +101,10 @@ class RoutingConsumer:
         parsed = [parse_line(line, cid, batch["endpoint"], caller, self.tenants, self.settings) for line, cid in lines]
         errors = {p.custom_id: error_line(p.custom_id, p.error, p.status) for p in parsed if p.error is not None}
         pending = [p for p in parsed if p.query is not None]
+        if self.request_ids is not None:
+            for line in pending:
+                if line.query is not None:
+                    line.query.id = self.request_ids.new(line.query.tenant)
         results: dict[str, bytes] = {}
         for attempt in range(self.queue.route_attempts):
             if not pending:

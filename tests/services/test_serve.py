@@ -12,14 +12,18 @@ from typing import Any
 
 import httpx
 import openai
+import orjson
 import pytest
+import redis
 
 from cascade.cache import CacheConfig
 from cascade.thresholds import ControllerConfig, ThresholdTarget
+from services.request_ids import RequestIds
 from services.settings import CascadeSettings
 from tests.conftest import serve_apps
 
 SLOW_LLM_S = 1.5
+ID_SECRET = "the signed app's request-id secret"
 
 
 def scripted_tier(name: str, model: str, *, policy: str = "v1", timeout_s: float | None = None,
@@ -80,9 +84,17 @@ def guarded(redis_url: str) -> CascadeSettings:
                             "busy": {"api_keys": ["key-busy"], "rate_limit_per_minute": 3}}})
 
 
+def signed(redis_url: str) -> CascadeSettings:
+    """``guarded``, its request ids signed (``server.request_id_secret``; the replica's settings, validated
+    again, turn the feedback log's owner keys off)."""
+    settings = guarded(redis_url)
+    return settings.model_copy(update={"server": settings.server.model_copy(update={"request_id_secret": ID_SECRET})})
+
+
 @pytest.fixture(scope="module")
 def base_url(redis_url: str) -> Iterator[str]:
-    with serve_apps({**SCENARIOS, "controlled": controlled(redis_url), "guarded": guarded(redis_url)}) as url:
+    with serve_apps({**SCENARIOS, "controlled": controlled(redis_url), "guarded": guarded(redis_url),
+                     "signed": signed(redis_url)}) as url:
         yield url
 
 
@@ -351,17 +363,36 @@ def test_a_chat_message_is_counted_once_against_the_prompt_limit(base_url: str) 
     assert response.status_code == 200, response.text
 
 
-def test_a_foreign_tenants_feedback_label_is_refused(base_url: str) -> None:
+@pytest.mark.parametrize("app", ["guarded", "signed"])
+def test_a_foreign_tenants_feedback_label_is_refused(base_url: str, app: str) -> None:
     a, b = {"Authorization": "Bearer key-a"}, {"Authorization": "Bearer key-b"}
-    answer = httpx.post(f"{base_url}/guarded/v1/completions", json={"prompt": "an easy one"}, headers=a).json()
+    answer = httpx.post(f"{base_url}/{app}/v1/completions", json={"prompt": "an easy one"}, headers=a).json()
     request_id = answer["routing"]["request_id"]
     label = {"request_id": request_id, "correct": True}
-    foreign = httpx.post(f"{base_url}/guarded/v1/feedback", json=label, headers=b)
+    foreign = httpx.post(f"{base_url}/{app}/v1/feedback", json=label, headers=b)
     assert foreign.status_code == 404 and foreign.json()["error"]["param"] == "request_id"
-    unknown = httpx.post(f"{base_url}/guarded/v1/feedback", json={"request_id": "nope", "score": 0.5}, headers=a)
+    unknown = httpx.post(f"{base_url}/{app}/v1/feedback", json={"request_id": "nope", "score": 0.5}, headers=a)
     assert unknown.status_code == 404
-    own = httpx.post(f"{base_url}/guarded/v1/feedback", json=label, headers=a)
+    own = httpx.post(f"{base_url}/{app}/v1/feedback", json=label, headers=a)
     assert own.status_code == 202 and own.json()["accepted"]
+
+
+def test_signed_request_ids_carry_their_tenant_and_store_no_owner(base_url: str, redis_url: str) -> None:
+    """The signed app's ids verify under its secret for the tenant that asked, and its decisions reach
+    the feedback stream with no owner key beside them; the other app's decisions have one."""
+    a = {"Authorization": "Bearer key-a"}
+    ids = {app: httpx.post(f"{base_url}/{app}/v1/completions", json={"prompt": "an easy one"}, headers=a).json()
+           ["routing"]["request_id"] for app in ("signed", "guarded")}
+    assert RequestIds(ID_SECRET.encode()).made_for(ids["signed"], "a")
+    assert not RequestIds(ID_SECRET.encode()).made_for(ids["guarded"], "a")
+    store = redis.Redis.from_url(redis_url)
+    deadline = time.monotonic() + 10
+    while not set(ids.values()) <= {orjson.loads(fields[b"data"])["request_id"]
+                                     for _, fields in store.xrevrange("cascade:feedback", count=200)}:
+        assert time.monotonic() < deadline, "both decisions reach the feedback stream"
+        time.sleep(0.05)
+    assert store.get(f"cascade:feedback:owner:{ids['signed']}") is None
+    assert store.get(f"cascade:feedback:owner:{ids['guarded']}") == b"a"
 
 
 def test_over_the_tenant_rate_limit_is_429_with_retry_after(base_url: str) -> None:
