@@ -39,9 +39,10 @@ class FeedbackConfig(BaseModel):
     stream: str = "cascade:feedback"
     max_length: int = Field(default=1_000_000, ge=1000, description="approximate stream length bound")
     buffer_size: int = Field(default=10_000, ge=1, description="records kept in memory while Redis is down")
-    owner_keys: bool = Field(default=True, description=(
-        "store each decision's tenant under its request id, for the feedback endpoint's check (off when the "
-        "service signs its request ids: server.request_id_secret)"))
+    owner_keys: bool | None = Field(default=None, description=(
+        "store each decision's tenant under its request id, for the feedback endpoint's check; none: yes, "
+        "unless the service signs its request ids (server.request_id_secret; true there while switching over: "
+        "replicas without the secret check the new ids by their owner keys)"))
     owner_ttl_s: int = Field(default=7 * 24 * 3600, ge=60, description="how long a request id may be labelled")
 
 
@@ -179,7 +180,7 @@ class FeedbackLog:
         async with self._client.pipeline(transaction=False) as pipe:
             for _, record, data in pending:
                 pipe.xadd(self.config.stream, {"data": data}, maxlen=self.config.max_length, approximate=True)
-                if self.config.owner_keys and record.get("kind") == "decision":
+                if self.config.owner_keys is not False and record.get("kind") == "decision":
                     pipe.set(self._owner_key(str(record.get("request_id"))), str(record.get("tenant")),
                              ex=self.config.owner_ttl_s)
             await pipe.execute()
@@ -215,8 +216,11 @@ class FeedbackLog:
         """Try once more to write what is buffered, let the writes under way end (each within the
         breaker's timeout), then disconnect; what is left unwritten is dropped, counted and logged."""
         await self.flush()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), self.breaker.config.background_timeout_ms / 1000)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.breaker.config.background_timeout_ms / 1000
+        while self._writing and loop.time() < deadline:  # a write may start between the event and this task
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), deadline - loop.time())
         self._closed = True
         if self._buffer:
             log.warning("feedback log closed with %d records unwritten (Redis unreachable)", len(self._buffer))

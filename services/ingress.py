@@ -135,7 +135,8 @@ class RouterIngress:
         tiers = self.settings.tiers
         self.pools = tier_engines(tiers, pools)
         await asyncio.gather(*(engine.start() for engine in self.pools.values()))
-        self.router = build_router(self.settings, with_redis=self.settings.server.use_redis, engines=self.pools)
+        self.router = build_router(self.settings.for_router(), with_redis=self.settings.server.use_redis,
+                                   engines=self.pools)
         self.controller = controller
         self.tenants = TenantDirectory(self.settings.server, [t.name for t in tiers])
         server = self.settings.server
@@ -154,7 +155,7 @@ class RouterIngress:
         self.rate = RateLimiter(self.settings.redis_url, self.breaker) if (
             limited and self.breaker is not None and self.settings.redis_url) else None
         self._owners: OrderedDict[str, str] = OrderedDict()
-        self.request_ids = RequestIds.signing_with(self.settings.server.request_id_secret)
+        self.request_ids = RequestIds.signing_with(server.request_id_secret, self.settings.feedback.owner_ttl_s)
         freeze_start_up_heap(server.gc_threshold)
 
     async def _admit(self, tenant: str) -> None:
@@ -404,9 +405,10 @@ class RouterIngress:
         return {"accepted": True, "request_id": request.request_id, "buffered": not stored}
 
     async def _owner(self, request_id: str, caller: str, log_: FeedbackLog) -> str | None:
-        """The tenant that made ``request_id``, if known: ``caller`` if the id's signature is the caller's
-        (signed ids), else the tenant remembered here or stored in the feedback log (503 if unreachable)."""
-        if self.request_ids is not None:
+        """The tenant that made ``request_id``, if known: ``caller`` if the id is signed for the caller, else,
+        for an id of another shape (unsigned), the tenant remembered here or stored in the feedback log (503
+        if unreachable)."""
+        if self.request_ids is not None and self.request_ids.signed_shape(request_id):
             return caller if self.request_ids.made_for(request_id, caller) else None
         owner = self._owners.get(request_id)
         if owner is not None:

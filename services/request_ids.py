@@ -1,11 +1,12 @@
-"""Request ids that say which tenant made the request, for the feedback endpoint's check.
+"""Request ids that say which tenant made the request, and when, for the feedback endpoint's check.
 
-With ``server.request_id_secret`` set, an id is a random part and an HMAC-SHA256 of that part and
-the tenant under the secret, which every replica of the service shares (ingress and batch consumer).
-A label is checked against the id alone: no owner is stored per request (each one a Redis key for
-``feedback.owner_ttl_s``, about 150 bytes: 9 GB at 100 requests per second over the default week),
-and a label is taken, and buffered, while Redis is down. Another secret disowns the ids made under
-the old one: their labels are refused.
+With ``server.request_id_secret`` set, an id is its issue time, a random part and an HMAC-SHA256 of
+both and the tenant under the secret, which every replica of the service shares (ingress and batch
+consumer). A label is checked against the id alone, for ``feedback.owner_ttl_s`` after the request:
+no owner is stored per request (a Redis key each, about 150 bytes: 9 GB at 100 requests per second
+over the default week), and a label is taken, and buffered, while Redis is down. An id of another
+shape (made before the secret was set, or by a replica without it) is checked by its stored owner, as
+before; another secret disowns the ids made under the old one.
 """
 
 from __future__ import annotations
@@ -13,35 +14,50 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
-RANDOM_HEX = 24  # 96 random bits
+TIME_HEX = 8  # seconds since the epoch
+RANDOM_HEX = 16  # 64 random bits: ids of one second are distinct with near certainty at any load
 SIGNATURE_HEX = 32  # the first 128 bits of the HMAC
+SIGNED_LENGTH = TIME_HEX + RANDOM_HEX + SIGNATURE_HEX
+HEX_DIGITS = frozenset("0123456789abcdef")
 
 
 @dataclass(frozen=True)
 class RequestIds:
     """Makes and checks one service's request ids (see the module docstring)."""
 
-    secret: bytes
+    secret: bytes = field(repr=False)
+    max_age_s: int
+    clock: Callable[[], float] = time.time
 
     @classmethod
-    def signing_with(cls, secret: str | None) -> RequestIds | None:
-        """The ids signed with ``secret`` (``server.request_id_secret``); None without one."""
-        return cls(secret.encode()) if secret is not None else None
+    def signing_with(cls, secret: str | None, max_age_s: int) -> RequestIds | None:
+        """The ids signed with ``secret`` (``server.request_id_secret``), labelled for ``max_age_s``; None
+        without a secret."""
+        return cls(secret.encode(), max_age_s) if secret is not None else None
 
-    def _signature(self, random_part: str, tenant: str) -> bytes:
-        mac = hmac.new(self.secret, f"{random_part}:{tenant}".encode(), hashlib.sha256)
+    def _signature(self, unsigned: str, tenant: str) -> bytes:
+        mac = hmac.new(self.secret, f"{unsigned}:{tenant}".encode(), hashlib.sha256)
         return mac.hexdigest()[:SIGNATURE_HEX].encode()
 
     def new(self, tenant: str) -> str:
         """A fresh id of a request of ``tenant``."""
-        random_part = secrets.token_hex(RANDOM_HEX // 2)
-        return random_part + self._signature(random_part, tenant).decode()
+        unsigned = f"{int(self.clock()):0{TIME_HEX}x}{secrets.token_hex(RANDOM_HEX // 2)}"
+        return unsigned + self._signature(unsigned, tenant).decode()
+
+    @staticmethod
+    def signed_shape(request_id: str) -> bool:
+        """Whether ``request_id`` has the shape of a signed id (not whether it is one)."""
+        return len(request_id) == SIGNED_LENGTH and set(request_id) <= HEX_DIGITS
 
     def made_for(self, request_id: str, tenant: str) -> bool:
-        """Whether this service made ``request_id`` for a request of ``tenant``."""
-        if len(request_id) != RANDOM_HEX + SIGNATURE_HEX or not request_id.isascii():
+        """Whether this service made ``request_id`` for a request of ``tenant`` at most ``max_age_s`` ago."""
+        if not self.signed_shape(request_id):
             return False
-        random_part, signature = request_id[:RANDOM_HEX], request_id[RANDOM_HEX:]
-        return hmac.compare_digest(signature.encode(), self._signature(random_part, tenant))
+        unsigned, signature = request_id[:-SIGNATURE_HEX], request_id[-SIGNATURE_HEX:]
+        if self.clock() - int(unsigned[:TIME_HEX], 16) > self.max_age_s:
+            return False
+        return hmac.compare_digest(signature.encode(), self._signature(unsigned, tenant))

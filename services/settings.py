@@ -140,10 +140,10 @@ class ServerConfig(BaseModel):
     rate_limit_per_minute: int | None = Field(
         default=None, ge=1, description="completions per tenant per minute, shared by all replicas (Redis); over → 429")
     use_redis: bool = Field(default=True, description="semantic cache, feedback log and live thresholds")
-    request_id_secret: str | None = Field(default=None, min_length=16, description=(
+    request_id_secret: str | None = Field(default=None, min_length=16, repr=False, description=(
         "sign request ids with this key (HMAC) so that a feedback label's tenant is checked by the id alone, "
-        "with no owner stored per request in Redis (feedback.owner_ttl_s; services/request_ids.py); the same "
-        "for every replica; another key refuses the labels of the ids made under this one"))
+        "for feedback.owner_ttl_s, with no owner stored per request in Redis (services/request_ids.py); the "
+        "same for every replica; another key refuses the labels of the ids made under this one"))
     tenants: dict[str, TenantConfig] = Field(
         default_factory=dict, description="no tenants: every request is the 'default' tenant, no key needed")
     profiles: dict[str, RoutingProfile] = Field(
@@ -199,12 +199,12 @@ class CascadeSettings(CoreSettings):
     controller: ControllerConfig | None = Field(
         default=None, description="run the online threshold controller as a Serve deployment beside the router")
 
-    @model_validator(mode="after")
-    def _signed_ids_need_no_owners(self) -> CascadeSettings:
-        """Signed request ids (``server.request_id_secret``) carry their owner: the feedback log stores none."""
-        if self.server.request_id_secret is not None and self.feedback.owner_keys:
-            self.feedback = self.feedback.model_copy(update={"owner_keys": False})
-        return self
+    def for_router(self) -> CascadeSettings:
+        """The settings the router is built with: with signed request ids (``server.request_id_secret``),
+        the feedback log stores no owner keys unless ``feedback.owner_keys`` says otherwise."""
+        if self.server.request_id_secret is None or self.feedback.owner_keys is not None:
+            return self
+        return self.model_copy(update={"feedback": self.feedback.model_copy(update={"owner_keys": False})})
 
     @model_validator(mode="after")
     def _profile_tiers_exist(self) -> CascadeSettings:

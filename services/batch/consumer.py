@@ -58,11 +58,12 @@ class RoutingConsumer:
         self.queue = self.settings.queue
         engines = tier_engines(self.settings.tiers, pools)
         no_cache = self.settings.cache.model_copy(update={"enabled": False})
-        self.router = build_router(self.settings.model_copy(update={"cache": no_cache}), with_redis=True,
-                                   engines=engines)
+        self.router = build_router(self.settings.for_router().model_copy(update={"cache": no_cache}),
+                                   with_redis=True, engines=engines)
         self.store = BatchStore(self.settings.redis_url)
         self.tenants = TenantDirectory(self.settings.server, [t.name for t in self.settings.tiers])
-        self.request_ids = RequestIds.signing_with(self.settings.server.request_id_secret)
+        self.request_ids = RequestIds.signing_with(self.settings.server.request_id_secret,
+                                                   self.settings.feedback.owner_ttl_s)
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, name="consumer-loop", daemon=True).start()
         self._deliveries: set[concurrent.futures.Future[None]] = set()

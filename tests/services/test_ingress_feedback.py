@@ -1,6 +1,6 @@
 """The feedback endpoint's owner check in an ingress built without Ray, while Redis refuses every
-connection: signed request ids are checked by the id alone and their labels are buffered, where the
-owner keys' check needs Redis and answers 503."""
+connection: signed request ids are checked by the id alone and their labels are buffered, where an
+unsigned id's check needs its owner key in Redis and answers 503."""
 
 from __future__ import annotations
 
@@ -49,12 +49,15 @@ async def ingress(secret: str | None) -> Any:
 
 async def test_a_signed_ids_label_is_taken_while_redis_is_down() -> None:
     made = await ingress(SECRET)
-    request_id = RequestIds(SECRET.encode()).new("a")
+    request_id = RequestIds(SECRET.encode(), 3600).new("a")
     taken = await made.feedback(FeedbackRequest(request_id=request_id, correct=True), "Bearer key-a")
     assert taken["accepted"] and taken["buffered"] and made.router.feedback.buffered == 1
     with pytest.raises(ApiError) as refused:
         await made.feedback(FeedbackRequest(request_id=request_id, correct=False), "Bearer key-b")
     assert refused.value.status == 404 and made.router.feedback.buffered == 1
+    with pytest.raises(ApiError) as unavailable:  # an id made before the secret: its stored owner decides
+        await made.feedback(FeedbackRequest(request_id="0" * 32, correct=True), "Bearer key-a")
+    assert unavailable.value.status == 503 and made.router.feedback.buffered == 1
     await RouterIngress.__del__(made)
 
 

@@ -28,10 +28,12 @@ from pipelines.datasets import load_qa
 from services.batch.api import BatchApi
 from services.batch.store import BatchStore, new_id
 from services.openai_api import ApiError
+from services.request_ids import RequestIds
 from services.settings import CascadeSettings, load_service_settings
 from tests.conftest import free_port, serve_apps
 
 SECRET = "webhook-secret"
+IDS = RequestIds(b"the queue app's request-id secret", 3600)  # batch lines' and progressive requests' ids
 
 
 class Receiver(BaseHTTPRequestHandler):
@@ -70,6 +72,7 @@ def base_url(redis_url: str, webhook: str) -> Iterator[str]:
                tier("large", "accept", delay_s=0.05)],
         redis_url=redis_url, cache={"enabled": False},
         server={"ingress": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.05}},
+                "request_id_secret": IDS.secret.decode(),
                 "tenants": {"acme": {"api_keys": ["k-acme"], "webhook_url": webhook, "webhook_secret": SECRET},
                             "small-co": {"api_keys": ["k-small"]}}},
         queue={"chunk_size": 8, "visibility_timeout_s": 5, "tenant_quota_lines": 450, "retry_backoff_s": 0.05,
@@ -133,6 +136,7 @@ def test_batch_of_200_squad_questions_answered_exactly_once(base_url: str, data_
     assert output[0]["response"]["status_code"] == 200 and body["object"] == "text_completion"
     assert body["routing"]["tier"] in {"small", "large"} and body["routing"]["batch_size"] > 1
     assert {line["response"]["body"]["routing"]["tier"] for line in output} == {"small", "large"}
+    assert all(IDS.made_for(line["response"]["body"]["routing"]["request_id"], "acme") for line in output)
 
 
 def test_killing_a_consumer_replica_mid_batch_still_answers_exactly_once(base_url: str, data_dir: Path) -> None:
@@ -285,6 +289,10 @@ def test_progressive_answer_by_polling_and_by_signed_webhook(base_url: str) -> N
     assert final["tier"] == "large" and [a["tier"] for a in final["attempts"]] == ["small", "large"]
     assert final["cost"] == pytest.approx(routing["cost"] + final["attempts"][1]["cost"]), "small + large"
     assert job["response"]["object"] == "chat.completion"
+    assert final["request_id"] == routing["request_id"] and IDS.made_for(routing["request_id"], "acme")
+    label = httpx.post(f"{base_url}/v1/feedback", headers=headers, json={"request_id": routing["request_id"],
+                                                                          "correct": True})
+    assert label.status_code == 202, label.text
     while not Receiver.received:
         assert time.monotonic() < deadline, "the webhook was not called"
         time.sleep(0.1)

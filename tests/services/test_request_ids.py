@@ -1,27 +1,36 @@
-"""Signed request ids (pure functions, no Ray): who made a request is read from its id."""
+"""Signed request ids (pure functions, no Ray): who made a request, and when, is read from its id."""
 
 from __future__ import annotations
 
 import pytest
 
-from services.request_ids import RANDOM_HEX, SIGNATURE_HEX, RequestIds
+from services.request_ids import SIGNED_LENGTH, RequestIds
 from services.settings import load_service_settings
 
-IDS = RequestIds(b"a secret of sixteen bytes or more")
+WEEK = 7 * 24 * 3600
+NOW = 1_800_000_000.0
+IDS = RequestIds(b"a secret of sixteen bytes or more", WEEK, clock=lambda: NOW)
 
 
 def test_an_id_is_made_for_its_tenant_only() -> None:
     made = IDS.new("acme")
-    assert len(made) == RANDOM_HEX + SIGNATURE_HEX and made != IDS.new("acme")
+    assert len(made) == SIGNED_LENGTH and RequestIds.signed_shape(made) and made != IDS.new("acme")
     assert IDS.made_for(made, "acme")
     assert not IDS.made_for(made, "globex"), "another tenant"
-    assert not RequestIds(b"another secret of sixteen bytes").made_for(made, "acme"), "another service's secret"
+    other = RequestIds(b"another secret of sixteen bytes", WEEK, clock=lambda: NOW)
+    assert not other.made_for(made, "acme"), "another service's secret"
+
+
+def test_an_id_is_labelled_for_its_max_age_only() -> None:
+    made = IDS.new("acme")
+    assert RequestIds(IDS.secret, WEEK, clock=lambda: NOW + WEEK).made_for(made, "acme")
+    assert not RequestIds(IDS.secret, WEEK, clock=lambda: NOW + WEEK + 1).made_for(made, "acme")
 
 
 @pytest.mark.parametrize("forged", [
-    "0" * (RANDOM_HEX + SIGNATURE_HEX),  # the right shape
-    "nope", "",  # too short
-    "é" * (RANDOM_HEX + SIGNATURE_HEX),  # not ASCII: refused, not a TypeError from compare_digest
+    "0" * SIGNED_LENGTH,  # the right shape
+    "nope", "", "0" * 32,  # other shapes (32: a uuid4's hex, as unsigned ids are)
+    "é" * SIGNED_LENGTH, "G" * SIGNED_LENGTH,  # not hex
 ])
 def test_an_id_it_did_not_make_is_refused(forged: str) -> None:
     assert not IDS.made_for(forged, "acme")
@@ -29,16 +38,25 @@ def test_an_id_it_did_not_make_is_refused(forged: str) -> None:
 
 def test_a_changed_character_is_refused() -> None:
     made = IDS.new("acme")
-    for position in (0, RANDOM_HEX - 1, RANDOM_HEX, len(made) - 1):
+    for position in range(len(made)):
         changed = made[:position] + ("1" if made[position] != "1" else "2") + made[position + 1:]
         assert not IDS.made_for(changed, "acme"), position
 
 
-def test_signed_ids_turn_the_feedback_logs_owner_keys_off() -> None:
-    assert load_service_settings().feedback.owner_keys
-    assert RequestIds.signing_with(None) is None
+def test_the_secret_stays_out_of_reprs() -> None:
+    secret = "x" * 16
+    assert secret not in repr(load_service_settings(server={"request_id_secret": secret}).server)
+    assert secret not in repr(RequestIds(secret.encode(), WEEK))
+
+
+def test_signed_ids_turn_the_feedback_logs_owner_keys_off_unless_set() -> None:
+    plain = load_service_settings()
+    assert plain.for_router().feedback.owner_keys is None and RequestIds.signing_with(None, WEEK) is None
     signed = load_service_settings(server={"request_id_secret": "x" * 16})
-    assert not signed.feedback.owner_keys
-    assert RequestIds.signing_with(signed.server.request_id_secret) == RequestIds(b"x" * 16)
+    assert signed.for_router().feedback.owner_keys is False and signed.feedback.owner_keys is None
+    assert "feedback" not in signed.model_dump(exclude_unset=True), "nothing written back into the settings"
+    switching = load_service_settings(server={"request_id_secret": "x" * 16}, feedback={"owner_keys": True})
+    assert switching.for_router().feedback.owner_keys is True
+    assert RequestIds.signing_with(signed.server.request_id_secret, WEEK) == RequestIds(b"x" * 16, WEEK)
     with pytest.raises(ValueError, match="request_id_secret"):
         load_service_settings(server={"request_id_secret": "short"})

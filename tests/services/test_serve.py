@@ -85,8 +85,8 @@ def guarded(redis_url: str) -> CascadeSettings:
 
 
 def signed(redis_url: str) -> CascadeSettings:
-    """``guarded``, its request ids signed (``server.request_id_secret``; the replica's settings, validated
-    again, turn the feedback log's owner keys off)."""
+    """``guarded``, its request ids signed (``server.request_id_secret``; its router's feedback log then
+    stores no owner keys)."""
     settings = guarded(redis_url)
     return settings.model_copy(update={"server": settings.server.model_copy(update={"request_id_secret": ID_SECRET})})
 
@@ -383,8 +383,8 @@ def test_signed_request_ids_carry_their_tenant_and_store_no_owner(base_url: str,
     a = {"Authorization": "Bearer key-a"}
     ids = {app: httpx.post(f"{base_url}/{app}/v1/completions", json={"prompt": "an easy one"}, headers=a).json()
            ["routing"]["request_id"] for app in ("signed", "guarded")}
-    assert RequestIds(ID_SECRET.encode()).made_for(ids["signed"], "a")
-    assert not RequestIds(ID_SECRET.encode()).made_for(ids["guarded"], "a")
+    assert RequestIds(ID_SECRET.encode(), 3600).made_for(ids["signed"], "a")
+    assert not RequestIds(ID_SECRET.encode(), 3600).made_for(ids["guarded"], "a")
     store = redis.Redis.from_url(redis_url)
     deadline = time.monotonic() + 10
     while not set(ids.values()) <= {orjson.loads(fields[b"data"])["request_id"]
