@@ -156,6 +156,7 @@ class RouterIngress:
             limited and self.breaker is not None and self.settings.redis_url) else None
         self._owners: OrderedDict[str, str] = OrderedDict()
         self.request_ids = RequestIds.signing_with(server.request_id_secret, self.settings.feedback.owner_ttl_s)
+        self._owner_keys = self.router.feedback is not None and self.router.feedback.config.owner_keys is not False
         freeze_start_up_heap(server.gc_threshold)
 
     async def _admit(self, tenant: str) -> None:
@@ -405,11 +406,14 @@ class RouterIngress:
         return {"accepted": True, "request_id": request.request_id, "buffered": not stored}
 
     async def _owner(self, request_id: str, caller: str, log_: FeedbackLog) -> str | None:
-        """The tenant that made ``request_id``, if known: ``caller`` if the id is signed for the caller, else,
-        for an id of another shape (unsigned), the tenant remembered here or stored in the feedback log (503
-        if unreachable)."""
+        """The tenant that made ``request_id``, if known: ``caller`` if the id is signed for the caller; else
+        the tenant remembered here or stored in the feedback log (503 if unreachable), for an unsigned id, or
+        a signed one while the log stores owners (``feedback.owner_keys: true``: rotating the secret)."""
         if self.request_ids is not None and self.request_ids.signed_shape(request_id):
-            return caller if self.request_ids.made_for(request_id, caller) else None
+            if self.request_ids.made_for(request_id, caller):
+                return caller
+            if not self._owner_keys:  # no owner is stored for an id of this shape: another secret's, or forged
+                return None
         owner = self._owners.get(request_id)
         if owner is not None:
             return owner

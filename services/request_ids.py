@@ -6,7 +6,8 @@ consumer). A label is checked against the id alone, for ``feedback.owner_ttl_s``
 no owner is stored per request (a Redis key each, about 150 bytes: 9 GB at 100 requests per second
 over the default week), and a label is taken, and buffered, while Redis is down. An id of another
 shape (made before the secret was set, or by a replica without it) is checked by its stored owner, as
-before; another secret disowns the ids made under the old one.
+before; so is a signed id not signed for the caller while ``feedback.owner_keys`` is true (owners kept
+while changing the secret). Otherwise another secret disowns the ids signed under the old one.
 """
 
 from __future__ import annotations

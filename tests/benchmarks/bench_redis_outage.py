@@ -43,12 +43,13 @@ async def latencies(router: Router, n: int, label: str) -> np.ndarray:
 
 
 async def alternating(first: Router, second: Router, n: int, label: str) -> tuple[np.ndarray, np.ndarray]:
-    """``latencies`` of two routers, request by request in turn: the machine's speed swings over runs of
-    a few hundred requests here (the same path's p50 from 0.21 to 0.46 ms), and a swing between two runs
-    moved their ratio by 0.2."""
+    """``latencies`` of two routers, request by request in turn (``first`` first at even requests, second
+    at odd ones): the machine's speed swings over runs of a few hundred requests here (the same path's p50
+    from 0.21 to 0.46 ms), and a swing between two runs moved their ratio by 0.2."""
     ms = np.empty((2, n))
     for i in range(n):
-        for row, router in enumerate((first, second)):
+        for row in (0, 1) if i % 2 == 0 else (1, 0):
+            router = (first, second)[row]
             started = time.perf_counter()
             await router.route([Query(prompt=f"easy {label} question {i}")])
             ms[row, i] = (time.perf_counter() - started) * 1000

@@ -449,9 +449,12 @@ async def test_a_cancelled_feedback_write_puts_its_records_back() -> None:
         assert not await log.append([outcome_record("late", "t", correct=True)]) and log.dropped == 6
 
 
-async def test_closing_the_feedback_log_waits_for_the_write_under_way(tmp_path: Path) -> None:
+@pytest.mark.parametrize("late", [False, True], ids=["under-way", "and-one-starting-as-it-ends"])
+async def test_closing_the_feedback_log_waits_for_the_writes_under_way(tmp_path: Path, late: bool) -> None:
     """A write under way when the log closes (Redis frozen for 300 ms of a 2 s timeout) ends before the
-    client disconnects: its records reach the stream, none is dropped."""
+    client disconnects; so does, with ``late``, one that the same task starts in the step the first ends
+    (nothing awaited between: before the closing task resumes). Their records reach the stream, in
+    order, and none is dropped."""
     server = LocalRedis(port=free_port(), state_dir=tmp_path)
     url, pid = server.start(), server.pid()
     assert pid is not None
@@ -459,10 +462,16 @@ async def test_closing_the_feedback_log_waits_for_the_write_under_way(tmp_path: 
         log = FeedbackLog(url, FeedbackConfig(stream="test:close"),
                           breaker=RedisBreaker(BreakerConfig(background_timeout_ms=2000)))
         assert await log.append([outcome_record("first", "t", correct=True)])
+
+        async def writes() -> list[bool]:
+            done = [await log.append([outcome_record(f"r{i}", "t", correct=True) for i in range(5)])]
+            if late:
+                done.append(await log.append([outcome_record("late", "t", correct=True)]))
+            return done
+
         os.kill(pid, signal.SIGSTOP)
         try:
-            records = [outcome_record(f"r{i}", "t", correct=True) for i in range(5)]
-            writing = asyncio.create_task(log.append(records))
+            writing = asyncio.create_task(writes())
             await asyncio.sleep(0.05)
             closing = asyncio.create_task(log.close())
             await asyncio.sleep(0.3)
@@ -470,10 +479,11 @@ async def test_closing_the_feedback_log_waits_for_the_write_under_way(tmp_path: 
         finally:
             os.kill(pid, signal.SIGCONT)
         await closing
-        assert await writing and log.dropped == 0 and log.buffered == 0
+        assert await writing == ([True, True] if late else [True])
+        assert log.dropped == 0 and log.buffered == 0
         stream = redis.Redis.from_url(url).xrange("test:close")
         written = [orjson.loads(fields[b"data"])["request_id"] for _, fields in stream]
-        assert written == ["first", *(f"r{i}" for i in range(5))]
+        assert written == ["first", *(f"r{i}" for i in range(5)), *(["late"] if late else [])]
     finally:
         server.stop()
 
