@@ -143,7 +143,8 @@ class ServerConfig(BaseModel):
     request_id_secret: str | None = Field(default=None, min_length=16, repr=False, description=(
         "sign request ids with this key (HMAC) so that a feedback label's tenant is checked by the id alone, "
         "for feedback.owner_ttl_s, with no owner stored per request in Redis (services/request_ids.py); the "
-        "same for every replica; another key refuses the labels of the ids made under this one"))
+        "same for every replica; another key refuses the labels of the ids signed under this one, unless "
+        "feedback.owner_keys kept their owners"))
     tenants: dict[str, TenantConfig] = Field(
         default_factory=dict, description="no tenants: every request is the 'default' tenant, no key needed")
     profiles: dict[str, RoutingProfile] = Field(
