@@ -155,7 +155,7 @@ class RouterIngress:
         self.rate = RateLimiter(self.settings.redis_url, self.breaker) if (
             limited and self.breaker is not None and self.settings.redis_url) else None
         self._owners: OrderedDict[str, str] = OrderedDict()
-        self.request_ids = RequestIds.signing_with(server.request_id_secret, self.settings.feedback.owner_ttl_s)
+        self.request_ids = RequestIds.of(self.settings)
         self._owner_keys = self.router.feedback is not None and self.router.feedback.config.owner_keys is not False
         freeze_start_up_heap(server.gc_threshold)
 

@@ -18,6 +18,10 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from services.settings import CascadeSettings
 
 TIME_HEX = 8  # seconds since the epoch
 RANDOM_HEX = 16  # 64 random bits: ids of one second are distinct with near certainty at any load
@@ -35,10 +39,11 @@ class RequestIds:
     clock: Callable[[], float] = time.time
 
     @classmethod
-    def signing_with(cls, secret: str | None, max_age_s: int) -> RequestIds | None:
-        """The ids signed with ``secret`` (``server.request_id_secret``), labelled for ``max_age_s``; None
-        without a secret."""
-        return cls(secret.encode(), max_age_s) if secret is not None else None
+    def of(cls, settings: CascadeSettings) -> RequestIds | None:
+        """The service's ids: signed with ``server.request_id_secret``, labelled for ``feedback.owner_ttl_s``;
+        None without a secret."""
+        secret = settings.server.request_id_secret
+        return cls(secret.encode(), settings.feedback.owner_ttl_s) if secret is not None else None
 
     def _signature(self, unsigned: str, tenant: str) -> bytes:
         mac = hmac.new(self.secret, f"{unsigned}:{tenant}".encode(), hashlib.sha256)

@@ -62,8 +62,7 @@ class RoutingConsumer:
                                    with_redis=True, engines=engines)
         self.store = BatchStore(self.settings.redis_url)
         self.tenants = TenantDirectory(self.settings.server, [t.name for t in self.settings.tiers])
-        self.request_ids = RequestIds.signing_with(self.settings.server.request_id_secret,
-                                                   self.settings.feedback.owner_ttl_s)
+        self.request_ids = RequestIds.of(self.settings)
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, name="consumer-loop", daemon=True).start()
         self._deliveries: set[concurrent.futures.Future[None]] = set()

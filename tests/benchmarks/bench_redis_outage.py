@@ -32,14 +32,16 @@ from tests.cascade.test_redis import two_tier_router
 from tests.conftest import free_port
 
 
+async def request_ms(router: Router, prompt: str) -> float:
+    """Milliseconds of one single-query request."""
+    started = time.perf_counter()
+    await router.route([Query(prompt=prompt)])
+    return (time.perf_counter() - started) * 1000
+
+
 async def latencies(router: Router, n: int, label: str) -> np.ndarray:
     """Milliseconds per single-query request, one after another."""
-    out = np.empty(n)
-    for i in range(n):
-        started = time.perf_counter()
-        await router.route([Query(prompt=f"easy {label} question {i}")])
-        out[i] = (time.perf_counter() - started) * 1000
-    return out
+    return np.array([await request_ms(router, f"easy {label} question {i}") for i in range(n)])
 
 
 async def alternating(first: Router, second: Router, n: int, label: str) -> tuple[np.ndarray, np.ndarray]:
@@ -49,10 +51,7 @@ async def alternating(first: Router, second: Router, n: int, label: str) -> tupl
     ms = np.empty((2, n))
     for i in range(n):
         for row in (0, 1) if i % 2 == 0 else (1, 0):
-            router = (first, second)[row]
-            started = time.perf_counter()
-            await router.route([Query(prompt=f"easy {label} question {i}")])
-            ms[row, i] = (time.perf_counter() - started) * 1000
+            ms[row, i] = await request_ms((first, second)[row], f"easy {label} question {i}")
     return ms[0], ms[1]
 
 

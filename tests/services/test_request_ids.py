@@ -51,12 +51,12 @@ def test_the_secret_stays_out_of_reprs() -> None:
 
 def test_signed_ids_turn_the_feedback_logs_owner_keys_off_unless_set() -> None:
     plain = load_service_settings()
-    assert plain.for_router().feedback.owner_keys is None and RequestIds.signing_with(None, WEEK) is None
+    assert plain.for_router().feedback.owner_keys is None and RequestIds.of(plain) is None
     signed = load_service_settings(server={"request_id_secret": "x" * 16})
     assert signed.for_router().feedback.owner_keys is False and signed.feedback.owner_keys is None
     assert "feedback" not in signed.model_dump(exclude_unset=True), "nothing written back into the settings"
     switching = load_service_settings(server={"request_id_secret": "x" * 16}, feedback={"owner_keys": True})
     assert switching.for_router().feedback.owner_keys is True
-    assert RequestIds.signing_with(signed.server.request_id_secret, WEEK) == RequestIds(b"x" * 16, WEEK)
+    assert RequestIds.of(signed) == RequestIds(b"x" * 16, signed.feedback.owner_ttl_s)
     with pytest.raises(ValueError, match="request_id_secret"):
         load_service_settings(server={"request_id_secret": "short"})
