@@ -145,11 +145,11 @@ class RouterIngress:
             max_concurrent_batches=server.batches_in_flight())(self.router.begin)
         self._recorder = TrailRecorder(self.router.record)
         self._in_flight = 0
+        self.breaker = self.router.feedback.breaker if self.router.feedback is not None else None
         redis_url = self.settings.redis_url if server.use_redis and self.settings.queue.enabled else None
-        self.batches = BatchApi(self.settings, redis_url) if redis_url else None
+        self.batches = BatchApi(self.settings, redis_url, self.breaker) if redis_url else None
         self._sweeper = asyncio.create_task(self.batches.sweep_stalled_batches()) if self.batches else None
         self._records = self.router.cache is not None or self.router.feedback is not None
-        self.breaker = self.router.feedback.breaker if self.router.feedback is not None else None
         limited = server.rate_limit_per_minute is not None or any(
             t.rate_limit_per_minute is not None for t in server.tenants.values())
         self.rate = RateLimiter(self.settings.redis_url, self.breaker) if (
@@ -299,16 +299,21 @@ class RouterIngress:
 
     async def _progressive_stream(self, answer: RoutedAnswer, routing: dict[str, Any],
                                   job_id: str) -> AsyncIterator[bytes]:
-        """The provisional answer's events, then one event with the final answer when its job is done."""
+        """The provisional answer's events, then the job's event: its final answer once done, or (after
+        ``queue.stream_wait_s``) the job still ``running``, to be fetched from ``GET /v1/jobs/{id}``. A
+        Redis fault while it waits ends nothing: it polls on."""
         for event in chat_stream(answer, routing, done=False):
             yield event
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            job = await self._batches().completed_job(job_id)
-            if job is not None:
-                yield job_event(job)
-                break
-            await asyncio.sleep(0.25)
+        deadline = time.monotonic() + self.settings.queue.stream_wait_s
+        job: dict[str, Any] | None = None
+        while job is None and time.monotonic() < deadline:
+            try:
+                job = await self._batches().completed_job(job_id)
+            except (redis.RedisError, OSError):
+                job = None  # Redis down: the job cannot finish either; poll on (a skip by the breaker is free)
+            if job is None:
+                await asyncio.sleep(0.25)
+        yield job_event(job if job is not None else {"id": job_id, "status": "running", "response": None})
         yield DONE
 
     @api.post("/v1/completions", responses={

@@ -107,6 +107,9 @@ class QueueConfig(BaseModel):
     route_attempts: int = Field(default=3, ge=1, description="tries for lines whose every tier failed")
     retry_backoff_s: float = Field(default=0.5, ge=0.0)
     webhook_timeout_s: float = Field(default=5.0, gt=0, description="per webhook delivery attempt")
+    stream_wait_s: float = Field(default=600.0, gt=0, description=(
+        "how long a progressive stream waits for its final answer before its last event says the job is still "
+        "running (then: GET /v1/jobs/{id})"))
     webhook_attempts: int = Field(default=3, ge=1, description="webhook deliveries tried, with backoff")
     visibility_timeout_s: int = Field(default=600, ge=1,
                                       description="a task not acknowledged this long (its replica died) runs again")

@@ -21,6 +21,7 @@ from services.batch.schema import custom_ids as parse_custom_ids
 
 PREFIX = "cascade:batchapi"
 TERMINAL = {"completed", "failed", "cancelled", "expired"}
+SOCKET_TIMEOUT_S = 10.0  # the longest a store call waits for Redis to read or answer
 
 
 def new_id(kind: str) -> str:
@@ -69,7 +70,8 @@ class BatchStore:
     redis_url: str
 
     def __post_init__(self) -> None:
-        self.client: Any = redis.Redis.from_url(self.redis_url, socket_timeout=10)  # redis-py's stubs mix sync|async
+        # Any: redis-py's stubs mix sync and async
+        self.client: Any = redis.Redis.from_url(self.redis_url, socket_timeout=SOCKET_TIMEOUT_S)
         self._finish_chunk = self.client.register_script(FINISH_CHUNK)
 
     def _key(self, *parts: str) -> str:

@@ -21,8 +21,8 @@ import httpx
 import openai
 import orjson
 import pytest
-import redis
 
+from cascade.breaker import CircuitOpenError, RedisFaultError
 from cascade.local_redis import LocalRedis
 from pipelines.datasets import load_qa
 from services.batch.api import BatchApi
@@ -359,13 +359,16 @@ def test_a_cancel_that_comes_after_the_batch_finished_keeps_its_final_status(red
     assert not store.update_batch("batch-missing", status="cancelling")
 
 
-async def test_job_polls_while_redis_is_frozen_leave_the_shared_threads_free(tmp_path: Path) -> None:
-    """Polls of a job while Redis accepts and never answers (SIGSTOP; a partitioned network) each hold
-    a thread up to the store's socket timeout; they hold the Batch API's own threads, never
-    ``asyncio.to_thread``'s, which the ingress embeds questions on for every tenant."""
+async def test_job_polls_while_redis_is_frozen_fail_fast_and_leave_the_shared_threads_free(tmp_path: Path) -> None:
+    """Redis accepts and never answers (SIGSTOP; a partitioned network): the first poll of a job is a
+    fault at the breaker's background timeout, not the store's 10 s socket timeout; the polls during
+    the cool-down fail at once and hold no thread; the thread the first one holds is the Batch API's
+    own, never ``asyncio.to_thread``'s, which the ingress embeds questions on for every tenant. After
+    the cool-down, polls reach Redis again."""
     server = LocalRedis(port=free_port(), state_dir=tmp_path)
     try:
-        api = BatchApi(load_service_settings(redis_url=server.start()), server.url)
+        settings = load_service_settings(redis_url=server.start(), redis_breaker={"cooldown_s": 1.0})
+        api = BatchApi(settings, server.url)
         job_id = new_id("job")
         with pytest.raises(ApiError, match="no job"):
             await api.job(job_id, "acme")
@@ -374,14 +377,23 @@ async def test_job_polls_while_redis_is_frozen_leave_the_shared_threads_free(tmp
         assert pid is not None
         os.kill(pid, signal.SIGSTOP)
         try:
-            polls = [asyncio.create_task(api.job(job_id, "acme")) for _ in range(shared_threads + 2)]
-            await asyncio.sleep(0.5)
+            began = time.monotonic()
+            with pytest.raises(RedisFaultError, match="no answer within 1000 ms"):
+                await api.job(job_id, "acme")
+            assert time.monotonic() - began < 2.0
+            began = time.monotonic()
+            polls = await asyncio.gather(*(api.job(job_id, "acme") for _ in range(shared_threads + 2)),
+                                         return_exceptions=True)
+            assert all(isinstance(p, CircuitOpenError) for p in polls), polls
+            assert time.monotonic() - began < 0.5
             began = time.monotonic()
             assert await asyncio.wait_for(asyncio.to_thread(lambda: "free"), timeout=5) == "free"
             assert time.monotonic() - began < 1.0
         finally:
             os.kill(pid, signal.SIGCONT)
-        outcomes = await asyncio.gather(*polls, return_exceptions=True)
-        assert all(isinstance(o, (ApiError, redis.RedisError)) for o in outcomes), outcomes
+        await asyncio.sleep(1.1)
+        with pytest.raises(ApiError, match="no job"):
+            await api.job(job_id, "acme")
+        assert api.breaker.state == "closed" and api.breaker.skipped == shared_threads + 2
     finally:
         server.stop()
