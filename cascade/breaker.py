@@ -1,11 +1,11 @@
 """A circuit breaker in front of Redis: an outage costs one short timeout, then no calls at all.
 
-Every Redis call of the cache, the feedback log, the live thresholds, the rate limiter and the
-ingress's Batch API and progressive jobs goes through one breaker per process. A call that fails
+Every Redis call of the cache, the feedback log, the live thresholds and the rate limiter goes
+through one breaker per process (the ingress's Batch API has one of its own). A call that fails
 or does not answer within ``timeout_ms`` opens the circuit for ``cooldown_s``: callers then skip
-Redis at once (the cache is off, feedback is buffered, limits are not enforced, batch and job calls
-are a 503) without attempting a call. After the cool-down one call probes Redis; success closes
-the circuit, failure opens it for another cool-down.
+Redis at once (the cache is off, feedback is buffered, limits are not enforced) without attempting
+a call. After the cool-down one call probes Redis; success closes the circuit, failure opens it
+for another cool-down.
 """
 
 from __future__ import annotations
@@ -71,13 +71,20 @@ class RedisBreaker:
         self.skipped += 1
         return False
 
+    def check(self) -> None:
+        """Raise ``CircuitOpenError`` (a skip) while the circuit is open: for a caller that waits before it calls."""
+        if self.state == "open" and not self.allow():
+            raise self._refusal()
+
+    def _refusal(self) -> CircuitOpenError:
+        return CircuitOpenError(f"Redis skipped for {self.config.cooldown_s:g} s after a fault: {self.last_error}")
+
     async def call(self, operation: Callable[[], Awaitable[T]], *, background: bool = False,
                    timeout_s: float | None = None) -> T:
-        """Run ``operation`` within the timeout (``RedisFaultError`` if it fails or times out); raise
-        ``CircuitOpenError`` without calling it while the circuit is open. ``timeout_s`` replaces the
-        configured timeout for a call that moves more than a request's worth of data (a file)."""
+        """Run ``operation`` within the timeout, or ``timeout_s`` in its place (``RedisFaultError`` if it
+        fails or times out); raise ``CircuitOpenError`` without calling it while the circuit is open."""
         if not self.allow():
-            raise CircuitOpenError(f"Redis skipped for {self.config.cooldown_s:g} s after a fault: {self.last_error}")
+            raise self._refusal()
         probe = self.state == "half-open"
         self._probing = self._probing or probe
         timeout = timeout_s if timeout_s is not None else (

@@ -147,7 +147,7 @@ class RouterIngress:
         self._in_flight = 0
         self.breaker = self.router.feedback.breaker if self.router.feedback is not None else None
         redis_url = self.settings.redis_url if server.use_redis and self.settings.queue.enabled else None
-        self.batches = BatchApi(self.settings, redis_url, self.breaker) if redis_url else None
+        self.batches = BatchApi(self.settings, redis_url) if redis_url else None
         self._sweeper = asyncio.create_task(self.batches.sweep_stalled_batches()) if self.batches else None
         self._records = self.router.cache is not None or self.router.feedback is not None
         limited = server.rate_limit_per_minute is not None or any(
@@ -266,7 +266,7 @@ class RouterIngress:
                 "id": job_id, "object": "cascade.job", "tenant": provisional.tenant, "status": "running",
                 "created_at": int(time.time()), "shape": shape, "trail": rest.model_dump(mode="json"),
                 "provisional": response_of(shape, provisional, routing)})
-        except (redis.RedisError, OSError) as error:
+        except (redis.RedisError, OSError, ApiError) as error:
             log.warning("progressive job not queued, finishing in the request: %s", error)
             [outcome] = await self.router.answer([rest], record=self._record_later)
             if outcome.answer is None:
@@ -436,6 +436,7 @@ class RouterIngress:
         status = "ok" if all(ready) else "degraded" if any(ready) else "down"
         body = {"status": status, "pools": pools, "cache": self.router.cache is not None,
                 "redis": self.breaker.status() if self.breaker is not None else None,
+                "batch_store": self.batches.calls.breaker.status() if self.batches is not None else None,
                 "feedback_buffered": self._buffered(), "controller": await self._controller_status()}
         return JSONResponse(body, status_code=503 if status == "down" else 200)
 

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import codecs
-import contextvars
 import functools
 import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import redis
@@ -20,12 +18,13 @@ from cascade.breaker import RedisBreaker
 from services.batch.queue import TaskQueue
 from services.batch.schema import ENDPOINTS, BatchCreate, batch_object, custom_ids
 from services.batch.store import SOCKET_TIMEOUT_S, TERMINAL, BatchStore, is_id, new_id
+from services.batch.threads import StoreCalls
 from services.openai_api import ApiError
 from services.settings import CascadeSettings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-STORE_THREADS = 8  # the Batch API's own threads for its Redis and broker calls (see BatchApi._run)
+CHUNKS_PER_CALL = 100  # chunks a batch's queueing enqueues per call on a store thread
 
 
 def public(record: dict[str, Any]) -> dict[str, Any]:
@@ -36,34 +35,23 @@ def public(record: dict[str, Any]) -> dict[str, Any]:
 class BatchApi:
     """Files, batches and jobs of one server, scoped by tenant: another tenant's id is a 404."""
 
-    def __init__(self, settings: CascadeSettings, redis_url: str, breaker: RedisBreaker | None = None) -> None:
+    def __init__(self, settings: CascadeSettings, redis_url: str) -> None:
         self.settings = settings
         self.store = BatchStore(redis_url)
         self.tasks = TaskQueue(settings)
-        self.breaker = breaker if breaker is not None else RedisBreaker(settings.redis_breaker)
-        self._threads = ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="cascade-batch-store")
+        self.calls = StoreCalls(RedisBreaker(settings.redis_breaker))
 
     async def _run(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """A synchronous store or queue call on this API's own threads, through the Redis breaker
-        within its background timeout (see ``_call``)."""
-        return await self._call(functools.partial(function, *args, **kwargs), None)
+        """A store or queue call within the breaker's background timeout (see ``StoreCalls``)."""
+        timeout_s = self.settings.redis_breaker.background_timeout_ms / 1000
+        return await self.calls.run(functools.partial(function, *args, **kwargs), timeout_s)
 
-    async def _run_bulk(self, function: Callable[..., T], *args: Any) -> T:
-        """The same for a call that moves a whole file, within the store's socket timeout."""
-        return await self._call(functools.partial(function, *args), SOCKET_TIMEOUT_S)
-
-    async def _call(self, function: Callable[[], T], timeout_s: float | None) -> T:
-        """Run ``function`` on this API's own threads, in the caller's context (its trace), through the
-        breaker (the process's, shared with the cache and the feedback log, when the ingress has one).
-        A Redis that stops answering holds a thread up to the store's socket timeout (the broker's
-        longer); on ``asyncio.to_thread``'s shared pool a few polls of a job would hold every thread the
-        ingress embeds questions on, for all tenants. The breaker answers the caller at its timeout,
-        and after a fault skips Redis for its cool-down: a ``RedisError`` at once (a 503, or a
-        progressive job finished in the request), no thread held."""
-        call = functools.partial(contextvars.copy_context().run, function)
-        loop = asyncio.get_running_loop()
-        return await self.breaker.call(lambda: loop.run_in_executor(self._threads, call), background=True,
-                                       timeout_s=timeout_s)
+    async def _run_long(self, function: Callable[..., T], *args: Any) -> T:
+        """A call that moves a whole file, or must not be repeated by a client that saw it time out,
+        within the store's socket timeout; after a fault, a PING probes Redis first."""
+        if self.calls.breaker.state == "half-open":
+            await self._run(self.store.ping)
+        return await self.calls.run(functools.partial(function, *args), SOCKET_TIMEOUT_S)
 
     async def create_file(self, tenant: str, filename: str, purpose: str, content: bytes) -> dict[str, Any]:
         if purpose != "batch":
@@ -76,7 +64,7 @@ class BatchApi:
         if lines > max_lines:
             raise ApiError(413, f"the file has {lines} lines; this server's limit is {max_lines} lines per file",
                            param="file", code="file_too_large")
-        return public(await self._run_bulk(self.store.save_file, tenant, filename, purpose, content))
+        return public(await self._run_long(self.store.save_file, tenant, filename, purpose, content))
 
     async def file(self, file_id: str, tenant: str) -> dict[str, Any]:
         meta = await self._run(self.store.file, file_id) if is_id("file", file_id) else None
@@ -86,7 +74,7 @@ class BatchApi:
 
     async def file_content(self, file_id: str, tenant: str) -> bytes:
         await self.file(file_id, tenant)
-        return await self._run_bulk(self.store.file_content, file_id) or b""
+        return await self._run_long(self.store.file_content, file_id) or b""
 
     async def create_batch(self, tenant: str, request: BatchCreate) -> dict[str, Any]:
         """Split the input file into chunks and queue them; the consumer routes each chunk as a batch."""
@@ -96,7 +84,7 @@ class BatchApi:
         if meta["purpose"] != "batch":
             raise ApiError(400, f"file {meta['id']} has purpose {meta['purpose']!r}, not 'batch'",
                            param="input_file_id")
-        content = await self._run_bulk(self.store.file_content, request.input_file_id) or b""
+        content = await self._run_long(self.store.file_content, request.input_file_id) or b""
         numbered = [(n, line) for n, line in enumerate(content.removeprefix(codecs.BOM_UTF8).splitlines(), start=1)
                     if line.strip()]  # a file saved with a byte order mark (Notepad, PowerShell) reads as without
         lines = [line for _, line in numbered]
@@ -110,12 +98,17 @@ class BatchApi:
             raise ApiError(400, f"custom_id values must be unique; repeated: {duplicates[:5]}", param="input_file_id")
         batch = batch_object(new_id("batch"), tenant, request, len(lines))
         chunks = -(-len(lines) // queue.chunk_size)
-        if not await self._run_bulk(self.store.create_batch, batch, lines, ids, chunks, queue.tenant_quota_lines):
+        if not await self._run_long(self.store.create_batch, batch, lines, ids, chunks, queue.tenant_quota_lines):
             raise ApiError(429, f"tenant {tenant!r} has more than {queue.tenant_quota_lines} lines queued; "
                                 "retry when some batches finish", kind="rate_limit_error", code="queue_full",
                            headers={"Retry-After": "60"})
-        for chunk in range(chunks):
-            await self._run(self.tasks.route_chunk, batch["id"], chunk)
+        try:  # in groups, each within the timeout (an enqueue costs about 1 ms on loopback, 3 round trips)
+            for first in range(0, chunks, CHUNKS_PER_CALL):
+                group = range(first, min(chunks, first + CHUNKS_PER_CALL))
+                await self._run_long(self.tasks.route_chunks, batch["id"], group)
+        except (redis.RedisError, ApiError) as error:  # the batch is stored: a client's retry would make another
+            log.warning("batch %s stored, its chunks not all queued (%s); the stalled-batch sweep queues them",
+                        batch["id"], error)
         return public(batch)
 
     async def batch(self, batch_id: str, tenant: str) -> dict[str, Any]:
@@ -137,7 +130,7 @@ class BatchApi:
     async def start_job(self, job: dict[str, Any]) -> None:
         """Store a progressive request's job (its trail checkpoint) and queue its finishing."""
         await self._run(self.store.save_job, job)
-        await self._run(self.tasks.finish_job, job["id"])
+        await self._run_long(self.tasks.finish_job, job["id"])
 
     async def job(self, job_id: str, tenant: str) -> dict[str, Any]:
         job = await self._run(self.store.job, job_id) if is_id("job", job_id) else None
@@ -162,6 +155,6 @@ class BatchApi:
                     for chunk in await self._run(self.store.stalled_chunks, batch_id, after):
                         log.warning("batch %s chunk %d made no progress for %.0f s; queueing it again",
                                     batch_id, chunk, after)
-                        await self._run(self.tasks.route_chunk, batch_id, chunk)
-            except (redis.RedisError, OSError) as error:
+                        await self._run(self.tasks.route_chunks, batch_id, [chunk])
+            except Exception as error:  # the sweep outlives every fault
                 log.warning("stalled-batch sweep skipped: %s", error)

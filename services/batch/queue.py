@@ -3,23 +3,31 @@ producer side the ingress uses to enqueue batch chunks and progressive jobs."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
+import redis
+from kombu.exceptions import KombuError
 from ray.serve.schema import CeleryAdapterConfig, TaskProcessorConfig
 
+from services.batch.store import SOCKET_TIMEOUT_S
 from services.settings import CascadeSettings
 
 
 def processor_config(settings: CascadeSettings) -> TaskProcessorConfig:
-    """Celery with Redis as broker and result backend; dead-letter queues for tasks that keep failing."""
+    """Celery with Redis as broker and result backend; dead-letter queues for tasks that keep failing; a
+    Redis that stops answering is a fault after the store's socket timeout (kombu's default: never)."""
     assert settings.redis_url is not None, "the task queue needs redis_url"
     queue = settings.queue
     return TaskProcessorConfig(
         queue_name=queue.queue_name,
         adapter_config=CeleryAdapterConfig(
             broker_url=settings.redis_url, backend_url=settings.redis_url,
-            broker_transport_options={"visibility_timeout": queue.visibility_timeout_s},
-            app_custom_config={"result_expires": 24 * 3600, "worker_hijack_root_logger": False},
+            broker_transport_options={"visibility_timeout": queue.visibility_timeout_s,
+                                      "socket_timeout": SOCKET_TIMEOUT_S, "socket_connect_timeout": SOCKET_TIMEOUT_S},
+            app_custom_config={"result_expires": 24 * 3600, "worker_hijack_root_logger": False,
+                               "redis_socket_timeout": SOCKET_TIMEOUT_S,
+                               "redis_socket_connect_timeout": SOCKET_TIMEOUT_S},
         ),
         max_retries=queue.max_retries,
         failed_task_queue_name=f"{queue.queue_name}-failed",
@@ -46,8 +54,17 @@ class TaskQueue:
 
         self.adapter = instantiate_adapter_from_config(processor_config(settings))
 
-    def route_chunk(self, batch_id: str, chunk: int) -> str:
-        return str(self.adapter.enqueue_task_sync("route_chunk", args=[batch_id, chunk]).id)
+    def _enqueue(self, task: str, args: list[Any]) -> str:
+        """The task's id; a broker or result-store fault is a ``redis.ConnectionError`` (Celery raises
+        kombu's errors, and a ``RuntimeError`` once its result store stops reconnecting)."""
+        try:
+            return str(self.adapter.enqueue_task_sync(task, args=args).id)
+        except (KombuError, OSError, RuntimeError) as error:
+            raise redis.ConnectionError(f"the task queue's broker: {type(error).__name__}: {error}") from error
+
+    def route_chunks(self, batch_id: str, chunks: Iterable[int]) -> None:
+        for chunk in chunks:
+            self._enqueue("route_chunk", [batch_id, chunk])
 
     def finish_job(self, job_id: str) -> str:
-        return str(self.adapter.enqueue_task_sync("finish_job", args=[job_id]).id)
+        return self._enqueue("finish_job", [job_id])

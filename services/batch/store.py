@@ -74,6 +74,9 @@ class BatchStore:
         self.client: Any = redis.Redis.from_url(self.redis_url, socket_timeout=SOCKET_TIMEOUT_S)
         self._finish_chunk = self.client.register_script(FINISH_CHUNK)
 
+    def ping(self) -> bool:
+        return bool(self.client.ping())
+
     def _key(self, *parts: str) -> str:
         return ":".join((PREFIX, *parts))
 
