@@ -309,8 +309,8 @@ class RouterIngress:
         while job is None and time.monotonic() < deadline:
             try:
                 job = await self._batches().completed_job(job_id)
-            except (redis.RedisError, OSError):
-                job = None  # Redis down: the job cannot finish either; poll on (a skip by the breaker is free)
+            except (redis.RedisError, OSError, ApiError):
+                job = None  # Redis down or the store's threads busy: poll on (a skip by the breaker is free)
             if job is None:
                 await asyncio.sleep(0.25)
         yield job_event(job if job is not None else {"id": job_id, "status": "running", "response": None})

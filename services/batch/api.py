@@ -25,6 +25,7 @@ from services.settings import CascadeSettings
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 CHUNKS_PER_CALL = 100  # chunks a batch's queueing enqueues per call on a store thread
+LONG_CALL_S = 4 * SOCKET_TIMEOUT_S + 5  # connect and up to three Redis steps (two publishes, a read)
 
 
 def public(record: dict[str, Any]) -> dict[str, Any]:
@@ -47,11 +48,12 @@ class BatchApi:
         return await self.calls.run(functools.partial(function, *args, **kwargs), timeout_s)
 
     async def _run_long(self, function: Callable[..., T], *args: Any) -> T:
-        """A call that moves a whole file, or must not be repeated by a client that saw it time out,
-        within the store's socket timeout; after a fault, a PING probes Redis first."""
+        """A call that moves a whole file, or that a client must not repeat after a timeout (storing a
+        batch, queueing), within ``LONG_CALL_S``: the socket timeouts end it first, so the caller learns
+        its outcome. After a fault, a PING probes Redis first."""
         if self.calls.breaker.state == "half-open":
             await self._run(self.store.ping)
-        return await self.calls.run(functools.partial(function, *args), SOCKET_TIMEOUT_S)
+        return await self.calls.run(functools.partial(function, *args), LONG_CALL_S)
 
     async def create_file(self, tenant: str, filename: str, purpose: str, content: bytes) -> dict[str, Any]:
         if purpose != "batch":
@@ -155,6 +157,6 @@ class BatchApi:
                     for chunk in await self._run(self.store.stalled_chunks, batch_id, after):
                         log.warning("batch %s chunk %d made no progress for %.0f s; queueing it again",
                                     batch_id, chunk, after)
-                        await self._run(self.tasks.route_chunks, batch_id, [chunk])
+                        await self._run_long(self.tasks.route_chunks, batch_id, [chunk])
             except Exception as error:  # the sweep outlives every fault
                 log.warning("stalled-batch sweep skipped: %s", error)

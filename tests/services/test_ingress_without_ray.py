@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import pytest
 from cascade.local_redis import LocalRedis
 from cascade.schemas import RoutedAnswer
 from services.batch.store import BatchStore, new_id
+from services.batch.threads import StoreCalls
 from services.ingress import RouterIngress
 from services.openai_api import DONE, ApiError, FeedbackRequest, routing_object
 from services.request_ids import RequestIds
@@ -142,5 +144,24 @@ async def test_a_progressive_stream_that_outwaits_its_job_says_it_is_still_runni
         assert orjson.loads(events[-2].removeprefix(b"data: ")) == {
             "object": "cascade.job", "id": "job-" + "0" * 24, "status": "running", "response": None}
     finally:
+        server.stop()
+        await RouterIngress.__del__(made)
+
+
+async def test_a_progressive_stream_whose_polls_find_the_store_busy_ends_saying_its_job_is_running(
+        tmp_path: Path) -> None:
+    server = LocalRedis(port=free_port(), state_dir=tmp_path)
+    made = await ingress(None, redis_url=server.start(), queue={"stream_wait_s": 1.5})
+    release = threading.Event()
+    try:
+        made.batches.calls = StoreCalls(made.batches.calls.breaker, threads=1)
+        held = asyncio.create_task(made.batches.calls.run(lambda: release.wait(10), timeout_s=10))
+        answer = provisional_answer("r3")
+        events = [e async for e in made._progressive_stream(answer, routing_object(answer), "job-" + "1" * 24)]
+        assert orjson.loads(events[-2].removeprefix(b"data: "))["status"] == "running" and events[-1] == DONE
+        release.set()
+        assert await held is True
+    finally:
+        release.set()
         server.stop()
         await RouterIngress.__del__(made)

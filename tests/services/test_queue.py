@@ -375,13 +375,13 @@ async def test_job_polls_while_redis_is_frozen_fail_fast_and_leave_the_shared_th
         job_id = new_id("job")
         with pytest.raises(ApiError, match="no job"):
             await api.job(job_id, "acme")
-        shared_threads = min(32, (os.cpu_count() or 1) + 4)  # asyncio.to_thread's pool
+        polled = max(min(32, (os.cpu_count() or 1) + 4), STORE_THREADS) + 3  # beyond asyncio.to_thread's pool too
         pid = server.pid()
         assert pid is not None
         os.kill(pid, signal.SIGSTOP)
         try:
             began = time.monotonic()
-            polls = [asyncio.create_task(api.job(job_id, "acme")) for _ in range(shared_threads + 2)]
+            polls = [asyncio.create_task(api.job(job_id, "acme")) for _ in range(polled)]
             await asyncio.sleep(0.3)
             held = [t.name for t in threading.enumerate() if t.name.startswith("cascade-batch-store")]
             assert len(held) == STORE_THREADS, held
