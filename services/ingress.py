@@ -145,11 +145,11 @@ class RouterIngress:
             max_concurrent_batches=server.batches_in_flight())(self.router.begin)
         self._recorder = TrailRecorder(self.router.record)
         self._in_flight = 0
-        self.breaker = self.router.feedback.breaker if self.router.feedback is not None else None
         redis_url = self.settings.redis_url if server.use_redis and self.settings.queue.enabled else None
         self.batches = BatchApi(self.settings, redis_url) if redis_url else None
         self._sweeper = asyncio.create_task(self.batches.sweep_stalled_batches()) if self.batches else None
         self._records = self.router.cache is not None or self.router.feedback is not None
+        self.breaker = self.router.feedback.breaker if self.router.feedback is not None else None
         limited = server.rate_limit_per_minute is not None or any(
             t.rate_limit_per_minute is not None for t in server.tenants.values())
         self.rate = RateLimiter(self.settings.redis_url, self.breaker) if (
