@@ -36,7 +36,11 @@ class BreakerConfig(BaseModel):
 
 
 class RedisFaultError(RedisError):
-    """A Redis call failed or did not answer in time; the circuit is now open."""
+    """A Redis call failed or did not answer in time; the circuit is now open, for ``retry_after_s`` more."""
+
+    def __init__(self, message: str, retry_after_s: float = 0.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class CircuitOpenError(RedisFaultError):
@@ -77,7 +81,14 @@ class RedisBreaker:
             raise self._refusal()
 
     def _refusal(self) -> CircuitOpenError:
-        return CircuitOpenError(f"Redis skipped for {self.config.cooldown_s:g} s after a fault: {self.last_error}")
+        return CircuitOpenError(f"Redis skipped for {self.config.cooldown_s:g} s after a fault: {self.last_error}",
+                                self.open_for_s())
+
+    def open_for_s(self) -> float:
+        """Seconds until the cool-down ends (0 when the circuit is not open)."""
+        if self._opened_at is None:
+            return 0.0
+        return max(0.0, self.config.cooldown_s - (self.clock() - self._opened_at))
 
     async def call(self, operation: Callable[[], Awaitable[T]], *, background: bool = False,
                    timeout_s: float | None = None) -> T:
@@ -95,7 +106,7 @@ class RedisBreaker:
                 result = await operation()
         except (RedisError, OSError, TimeoutError) as error:
             self._open(error, timeout)
-            raise RedisFaultError(f"Redis fault: {self.last_error}") from error
+            raise RedisFaultError(f"Redis fault: {self.last_error}", self.config.cooldown_s) from error
         finally:
             if probe:
                 self._probing = False

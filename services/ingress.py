@@ -13,6 +13,7 @@ import asyncio
 import email.message
 import json
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -29,6 +30,7 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
+from cascade.breaker import RedisFaultError
 from cascade.engines.base import InvalidInputError, PromptTooLongError
 from cascade.errors import public_message
 from cascade.factory import build_router
@@ -95,9 +97,11 @@ async def _api_error(request: Request, error: ApiError) -> JSONResponse:
 
 @api.exception_handler(redis.RedisError)
 async def _store_down(request: Request, error: redis.RedisError) -> JSONResponse:
+    """503; ``Retry-After`` is what is left of the store's breaker's cool-down (10 s without a breaker)."""
     message = f"the batch and job store (Redis) is unreachable: {type(error).__name__}"
+    wait = math.ceil(error.retry_after_s) if isinstance(error, RedisFaultError) else 10
     return JSONResponse(ApiError(503, message, kind="service_unavailable").body(), status_code=503,
-                        headers={"Retry-After": "10"})
+                        headers={"Retry-After": str(max(1, wait))})
 
 
 @api.exception_handler(StarletteHTTPException)

@@ -4,7 +4,9 @@ job chunks and finishes progressive answers through the same core router and mod
 Celery's adapter runs synchronous handlers on worker threads, acknowledges a task only when it
 finishes and requeues it when the replica dies (``acks_late``, ``reject_on_worker_lost``), so a
 task may run twice: every write it makes is idempotent (see ``BatchStore``). The router is async,
-so the handlers submit their routing to an event loop the replica keeps on its own thread.
+so the handlers submit their routing to an event loop the replica keeps on its own thread. A
+progressive job whose task Celery gives up on (``queue.max_retries`` spent) ends with its provisional
+answer as the final one, marked degraded, rather than staying ``running``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any, TypeVar
 
 import httpx
 import orjson
+from celery.signals import task_failure
 from ray.serve.task_consumer import task_handler
 
 from cascade.engines.base import InvalidInputError, PromptTooLongError
@@ -29,7 +32,7 @@ from cascade.factory import build_router
 from cascade.router import AllTiersFailedError, TrailCheckpoint
 from cascade.schemas import Query, RoutedAnswer
 from cascade.telemetry import configure_from_env
-from services.batch.schema import error_line, output_line, parse_line
+from services.batch.schema import error_line, given_up, output_line, parse_line
 from services.batch.store import TERMINAL, BatchStore
 from services.openai_api import response_of
 from services.pool_engine import tier_engines
@@ -66,6 +69,7 @@ class RoutingConsumer:
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, name="consumer-loop", daemon=True).start()
         self._deliveries: set[concurrent.futures.Future[None]] = set()
+        task_failure.connect(self._task_failed, dispatch_uid=f"cascade-consumer-{id(self)}")
 
     def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
@@ -173,6 +177,33 @@ class RoutingConsumer:
         if not self.store.complete_job(job_id, {"answer": answer.answer, "response": body}):
             return False
         self._webhook(job["tenant"], job_id, body)
+        return True
+
+    def _task_failed(self, sender: Any = None, args: Sequence[Any] | None = None,
+                     exception: BaseException | None = None, **_: Any) -> None:
+        """Celery's ``task_failure`` (a task's retries are spent): a ``finish_job`` task's job ends."""
+        if getattr(sender, "name", None) != "finish_job" or not args:
+            return
+        try:
+            self.give_up_job(str(args[0]), exception or RuntimeError("unknown error"))
+        except Exception as error:
+            log.error("job %s: its task failed for good and the job could not be ended either: %r", args[0], error)
+
+    def give_up_job(self, job_id: str, error: BaseException) -> bool:
+        """End a job whose finishing failed ``queue.max_retries + 1`` times with its provisional answer,
+        marked degraded, and deliver it as the final one; False if the job is done or gone."""
+        job = self.store.job(job_id)
+        if job is None or job.get("status") == "completed":
+            return False
+        tries = self.queue.max_retries + 1
+        log.error("job %s: finishing failed %d times (%r); its provisional answer is final", job_id, tries, error)
+        response = given_up(job.get("provisional") or {},
+                            f"finishing the escalation failed {tries} times ({public_message(error)})")
+        choice = (response.get("choices") or [{}])[0]
+        text = choice["text"] if "text" in choice else (choice.get("message") or {}).get("content")
+        if not self.store.complete_job(job_id, {"answer": text, "response": response}):
+            return False
+        self._webhook(job["tenant"], job_id, response)
         return True
 
     def _webhook(self, tenant: str, job_id: str, response: dict[str, Any]) -> None:

@@ -1,4 +1,5 @@
-"""OpenAI Batch API shapes: input lines to core queries, routed answers to output and error lines."""
+"""OpenAI Batch API shapes: input lines to core queries, routed answers to output and error lines, and a
+progressive job's final body when its finishing is given up."""
 
 from __future__ import annotations
 
@@ -137,3 +138,18 @@ def batch_object(batch_id: str, tenant: str, request: BatchCreate, total: int) -
             "cancelling_at": None, "cancelled_at": None,
             "request_counts": {"total": total, "completed": 0, "failed": 0},
             "metadata": request.metadata, "tenant": tenant}
+
+
+def given_up(provisional: dict[str, Any], reason: str) -> dict[str, Any]:
+    """A progressive job's final response when its escalation cannot be finished: the provisional
+    response, no longer provisional, marked degraded, with ``reason`` added to its routing's."""
+
+    def final(routing: dict[str, Any]) -> dict[str, Any]:
+        said = routing.get("reason")
+        return {**routing, "provisional": False, "degraded": True,
+                "reason": f"{said}; {reason}" if said else reason}
+
+    body = {**provisional, "routing": final(provisional.get("routing") or {})}
+    if provisional.get("routings"):
+        body["routings"] = [body["routing"], *provisional["routings"][1:]]
+    return body

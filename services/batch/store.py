@@ -52,6 +52,27 @@ return {written, 0}
 """
 
 
+# A new batch, atomically: refused (0) if the tenant's queued lines would pass the quota, else counted
+# there and stored whole, its lines and ids pushed 1,000 at a time (Lua's unpack limit), and made
+# active (1). One step, so no fault between two writes leaves a count without its batch.
+CREATE_BATCH = """
+local count, first = tonumber(ARGV[1]), 7
+if tonumber(redis.call('GET', KEYS[1]) or '0') + count > tonumber(ARGV[2]) then return 0 end
+redis.call('INCRBY', KEYS[1], count)
+redis.call('SET', KEYS[2], ARGV[3])
+for list = 3, 4 do
+  for start = first, first + count - 1, 1000 do
+    redis.call('RPUSH', KEYS[list], unpack(ARGV, start, math.min(start + 999, first + count - 1)))
+  end
+  first = first + count
+end
+redis.call('SET', KEYS[5], ARGV[5])
+redis.call('SET', KEYS[6], ARGV[6])
+redis.call('SADD', KEYS[7], ARGV[4])
+return 1
+"""
+
+
 @dataclass(frozen=True)
 class ChunkView:
     """What routing one chunk reads: the batch, its lines and their ids, and which are answered."""
@@ -73,6 +94,7 @@ class BatchStore:
         # Any: redis-py's stubs mix sync and async
         self.client: Any = redis.Redis.from_url(self.redis_url, socket_timeout=SOCKET_TIMEOUT_S)
         self._finish_chunk = self.client.register_script(FINISH_CHUNK)
+        self._create_batch = self.client.register_script(CREATE_BATCH)
 
     def ping(self) -> bool:
         return bool(self.client.ping())
@@ -100,21 +122,15 @@ class BatchStore:
 
     def create_batch(self, batch: dict[str, Any], lines: list[bytes], custom_ids: list[str], chunks: int,
                      quota: int) -> bool:
-        """Store the batch, its lines and their ``custom_id``s; False (nothing stored) if the tenant's
-        queued lines would exceed ``quota``."""
-        queued = self._key("queued", batch["tenant"])
-        if int(self.client.incrby(queued, len(lines))) > quota:
-            self.client.decrby(queued, len(lines))
-            return False
-        pipe = self.client.pipeline()
-        pipe.set(self._key("batch", batch["id"]), orjson.dumps(batch))
-        pipe.rpush(self._key("batch", batch["id"], "lines"), *lines)
-        pipe.rpush(self._key("batch", batch["id"], "ids"), *custom_ids)
-        pipe.set(self._key("batch", batch["id"], "chunks"), chunks)
-        pipe.set(self._key("batch", batch["id"], "progress_at"), time.time())
-        pipe.sadd(self._key("active"), batch["id"])
-        pipe.execute()
-        return True
+        """Store the batch, its lines and their ``custom_id``s and count its lines as the tenant's queued
+        work, in one atomic script; False (nothing stored or counted) if the tenant's queued lines would
+        exceed ``quota``."""
+        if len(custom_ids) != len(lines):
+            raise ValueError(f"{len(custom_ids)} custom_ids for {len(lines)} lines")
+        keys = [self._key("queued", batch["tenant"]), *(self._key("batch", batch["id"], *name) for name in (
+            (), ("lines",), ("ids",), ("chunks",), ("progress_at",))), self._key("active")]
+        return bool(self._create_batch(keys=keys, args=[len(lines), quota, orjson.dumps(batch), batch["id"], chunks,
+                                                         time.time(), *lines, *custom_ids]))
 
     def batch(self, batch_id: str) -> dict[str, Any] | None:
         raw = self.client.get(self._key("batch", batch_id))

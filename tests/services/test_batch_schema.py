@@ -1,5 +1,6 @@
-"""Batch input ids, without Ray: each line's custom_id, or a made-up one that names its place in the file
-and never collides with a line's own; and the shape of the ids the store makes."""
+"""Batch input ids and job bodies, without Ray: each line's custom_id, or a made-up one that names its
+place in the file and never collides with a line's own; the shape of the ids the store makes; a given-up
+job's final body."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from services.batch.schema import BatchCreate, custom_ids
+from services.batch.schema import BatchCreate, custom_ids, given_up
 from services.batch.store import is_id, new_id
 
 
@@ -37,3 +38,14 @@ def test_a_completion_window_other_than_24h_is_refused_naming_it() -> None:
     assert BatchCreate(input_file_id="file-a", endpoint="/v1/completions").completion_window == "24h"
     with pytest.raises(ValidationError, match="completion_window"):
         BatchCreate(input_file_id="file-a", endpoint="/v1/completions", completion_window="bogus")
+
+
+def test_a_given_up_completion_job_is_final_and_degraded_in_routing_and_in_routings() -> None:
+    routing = {"tier": "small", "provisional": True, "job_id": "job-1", "degraded": False, "reason": "unsure"}
+    provisional = {"object": "text_completion", "choices": [{"index": 0, "text": "Paris"}], "routing": routing,
+                   "routings": [routing]}
+    final = given_up(provisional, "finishing failed")
+    expected = {**routing, "provisional": False, "degraded": True, "reason": "unsure; finishing failed"}
+    assert final["routing"] == final["routings"][0] == expected
+    assert final["choices"] == provisional["choices"] and provisional["routing"]["provisional"] is True
+    assert given_up({"choices": []}, "finishing failed")["routing"]["reason"] == "finishing failed"

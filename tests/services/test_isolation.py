@@ -4,6 +4,7 @@ Redis circuit breaker's states."""
 
 from __future__ import annotations
 
+import math
 import pickle
 from typing import Any
 
@@ -19,6 +20,7 @@ from cascade.policies import PRESETS, AcceptAllPolicy
 from cascade.router import Router, Tier
 from cascade.schemas import GenerationParams, Message, Query
 from services.batch.schema import parse_line
+from services.ingress import _store_down
 from services.limits import BodyLimitMiddleware, BodyLimits
 from services.openai_api import ApiError, ChatCompletionRequest, CompletionRequest, check_prompt_size
 from services.settings import CascadeSettings
@@ -220,13 +222,17 @@ async def test_the_breaker_skips_redis_during_the_cool_down_then_probes() -> Non
         await asyncio.sleep(10)
         return "late"
 
-    assert await breaker.call(ok) == "pong" and breaker.state == "closed"
-    with pytest.raises(RedisFaultError, match="no answer within 20 ms"):
+    assert await breaker.call(ok) == "pong" and breaker.state == "closed" and breaker.open_for_s() == 0.0
+    with pytest.raises(RedisFaultError, match="no answer within 20 ms") as fault:
         await breaker.call(hangs)
-    assert breaker.state == "open"
-    for _ in range(3):
-        with pytest.raises(CircuitOpenError):
+    assert breaker.state == "open" and fault.value.retry_after_s == 5
+    for waited in (0.0, 1.0, 3.6):
+        now[0] = waited
+        with pytest.raises(CircuitOpenError) as refused:
             await breaker.call(ok)
+        assert refused.value.retry_after_s == pytest.approx(5 - waited)
+        store_down = await _store_down(None, refused.value)  # type: ignore[arg-type]
+        assert store_down.status_code == 503 and store_down.headers["retry-after"] == str(math.ceil(5 - waited))
     assert calls == ["ok", "hang"] and breaker.skipped == 3, "no call is attempted while open"
     now[0] = 5.1
     assert breaker.state == "half-open"

@@ -21,12 +21,14 @@ import httpx
 import openai
 import orjson
 import pytest
+import redis
 
 from cascade.breaker import CircuitOpenError, RedisFaultError
 from cascade.local_redis import LocalRedis
 from pipelines.datasets import load_qa
 from services.batch.api import BatchApi
-from services.batch.store import BatchStore, new_id
+from services.batch.queue import TaskQueue
+from services.batch.store import CREATE_BATCH, BatchStore, new_id
 from services.batch.threads import STORE_THREADS
 from services.openai_api import ApiError
 from services.request_ids import RequestIds
@@ -67,8 +69,8 @@ def tier(name: str, policy: str, **engine_args: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def base_url(redis_url: str, webhook: str) -> Iterator[str]:
-    settings = CascadeSettings(
+def queue_settings(redis_url: str, webhook: str) -> CascadeSettings:
+    return CascadeSettings(
         tiers=[tier("small", "v1", uncertain_marker="What", context_window=2000),
                tier("large", "accept", delay_s=0.05)],
         redis_url=redis_url, cache={"enabled": False},
@@ -79,7 +81,11 @@ def base_url(redis_url: str, webhook: str) -> Iterator[str]:
         queue={"chunk_size": 8, "visibility_timeout_s": 5, "tenant_quota_lines": 450, "retry_backoff_s": 0.05,
                "max_lines": 500,
                "consumer": {"num_replicas": 1, "max_ongoing_requests": 2, "ray_actor_options": {"num_cpus": 0.05}}})
-    with serve_apps({"": settings}) as url:
+
+
+@pytest.fixture(scope="module")
+def base_url(queue_settings: CascadeSettings) -> Iterator[str]:
+    with serve_apps({"": queue_settings}) as url:
         yield url
 
 
@@ -336,6 +342,44 @@ def test_progressive_stream_ends_with_the_final_answer(base_url: str) -> None:
     assert final["response"]["routing"]["tier"] == "large"
 
 
+def test_a_job_whose_finishing_keeps_failing_ends_with_its_provisional_answer_marked_degraded(
+        base_url: str, queue_settings: CascadeSettings) -> None:
+    """A job the consumer cannot finish (here its stored trail is unreadable, so every try raises) does not
+    stay ``running`` once Celery's retries are spent: its provisional answer becomes the final one, marked
+    degraded, for the poller and the webhook alike."""
+    Receiver.received.clear()
+    job_id = new_id("job")
+    routing = {"tier": "small", "provisional": True, "job_id": job_id, "degraded": False,
+               "reason": "escalating: confidence 0.2 below 0.7"}
+    provisional = {"object": "chat.completion", "choices": [{"index": 0, "message": {
+        "role": "assistant", "content": "What"}, "finish_reason": "stop"}], "routing": routing}
+    assert queue_settings.redis_url is not None
+    store = BatchStore(queue_settings.redis_url)
+    try:
+        store.save_job({"id": job_id, "object": "cascade.job", "tenant": "acme", "status": "running",
+                        "created_at": int(time.time()), "shape": "chat", "trail": {"not": "a trail"},
+                        "provisional": provisional})
+    finally:
+        store.close()
+    TaskQueue(queue_settings).finish_job(job_id)
+    headers = {"Authorization": "Bearer k-acme"}
+    deadline = time.monotonic() + 60  # 4 tries, 1 + 2 + 4 s apart
+    while (job := httpx.get(f"{base_url}/v1/jobs/{job_id}", headers=headers).json())["status"] != "completed":
+        assert job["status"] == "running", job
+        assert time.monotonic() < deadline, "the job stayed running after its task failed for good"
+        time.sleep(0.5)
+    final = job["response"]["routing"]
+    assert final["degraded"] is True and final["provisional"] is False and final["tier"] == "small"
+    assert final["reason"].startswith("escalating: confidence 0.2 below 0.7; finishing the escalation failed 4 times")
+    assert "ValidationError" in final["reason"] and "/" not in final["reason"]
+    assert job["answer"] == "What" and job["response"]["choices"] == provisional["choices"]
+    while not Receiver.received:
+        assert time.monotonic() < deadline, "the webhook was not called"
+        time.sleep(0.1)
+    sent = orjson.loads(Receiver.received[-1][1])
+    assert sent["job_id"] == job_id and sent["response"]["routing"]["degraded"] is True
+
+
 def test_stalled_batches_give_back_their_unfinished_chunks_once(redis_url: str) -> None:
     store = BatchStore(redis_url)
     batch = {"id": "batch-stall", "tenant": "t", "request_counts": {"total": 3}}
@@ -360,6 +404,54 @@ def test_a_cancel_that_comes_after_the_batch_finished_keeps_its_final_status(red
     stored = store.batch("batch-race")
     assert stored is not None and stored["status"] == "cancelled" and stored["output_file_id"] == "file-out"
     assert not store.update_batch("batch-missing", status="cancelling")
+
+
+def test_a_batch_and_its_count_of_queued_lines_are_stored_in_one_step(tmp_path: Path) -> None:
+    """Stored whole or not at all: lines and ids in order across the script's slices of 1,000, a batch
+    over the quota leaves no trace, and a Redis that freezes while a batch is sent (the client gives up,
+    Redis runs what it was sent when it resumes) never keeps the count without the batch."""
+    server = LocalRedis(port=free_port(), state_dir=tmp_path)
+    try:
+        store = BatchStore(server.start())
+        lines = [orjson.dumps({"custom_id": f"c{i}"}) for i in range(2500)]
+        ids = [f"c{i}" for i in range(2500)]
+        def batch(size: int) -> dict[str, Any]:
+            return {"id": new_id("batch"), "tenant": "t", "status": "in_progress", "request_counts": {"total": size}}
+
+        first = batch(2500)
+        assert store.create_batch(first, lines, ids, chunks=3, quota=3000)
+        assert store.lines(first["id"], 0, 2500) == lines and store.custom_ids(first["id"], 2500) == ids
+        assert store.active() == [first["id"]] and int(store.client.get(store._key("queued", "t"))) == 2500
+        over = batch(600)
+        assert not store.create_batch(over, lines[:600], ids[:600], chunks=1, quota=3000)
+        assert store.batch(over["id"]) is None and not store.client.keys(f"*{over['id']}*")
+        assert int(store.client.get(store._key("queued", "t"))) == 2500 and store.active() == [first["id"]]
+        with pytest.raises(ValueError, match="2 custom_ids for 1 lines"):
+            store.create_batch(over, lines[:1], ids[:2], chunks=1, quota=3000)
+        store.client.close()
+        store.client = redis.Redis.from_url(server.url, socket_timeout=0.3)
+        store._create_batch = store.client.register_script(CREATE_BATCH)
+        assert store.client.ping(), "connected before the freeze: the batch itself is what is sent into it"
+        frozen = batch(100)
+        pid = server.pid()
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(redis.TimeoutError):
+                store.create_batch(frozen, lines[:100], ids[:100], chunks=1, quota=3000)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        deadline = time.monotonic() + 10
+        while len(store.client.client_list()) > 1:  # the given-up connection: what it sent is run before it closes
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        stored = [b for b in (store.batch(first["id"]), store.batch(frozen["id"])) if b is not None]
+        queued = int(store.client.get(store._key("queued", "t")))
+        assert queued == sum(b["request_counts"]["total"] for b in stored), (queued, stored)
+        assert store.active() == sorted(b["id"] for b in stored)
+        store.close()
+    finally:
+        server.stop()
 
 
 async def test_job_polls_while_redis_is_frozen_fail_fast_and_leave_the_shared_threads_free(tmp_path: Path) -> None:
