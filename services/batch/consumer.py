@@ -197,8 +197,7 @@ class RoutingConsumer:
             return False
         tries = self.queue.max_retries + 1
         log.error("job %s: finishing failed %d times (%r); its provisional answer is final", job_id, tries, error)
-        response = given_up(job.get("provisional") or {},
-                            f"finishing the escalation failed {tries} times ({public_message(error)})")
+        response = given_up(job.get("provisional") or {}, tries, error)
         choice = (response.get("choices") or [{}])[0]
         text = choice["text"] if "text" in choice else (choice.get("message") or {}).get("content")
         if not self.store.complete_job(job_id, {"answer": text, "response": response}):

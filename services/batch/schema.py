@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
+import redis
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from cascade.errors import validation_summary
+from cascade.errors import public_message, validation_summary
 from cascade.schemas import Query, RoutedAnswer
 from services.openai_api import (
     ApiError,
@@ -140,14 +141,17 @@ def batch_object(batch_id: str, tenant: str, request: BatchCreate, total: int) -
             "metadata": request.metadata, "tenant": tenant}
 
 
-def given_up(provisional: dict[str, Any], reason: str) -> dict[str, Any]:
-    """A progressive job's final response when its escalation cannot be finished: the provisional
-    response, no longer provisional, marked degraded, with ``reason`` added to its routing's."""
+def given_up(provisional: dict[str, Any], tries: int, error: BaseException) -> dict[str, Any]:
+    """A progressive job's final response when finishing its escalation failed ``tries`` times with
+    ``error`` last: the provisional response, no longer provisional, marked degraded, its routing's
+    reason naming the error (a store's or the network's by its type alone: their messages name hosts)."""
+    said = type(error).__name__ if isinstance(error, (redis.RedisError, OSError)) else public_message(error)
+    reason = f"finishing the escalation failed {tries} times ({said})"
 
     def final(routing: dict[str, Any]) -> dict[str, Any]:
-        said = routing.get("reason")
+        before = routing.get("reason")
         return {**routing, "provisional": False, "degraded": True,
-                "reason": f"{said}; {reason}" if said else reason}
+                "reason": f"{before}; {reason}" if before else reason}
 
     body = {**provisional, "routing": final(provisional.get("routing") or {})}
     if provisional.get("routings"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ from services.batch.schema import custom_ids as parse_custom_ids
 PREFIX = "cascade:batchapi"
 TERMINAL = {"completed", "failed", "cancelled", "expired"}
 SOCKET_TIMEOUT_S = 10.0  # the longest a store call waits for Redis to read or answer
+JOB_TTL_S = 7 * 24 * 3600  # how long a progressive job and its final answer are kept
 
 
 def new_id(kind: str) -> str:
@@ -52,23 +54,32 @@ return {written, 0}
 """
 
 
-# A new batch, atomically: refused (0) if the tenant's queued lines would pass the quota, else counted
-# there and stored whole, its lines and ids pushed 1,000 at a time (Lua's unpack limit), and made
-# active (1). One step, so no fault between two writes leaves a count without its batch.
-CREATE_BATCH = """
-local count, first = tonumber(ARGV[1]), 7
+# A new batch made live, atomically, once its lines and ids are written (as lists that expire): refused
+# (0) if the tenant's queued lines would pass the quota; else counted there, its record and chunk count
+# stored, its lists kept and the batch made active (1). One step, so no fault between two writes leaves
+# a count without its batch; the lines go before it, in commands of their own, so that Redis, which
+# runs a script to its end before anything else, is never held for a large batch's writes.
+ACTIVATE_BATCH = """
+local count = tonumber(ARGV[1])
 if tonumber(redis.call('GET', KEYS[1]) or '0') + count > tonumber(ARGV[2]) then return 0 end
 redis.call('INCRBY', KEYS[1], count)
 redis.call('SET', KEYS[2], ARGV[3])
-for list = 3, 4 do
-  for start = first, first + count - 1, 1000 do
-    redis.call('RPUSH', KEYS[list], unpack(ARGV, start, math.min(start + 999, first + count - 1)))
-  end
-  first = first + count
-end
+redis.call('PERSIST', KEYS[3])
+redis.call('PERSIST', KEYS[4])
 redis.call('SET', KEYS[5], ARGV[5])
 redis.call('SET', KEYS[6], ARGV[6])
 redis.call('SADD', KEYS[7], ARGV[4])
+return 1
+"""
+LINES_PER_PUSH = 1000  # a batch's lines and ids are written this many per command
+UNCLAIMED_LIST_TTL_S = 3600  # lines whose batch was never made live (refused, or a fault) expire
+
+
+# A job's final state once: the marker (SET NX) and the job in one step, so a fault between them
+# never leaves a marked job that no later try can complete.
+COMPLETE_JOB = """
+if not redis.call('SET', KEYS[1], 1, 'NX', 'EX', ARGV[1]) then return 0 end
+redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[1])
 return 1
 """
 
@@ -89,12 +100,14 @@ class BatchStore:
     """Synchronous Redis access (the Celery handlers are synchronous; the ingress calls it in a thread)."""
 
     redis_url: str
+    socket_timeout_s: float = SOCKET_TIMEOUT_S
 
     def __post_init__(self) -> None:
         # Any: redis-py's stubs mix sync and async
-        self.client: Any = redis.Redis.from_url(self.redis_url, socket_timeout=SOCKET_TIMEOUT_S)
+        self.client: Any = redis.Redis.from_url(self.redis_url, socket_timeout=self.socket_timeout_s)
         self._finish_chunk = self.client.register_script(FINISH_CHUNK)
-        self._create_batch = self.client.register_script(CREATE_BATCH)
+        self._activate_batch = self.client.register_script(ACTIVATE_BATCH)
+        self._complete_job = self.client.register_script(COMPLETE_JOB)
 
     def ping(self) -> bool:
         return bool(self.client.ping())
@@ -123,14 +136,26 @@ class BatchStore:
     def create_batch(self, batch: dict[str, Any], lines: list[bytes], custom_ids: list[str], chunks: int,
                      quota: int) -> bool:
         """Store the batch, its lines and their ``custom_id``s and count its lines as the tenant's queued
-        work, in one atomic script; False (nothing stored or counted) if the tenant's queued lines would
-        exceed ``quota``."""
+        work; False (nothing counted, the lines left to expire) if the tenant's queued lines would exceed
+        ``quota``. The lines are written first; one atomic script then makes the batch live."""
         if len(custom_ids) != len(lines):
             raise ValueError(f"{len(custom_ids)} custom_ids for {len(lines)} lines")
-        keys = [self._key("queued", batch["tenant"]), *(self._key("batch", batch["id"], *name) for name in (
-            (), ("lines",), ("ids",), ("chunks",), ("progress_at",))), self._key("active")]
-        return bool(self._create_batch(keys=keys, args=[len(lines), quota, orjson.dumps(batch), batch["id"], chunks,
-                                                         time.time(), *lines, *custom_ids]))
+        lists = [self._key("batch", batch["id"], "lines"), self._key("batch", batch["id"], "ids")]
+        pipe = self.client.pipeline(transaction=False)
+        columns: list[tuple[str, Sequence[bytes | str]]] = [(lists[0], lines), (lists[1], custom_ids)]
+        for key, values in columns:
+            for start in range(0, len(values), LINES_PER_PUSH):
+                pipe.rpush(key, *values[start:start + LINES_PER_PUSH])
+            pipe.expire(key, UNCLAIMED_LIST_TTL_S)
+        pipe.execute()
+        keys = [self._key("queued", batch["tenant"]), self._key("batch", batch["id"]), *lists,
+                self._key("batch", batch["id"], "chunks"), self._key("batch", batch["id"], "progress_at"),
+                self._key("active")]
+        live = bool(self._activate_batch(keys=keys, args=[len(lines), quota, orjson.dumps(batch), batch["id"], chunks,
+                                                           time.time()]))
+        if not live:
+            self.client.delete(*lists)
+        return live
 
     def batch(self, batch_id: str) -> dict[str, Any] | None:
         raw = self.client.get(self._key("batch", batch_id))
@@ -240,19 +265,18 @@ class BatchStore:
         return [chunk for chunk in range(total) if chunk not in done]
 
     def save_job(self, job: dict[str, Any]) -> None:
-        self.client.set(self._key("job", job["id"]), orjson.dumps(job), ex=7 * 24 * 3600)
+        self.client.set(self._key("job", job["id"]), orjson.dumps(job), ex=JOB_TTL_S)
 
     def job(self, job_id: str) -> dict[str, Any] | None:
         raw = self.client.get(self._key("job", job_id))
         return orjson.loads(raw) if raw else None
 
     def complete_job(self, job_id: str, result: dict[str, Any]) -> bool:
-        """Store a job's final answer once; False if it was already there."""
-        if not self.client.set(self._key("job", job_id, "done"), 1, nx=True, ex=7 * 24 * 3600):
-            return False
+        """Store a job's final answer once, with its marker in one step; False if it was already there."""
         job = self.job(job_id) or {"id": job_id}
-        self.save_job({**job, "status": "completed", "completed_at": int(time.time()), **result})
-        return True
+        final = {**job, "status": "completed", "completed_at": int(time.time()), **result}
+        return bool(self._complete_job(keys=[self._key("job", job_id, "done"), self._key("job", job_id)],
+                                       args=[JOB_TTL_S, orjson.dumps(final)]))
 
     def close(self) -> None:
         self.client.close()

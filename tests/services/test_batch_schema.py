@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import orjson
 import pytest
+import redis
 from pydantic import ValidationError
 
 from services.batch.schema import BatchCreate, custom_ids, given_up
@@ -44,8 +45,15 @@ def test_a_given_up_completion_job_is_final_and_degraded_in_routing_and_in_routi
     routing = {"tier": "small", "provisional": True, "job_id": "job-1", "degraded": False, "reason": "unsure"}
     provisional = {"object": "text_completion", "choices": [{"index": 0, "text": "Paris"}], "routing": routing,
                    "routings": [routing]}
-    final = given_up(provisional, "finishing failed")
-    expected = {**routing, "provisional": False, "degraded": True, "reason": "unsure; finishing failed"}
+    final = given_up(provisional, 4, ValueError("no trail in job-1"))
+    expected = {**routing, "provisional": False, "degraded": True,
+                "reason": "unsure; finishing the escalation failed 4 times (ValueError: no trail in job-1)"}
     assert final["routing"] == final["routings"][0] == expected
     assert final["choices"] == provisional["choices"] and provisional["routing"]["provisional"] is True
-    assert given_up({"choices": []}, "finishing failed")["routing"]["reason"] == "finishing failed"
+
+
+@pytest.mark.parametrize("error", [redis.TimeoutError("Timeout reading from redis.internal.svc:6379"),
+                                   ConnectionRefusedError(111, "Connect call failed ('10.0.3.7', 6379)")])
+def test_a_given_up_jobs_reason_names_a_store_or_network_error_by_its_type_alone(error: BaseException) -> None:
+    reason = given_up({"choices": []}, 2, error)["routing"]["reason"]
+    assert reason == f"finishing the escalation failed 2 times ({type(error).__name__})"

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI, Request
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from cascade.breaker import BreakerConfig, CircuitOpenError, RedisBreaker, RedisFaultError
 from cascade.engines.base import InvalidInputError, PromptTooLongError
@@ -234,6 +235,8 @@ async def test_the_breaker_skips_redis_during_the_cool_down_then_probes() -> Non
         store_down = await _store_down(None, refused.value)  # type: ignore[arg-type]
         assert store_down.status_code == 503 and store_down.headers["retry-after"] == str(math.ceil(5 - waited))
     assert calls == ["ok", "hang"] and breaker.skipped == 3, "no call is attempted while open"
+    for error, header in ((CircuitOpenError("skipped", 0.2), "1"), (RedisConnectionError("refused"), "10")):
+        assert (await _store_down(None, error)).headers["retry-after"] == header  # type: ignore[arg-type]
     now[0] = 5.1
     assert breaker.state == "half-open"
     assert await breaker.call(ok) == "pong" and breaker.state == "closed"
