@@ -10,6 +10,7 @@ way, off the request path.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.message
 import json
 import logging
@@ -311,10 +312,8 @@ class RouterIngress:
         deadline = time.monotonic() + self.settings.queue.stream_wait_s
         job: dict[str, Any] | None = None
         while job is None and time.monotonic() < deadline:
-            try:
+            with contextlib.suppress(redis.RedisError, OSError, ApiError):  # Redis down or the store busy: poll on
                 job = await self._batches().completed_job(job_id)
-            except (redis.RedisError, OSError, ApiError):
-                job = None  # Redis down or the store's threads busy: poll on (a skip by the breaker is free)
             if job is None:
                 await asyncio.sleep(0.25)
         yield job_event(job if job is not None else {"id": job_id, "status": "running", "response": None})
