@@ -403,8 +403,8 @@ class SemanticCache:
         })
 
     def storable(self, answer: RoutedAnswer, last_tier: str) -> bool:
-        """Answers of the last tier, or small-model answers confident enough; never degraded ones."""
-        if answer.degraded or not answer.attempts:
+        """Answers of the last tier, or small-model answers confident enough; never degraded or empty ones."""
+        if answer.degraded or not answer.attempts or not answer.answer.strip():
             return False
         return answer.tier == last_tier or (answer.confidence or 0.0) >= self.config.min_small_confidence
 

@@ -274,8 +274,17 @@ class Router:
         return [*left, *right]
 
     async def _begin(self, queries: Sequence[Query]) -> list[Trail]:
-        for query in queries:
-            self.check_controls(query)
+        refused: dict[int, Exception] = {}
+        for i, query in enumerate(queries):
+            try:
+                self.check_controls(query)
+            except (UnknownTierError, TierNotAllowedError) as error:  # that query alone: its batch goes on whole
+                refused[i] = error
+        if refused:
+            rest = [q for i, q in enumerate(queries) if i not in refused]
+            kept = iter(await self._begin(rest) if rest else [])
+            return [Trail(q, len(self.tiers), rejected=refused[i]) if i in refused else next(kept)
+                    for i, q in enumerate(queries)]
         started_ns, looking = time.time_ns(), time.perf_counter()
         starts, shared = await self._preroute(queries)
         lookup = await self.cache.lookup(queries, shared) if self.cache is not None and queries else None
@@ -524,22 +533,27 @@ class Router:
         scoring_started = time.perf_counter()
         signals = signals_of(generations, [t.query for t in trails])
         decision = self.cascade.decide(index, signals)
-        escalate, live = self._live_decision(trails, index, decision.confidence, decision.escalate)
-        escalate, held = self._controlled(trails, index, decision.confidence, escalate)
+        empty = np.fromiter((not g.text.strip() for g in generations), bool, len(generations))
+        confidence = np.where(empty, 0.0, decision.confidence)  # no token to be sure of: escalated where it can be
+        escalate = decision.escalate | (empty & (index < len(self.tiers) - 1))
+        escalate, live = self._live_decision(trails, index, confidence, escalate)
+        escalate, held = self._controlled(trails, index, confidence, escalate)
         costs = tier.price.cost_of(generations, call_seconds=generated_ms / 1000)
         scored_ms = (time.perf_counter() - scoring_started) * 1000
         for i, (trail, generation) in enumerate(zip(trails, generations, strict=True)):
-            confidence = float(decision.confidence[i])
+            answer_confidence = float(confidence[i])
             trail.latency.append(StageLatency(stage=f"tier:{tier.name}", ms=generated_ms))
             trail.latency.append(StageLatency(stage=f"score:{tier.name}", ms=scored_ms))
             trail.attempts.append(TierAttempt(
                 tier=tier.name, model=generation.model, decision="escalate" if escalate[i] else "accept",
-                confidence=confidence, prompt_tokens=generation.prompt_tokens,
+                confidence=answer_confidence, prompt_tokens=generation.prompt_tokens,
                 completion_tokens=generation.completion_tokens, cost=float(costs[i])))
-            trail.reasons.append(self._explain(index, signals, i, bool(escalate[i]), live[i], held[i]))
+            verb = "escalated" if escalate[i] else "accepted"
+            trail.reasons.append(f"{verb}: the {tier.name} tier's answer is empty" if empty[i] and held[i] is None
+                                 else self._explain(index, signals, i, bool(escalate[i]), live[i], held[i]))
             trail.best = BestAnswer(tier=tier.name, model=generation.model, text=generation.text,
                                     finish_reason=generation.finish_reason, signals=signals.row(i),
-                                    confidence=confidence)
+                                    confidence=answer_confidence)
             if escalate[i]:
                 trail.next_tier = index + 1
             else:

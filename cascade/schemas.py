@@ -67,6 +67,14 @@ class Message(BaseModel):
     content: Text
 
 
+GREEDY_BELOW = 1e-5  # a temperature below this samples greedily (as vLLM reads it): dividing by it overflows
+
+
+def greedy_if_tiny(temperature: float) -> float:
+    """``temperature``, or 0 (greedy) where it is too small to divide logits by."""
+    return 0.0 if temperature < GREEDY_BELOW else temperature
+
+
 class GenerationParams(BaseModel):
     """Sampling parameters sent to every tier; greedy by default so that signals are stable."""
 
@@ -78,6 +86,11 @@ class GenerationParams(BaseModel):
     stop: list[Text] = Field(default_factory=list)
     top_logprobs: int = Field(default=20, ge=0, le=20)
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+
+    @field_validator("temperature")
+    @classmethod
+    def _greedy_if_tiny(cls, value: float) -> float:
+        return greedy_if_tiny(value)
 
 
 class RoutingControls(BaseModel):

@@ -14,7 +14,16 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from cascade.schemas import MAX_SEED, GenerationParams, Message, Query, RoutedAnswer, RoutingControls, Text
+from cascade.schemas import (
+    MAX_SEED,
+    GenerationParams,
+    Message,
+    Query,
+    RoutedAnswer,
+    RoutingControls,
+    Text,
+    greedy_if_tiny,
+)
 
 ROUTER_MODEL = "cascade"
 
@@ -124,9 +133,12 @@ class _GenerationRequest(BaseModel):
 
     @field_validator("stop")
     @classmethod
-    def _at_most_four(cls, value: str | list[str] | None) -> str | list[str] | None:
+    def _stop_sequences(cls, value: str | list[str] | None) -> str | list[str] | None:
+        """At most 4, none empty (an empty one stops before the first token; vLLM refuses it)."""
         if isinstance(value, list) and len(value) > 4:
             raise ValueError("at most 4 stop sequences")
+        if value == "" or (isinstance(value, list) and "" in value):
+            raise ValueError("a stop sequence must not be empty")
         return value
 
     def params(self, defaults: GenerationParams, max_tokens_limit: int) -> GenerationParams:
@@ -138,7 +150,7 @@ class _GenerationRequest(BaseModel):
         stop = [self.stop] if isinstance(self.stop, str) else self.stop
         return defaults.model_copy(update={
             "max_tokens": max_tokens,
-            "temperature": defaults.temperature if self.temperature is None else self.temperature,
+            "temperature": defaults.temperature if self.temperature is None else greedy_if_tiny(self.temperature),
             "top_p": defaults.top_p if self.top_p is None else self.top_p,
             "stop": defaults.stop if stop is None else stop,
             "seed": defaults.seed if self.seed is None else self.seed,

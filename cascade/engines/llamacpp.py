@@ -289,9 +289,14 @@ class LlamaCppEngine:
 
     @staticmethod
     def _choose(logprobs: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator) -> int:
+        """A token sampled at ``temperature`` within ``top_p``; the most likely one where the scaled
+        probabilities are not finite (a temperature so small that the logits overflow)."""
         if temperature == 0.0:
             return int(np.argmax(logprobs))
-        scaled = log_softmax(logprobs / temperature)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            scaled = log_softmax(logprobs / temperature)
+        if not np.isfinite(scaled).any() or np.isnan(scaled).any():
+            return int(np.argmax(logprobs))
         order = np.argsort(-scaled)
         probs = np.exp(scaled[order])
         keep = min(int(np.searchsorted(np.cumsum(probs), top_p) + 1), len(probs))

@@ -18,7 +18,8 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from cascade.engines.base import EngineError, ModelNotFoundError, PromptTooLongError
+from cascade.engines.base import EngineError, InvalidInputError, ModelNotFoundError, PromptTooLongError
+from cascade.errors import public_message
 from cascade.prompts import chat_messages, plain_prompt
 from cascade.schemas import Generation, Query
 
@@ -106,18 +107,29 @@ class VLLMEngine:
             return list(self._tokenizer.encode(text, add_special_tokens=False))
         return list(self._tokenizer.encode(plain_prompt(query)))
 
-    async def _generate_one(self, query: Query) -> Generation:
+    def sampling(self, query: Query) -> Any:
+        """The query's vLLM ``SamplingParams``; ``InvalidInputError`` (that query alone fails, not its
+        batch) where vLLM refuses them."""
         from vllm import SamplingParams
+        from vllm.exceptions import VLLMClientError
 
+        params = query.params
+        try:
+            return SamplingParams(
+                max_tokens=params.max_tokens, temperature=params.temperature, top_p=params.top_p,
+                stop=[*self.stop, *params.stop] or None, logprobs=params.top_logprobs, seed=params.seed,
+                flat_logprobs=True,
+            )
+        except (ValueError, TypeError, VLLMClientError) as error:
+            raise InvalidInputError(query.id, f"the model refuses its generation parameters: "
+                                              f"{public_message(error)}") from error
+
+    async def _generate_one(self, query: Query) -> Generation:
         params = query.params
         prompt_ids = self._prompt_ids(query)
         if len(prompt_ids) + params.max_tokens > self.max_model_len:
             raise PromptTooLongError(query.id, len(prompt_ids), params.max_tokens, self.max_model_len)
-        sampling = SamplingParams(
-            max_tokens=params.max_tokens, temperature=params.temperature, top_p=params.top_p,
-            stop=[*self.stop, *params.stop] or None, logprobs=params.top_logprobs, seed=params.seed,
-            flat_logprobs=True,
-        )
+        sampling = self.sampling(query)
         started = time.perf_counter()
         final = None
         async for output in self._engine.generate({"prompt_token_ids": prompt_ids}, sampling,

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cascade.engines.base import EngineError, ModelNotFoundError, PromptTooLongError
+from cascade.engines.base import EngineError, InvalidInputError, ModelNotFoundError, PromptTooLongError
 from cascade.engines.llamacpp import LlamaCppEngine
 from cascade.engines.openai import OpenAIEngine
 from cascade.engines.vllm import VLLMEngine
@@ -138,6 +138,15 @@ async def test_vllm_engine_returns_topk_logprobs(vllm_engine: VLLMEngine) -> Non
 async def test_vllm_engine_rejects_a_prompt_longer_than_max_model_len(vllm_engine: VLLMEngine) -> None:
     with pytest.raises(PromptTooLongError, match="context window of 256"):
         await vllm_engine.generate([Query(prompt="Paris is a city " * 200)])
+
+
+async def test_vllm_engine_refuses_one_querys_generation_parameters_alone(vllm_engine: VLLMEngine) -> None:
+    """Parameters vLLM refuses (here an empty stop sequence, which the API refuses at its door) fail the
+    query that carries them, named, so that the router rejects it alone instead of failing its batch."""
+    good, bad = Query(prompt="Paris is"), Query(prompt="Paris is", params=GenerationParams(stop=[""]))
+    with pytest.raises(InvalidInputError, match="stop cannot contain an empty string") as refused:
+        await vllm_engine.generate([good, bad])
+    assert refused.value.query_id == bad.id and vllm_engine.sampling(good).stop == []
 
 
 async def test_vllm_engine_names_a_missing_model_directory(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 from cascade.costs import ModelPrice
 from cascade.engines.scripted import ScriptedEngine, ScriptedReply
 from cascade.policies import PRESETS, AcceptAllPolicy
-from cascade.router import AllTiersFailedError, Mode, Router, Tier
+from cascade.router import AllTiersFailedError, Mode, Router, Tier, UnknownTierError
 from cascade.schemas import Query
 from cascade.signals import signals_of
 
@@ -181,11 +181,15 @@ async def test_a_forced_tier_above_the_plan_cap_is_refused_by_the_core() -> None
     from cascade.router import TierNotAllowedError
     from cascade.schemas import RoutingControls
 
-    router = two_tier_router()
+    small = ScriptedEngine("small-model", small_script)
+    router = two_tier_router(small)
     capped = Query(prompt="anything", routing=RoutingControls(force_tier="large", max_tier="small"))
-    trail, *others = await router.begin([capped, *queries(2)])
+    unknown = Query(prompt="anything", routing=RoutingControls(force_tier="huge"))
+    trail, *others, nowhere = await router.begin([capped, *queries(14), unknown])
     assert all(t.rejected is None for t in others), "its batch-mates are answered"
     assert isinstance(trail.rejected, TierNotAllowedError) and "stops at the small tier" in str(trail.rejected)
+    assert isinstance(nowhere.rejected, UnknownTierError)
+    assert [len(call) for call in small.calls] == [14], "the batch is not split to find the refused queries"
     with pytest.raises(TierNotAllowedError):
         await router.route([capped])
     answers = await router.route([Query(prompt="anything", routing=RoutingControls(force_tier="small",
@@ -247,3 +251,26 @@ async def test_the_learned_deferral_policy_decides_from_the_queries_it_answers()
     first, second = await router.route(batch)
     assert first.tier == "small" and first.reason.startswith("accepted by span-check")
     assert second.tier == "large" and second.reason.startswith("escalated by span-check")
+
+
+async def test_an_empty_answer_has_no_confidence_is_escalated_and_is_never_cached() -> None:
+    """No token to be sure of: a policy reading zeroed signals would accept it with confidence 1.0."""
+    from cascade.cache import SemanticCache
+    from cascade.embeddings import StaticEmbedder
+
+    def small(query: Query) -> ScriptedReply:
+        return ScriptedReply("", []) if "empty" in query.question else ScriptedReply("Paris", [-0.05])
+
+    def large(query: Query) -> ScriptedReply:
+        return ScriptedReply("", []) if "everywhere" in query.question else ScriptedReply("Lyon", [-0.2])
+
+    router = two_tier_router(ScriptedEngine("small-model", small), ScriptedEngine("large-model", large))
+    empty, easy, both = await router.route([Query(prompt="easy but empty"), Query(prompt="easy"),
+                                            Query(prompt="empty everywhere")])
+    assert (empty.tier, empty.answer) == ("large", "Lyon") and both.tier == "large"
+    assert easy.tier == "small" and easy.confidence is not None and easy.confidence > 0.9
+    assert empty.attempts[0].confidence == 0.0 and empty.attempts[0].decision == "escalate"
+    assert "the small tier's answer is empty" in empty.reason
+    assert both.confidence == 0.0 and both.answer == "" and "the large tier's answer is empty" in both.reason
+    cache = SemanticCache("redis://127.0.0.1:1/0", embedder=StaticEmbedder())
+    assert cache.storable(easy, "large") and not cache.storable(both, "large")

@@ -9,12 +9,14 @@ import pickle
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from fastapi import FastAPI, Request
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from cascade.breaker import BreakerConfig, CircuitOpenError, RedisBreaker, RedisFaultError
 from cascade.engines.base import InvalidInputError, PromptTooLongError
+from cascade.engines.llamacpp import LlamaCppEngine
 from cascade.engines.scripted import ScriptedEngine
 from cascade.errors import public_message
 from cascade.policies import PRESETS, AcceptAllPolicy
@@ -42,6 +44,27 @@ def test_invalid_text_and_out_of_range_integers_are_refused_at_the_door(body: di
         ChatCompletionRequest.model_validate(body)
     message = str(raised.value)
     assert "lone surrogate" in message or "seed" in message
+
+
+@pytest.mark.parametrize("stop", ["", ["Paris", ""]])
+def test_an_empty_stop_sequence_is_refused_at_the_door(stop: str | list[str]) -> None:
+    """It would stop before the first token; vLLM refuses it, for the whole batch it came in."""
+    with pytest.raises(ValueError, match="stop sequence must not be empty") as raised:
+        ChatCompletionRequest.model_validate({"messages": [{"role": "user", "content": "hi"}], "stop": stop})
+    assert raised.value.errors()[0]["loc"][0] == "stop"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("temperature", [1e-40, 5e-324, 9.9e-6])
+def test_a_temperature_too_small_to_divide_by_is_greedy(temperature: float) -> None:
+    """Logits divided by it overflow: llama.cpp's sampler met NaN probabilities, for the whole batch."""
+    request = ChatCompletionRequest.model_validate({"messages": [{"role": "user", "content": "hi"}],
+                                                    "temperature": temperature})
+    assert request.params(GenerationParams(), 4096).temperature == 0.0
+    assert GenerationParams(temperature=temperature).temperature == 0.0
+    assert GenerationParams(temperature=1e-5).temperature == 1e-5
+    logprobs = np.log(np.array([0.2, 0.5, 0.3], np.float32))
+    assert LlamaCppEngine._choose(logprobs, temperature, 1.0, np.random.default_rng(0)) == 1
+    assert LlamaCppEngine._choose(logprobs, 1.0, 1.0, np.random.default_rng(0)) in {0, 1, 2}
 
 
 def test_core_queries_refuse_invalid_text_and_seeds_too() -> None:
