@@ -534,10 +534,9 @@ class Router:
         signals = signals_of(generations, [t.query for t in trails])
         decision = self.cascade.decide(index, signals)
         empty = np.fromiter((not g.text.strip() for g in generations), bool, len(generations))
-        confidence = np.where(empty, 0.0, decision.confidence)  # no token to be sure of: escalated where it can be
-        escalate = decision.escalate | (empty & (index < len(self.tiers) - 1))
-        escalate, live = self._live_decision(trails, index, confidence, escalate)
-        escalate, held = self._controlled(trails, index, confidence, escalate)
+        confidence = np.where(empty, 0.0, decision.confidence)  # no token to be sure of
+        escalate, live = self._live_decision(trails, index, confidence, decision.escalate)
+        escalate, held = self._controlled(trails, index, confidence, escalate, empty)
         costs = tier.price.cost_of(generations, call_seconds=generated_ms / 1000)
         scored_ms = (time.perf_counter() - scoring_started) * 1000
         for i, (trail, generation) in enumerate(zip(trails, generations, strict=True)):
@@ -548,14 +547,16 @@ class Router:
                 tier=tier.name, model=generation.model, decision="escalate" if escalate[i] else "accept",
                 confidence=answer_confidence, prompt_tokens=generation.prompt_tokens,
                 completion_tokens=generation.completion_tokens, cost=float(costs[i])))
-            verb = "escalated" if escalate[i] else "accepted"
-            trail.reasons.append(f"{verb}: the {tier.name} tier's answer is empty" if empty[i] and held[i] is None
-                                 else self._explain(index, signals, i, bool(escalate[i]), live[i], held[i]))
-            trail.best = BestAnswer(tier=tier.name, model=generation.model, text=generation.text,
-                                    finish_reason=generation.finish_reason, signals=signals.row(i),
-                                    confidence=answer_confidence)
+            trail.reasons.append(self._explain(index, signals, i, bool(escalate[i]), live[i], held[i]))
+            kept = empty[i] and trail.best is not None and bool(trail.best.text.strip())
+            if not kept:  # an empty answer never replaces an earlier tier's answer
+                trail.best = BestAnswer(tier=tier.name, model=generation.model, text=generation.text,
+                                        finish_reason=generation.finish_reason, signals=signals.row(i),
+                                        confidence=answer_confidence)
             if escalate[i]:
                 trail.next_tier = index + 1
+            elif kept:
+                trail.result = self._fallback(trail)
             else:
                 trail.result = self._answer(trail, degraded=False)
 
@@ -569,26 +570,32 @@ class Router:
         controlled = ~np.isnan(live)
         return np.where(controlled, confidence < np.where(controlled, live, 0.0), escalate), live
 
-    def _controlled(self, trails: list[Trail], index: int, confidence: np.ndarray,
-                    escalate: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
-        """Apply each query's routing controls: a threshold replaces the decision below the last tier; a
-        forced tier or a plan's highest tier holds the answer where it is. Returns the decisions and, per
-        query, the reason a control decided it (None where the policy did)."""
+    def _controlled(self, trails: list[Trail], index: int, confidence: np.ndarray, escalate: np.ndarray,
+                    empty: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
+        """Apply each query's routing controls: a threshold replaces the decision below the last tier; an
+        empty answer is escalated below the last tier, whatever a threshold says; a forced tier or a plan's
+        highest tier holds the answer where it is. Returns the decisions and, per query, the reason a
+        control or an empty answer decided it (None where the policy did)."""
         controls = [t.query.routing for t in trails]
-        if all(c.threshold is None and c.force_tier is None and c.max_tier is None for c in controls):
+        below_last = index < len(self.tiers) - 1
+        if not empty.any() and all(c.threshold is None and c.force_tier is None and c.max_tier is None
+                                   for c in controls):
             return escalate, [None] * len(trails)
         threshold = np.array([np.nan if c.threshold is None else c.threshold for c in controls])
-        has_threshold = ~np.isnan(threshold) & (index < len(self.tiers) - 1)
+        has_threshold = ~np.isnan(threshold) & below_last
         escalate = np.where(has_threshold, confidence < np.where(has_threshold, threshold, 0.0), escalate)
+        escalate = escalate | (empty & below_last)
         forced = np.array([c.force_tier is not None for c in controls], bool)
         capped = np.array([c.max_tier is not None and self.tier_index(c.max_tier) <= index for c in controls], bool)
         tier = self.tiers[index].name
         held: list[str | None] = [
-            f"accepted: forced to the {tier} tier by the request" if f
+            f"accepted: forced to the {tier} tier by the request{', its answer empty' if m else ''}" if f
             else f"accepted: {tier} is the highest tier this query's plan allows" if c and e
+            else f"{'escalated' if e else 'accepted'}: the {tier} tier's answer is empty" if m
             else f"{'escalated' if e else 'accepted'}: confidence {conf:.3f} {'<' if e else '>='} the query's "
                  f"threshold {t:.3f}" if h else None
-            for f, c, e, h, conf, t in zip(forced, capped, escalate, has_threshold, confidence, threshold, strict=True)]
+            for f, c, e, m, h, conf, t in zip(forced, capped, escalate, empty, has_threshold, confidence, threshold,
+                                              strict=True)]
         return escalate & ~forced & ~capped, held
 
     def _explain(self, index: int, signals: SignalBatch, i: int, escalate: bool, live: float,

@@ -67,12 +67,12 @@ class Message(BaseModel):
     content: Text
 
 
-GREEDY_BELOW = 1e-5  # a temperature below this samples greedily (as vLLM reads it): dividing by it overflows
+MIN_TEMPERATURE = 1e-2  # the lowest temperature sampled at, as vLLM clamps it (logits / 1e-40 overflow)
 
 
-def greedy_if_tiny(temperature: float) -> float:
-    """``temperature``, or 0 (greedy) where it is too small to divide logits by."""
-    return 0.0 if temperature < GREEDY_BELOW else temperature
+def sampling_temperature(temperature: float) -> float:
+    """``temperature``, raised to ``MIN_TEMPERATURE`` where it is above 0 and below it (0 stays greedy)."""
+    return MIN_TEMPERATURE if 0.0 < temperature < MIN_TEMPERATURE else temperature
 
 
 class GenerationParams(BaseModel):
@@ -89,8 +89,8 @@ class GenerationParams(BaseModel):
 
     @field_validator("temperature")
     @classmethod
-    def _greedy_if_tiny(cls, value: float) -> float:
-        return greedy_if_tiny(value)
+    def _sampling_temperature(cls, value: float) -> float:
+        return sampling_temperature(value)
 
 
 class RoutingControls(BaseModel):

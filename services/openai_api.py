@@ -22,7 +22,7 @@ from cascade.schemas import (
     RoutedAnswer,
     RoutingControls,
     Text,
-    greedy_if_tiny,
+    sampling_temperature,
 )
 
 ROUTER_MODEL = "cascade"
@@ -150,7 +150,7 @@ class _GenerationRequest(BaseModel):
         stop = [self.stop] if isinstance(self.stop, str) else self.stop
         return defaults.model_copy(update={
             "max_tokens": max_tokens,
-            "temperature": defaults.temperature if self.temperature is None else greedy_if_tiny(self.temperature),
+            "temperature": defaults.temperature if self.temperature is None else sampling_temperature(self.temperature),
             "top_p": defaults.top_p if self.top_p is None else self.top_p,
             "stop": defaults.stop if stop is None else stop,
             "seed": defaults.seed if self.seed is None else self.seed,

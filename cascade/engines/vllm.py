@@ -97,8 +97,11 @@ class VLLMEngine:
                 "max_model_len": self.max_model_len}
 
     async def generate(self, queries: Sequence[Query]) -> list[Generation]:
+        """Every query's prompt and sampling parameters are checked before any generation starts: a
+        query refused then fails its batch before its batch-mates run, not while they run on."""
         await self.start()
-        return list(await asyncio.gather(*(self._generate_one(q) for q in queries)))
+        prepared = [(q, self._checked_prompt(q), self.sampling(q)) for q in queries]
+        return list(await asyncio.gather(*(self._generate_one(*item) for item in prepared)))
 
     def _prompt_ids(self, query: Query) -> list[int]:
         if self.prompt_format == "chat" and getattr(self._tokenizer, "chat_template", None):
@@ -120,16 +123,19 @@ class VLLMEngine:
                 stop=[*self.stop, *params.stop] or None, logprobs=params.top_logprobs, seed=params.seed,
                 flat_logprobs=True,
             )
-        except (ValueError, TypeError, VLLMClientError) as error:
+        except (ValueError, VLLMClientError) as error:
             raise InvalidInputError(query.id, f"the model refuses its generation parameters: "
                                               f"{public_message(error)}") from error
 
-    async def _generate_one(self, query: Query) -> Generation:
-        params = query.params
+    def _checked_prompt(self, query: Query) -> list[int]:
+        """The query's prompt tokens; ``PromptTooLongError`` where they and its answer do not fit."""
         prompt_ids = self._prompt_ids(query)
-        if len(prompt_ids) + params.max_tokens > self.max_model_len:
-            raise PromptTooLongError(query.id, len(prompt_ids), params.max_tokens, self.max_model_len)
-        sampling = self.sampling(query)
+        if len(prompt_ids) + query.params.max_tokens > self.max_model_len:
+            raise PromptTooLongError(query.id, len(prompt_ids), query.params.max_tokens, self.max_model_len)
+        return prompt_ids
+
+    async def _generate_one(self, query: Query, prompt_ids: list[int], sampling: Any) -> Generation:
+        params = query.params
         started = time.perf_counter()
         final = None
         async for output in self._engine.generate({"prompt_token_ids": prompt_ids}, sampling,

@@ -185,8 +185,10 @@ async def test_a_forced_tier_above_the_plan_cap_is_refused_by_the_core() -> None
     router = two_tier_router(small)
     capped = Query(prompt="anything", routing=RoutingControls(force_tier="large", max_tier="small"))
     unknown = Query(prompt="anything", routing=RoutingControls(force_tier="huge"))
-    trail, *others, nowhere = await router.begin([capped, *queries(14), unknown])
+    batch_mates = queries(14)
+    trail, *others, nowhere = await router.begin([capped, *batch_mates, unknown])
     assert all(t.rejected is None for t in others), "its batch-mates are answered"
+    assert [t.query.id for t in others] == [q.id for q in batch_mates], "in their order"
     assert isinstance(trail.rejected, TierNotAllowedError) and "stops at the small tier" in str(trail.rejected)
     assert isinstance(nowhere.rejected, UnknownTierError)
     assert [len(call) for call in small.calls] == [14], "the batch is not split to find the refused queries"
@@ -254,23 +256,34 @@ async def test_the_learned_deferral_policy_decides_from_the_queries_it_answers()
 
 
 async def test_an_empty_answer_has_no_confidence_is_escalated_and_is_never_cached() -> None:
-    """No token to be sure of: a policy reading zeroed signals would accept it with confidence 1.0."""
+    """No token to be sure of: a policy reading zeroed signals would accept it with confidence 1.0, and so
+    would a threshold of 0 (a live one reaches 0 when a model's empty answers exceed the escalation budget)."""
     from cascade.cache import SemanticCache
     from cascade.embeddings import StaticEmbedder
+    from cascade.schemas import RoutingControls
 
     def small(query: Query) -> ScriptedReply:
-        return ScriptedReply("", []) if "empty" in query.question else ScriptedReply("Paris", [-0.05])
+        if "empty" in query.question:
+            return ScriptedReply("", [])
+        return ScriptedReply("Paris", [-0.05]) if "easy" in query.question else small_script(query)
 
     def large(query: Query) -> ScriptedReply:
-        return ScriptedReply("", []) if "everywhere" in query.question else ScriptedReply("Lyon", [-0.2])
+        return ScriptedReply("", []) if "everywhere" in query.question or "hard" in query.question \
+            else ScriptedReply("Lyon", [-0.2])
 
     router = two_tier_router(ScriptedEngine("small-model", small), ScriptedEngine("large-model", large))
-    empty, easy, both = await router.route([Query(prompt="easy but empty"), Query(prompt="easy"),
-                                            Query(prompt="empty everywhere")])
+    empty, easy, both, zero, forced, hard = await router.route([
+        Query(prompt="easy but empty"), Query(prompt="easy"), Query(prompt="empty everywhere"),
+        Query(prompt="easy but empty", routing=RoutingControls(threshold=0.0)),
+        Query(prompt="easy but empty", routing=RoutingControls(force_tier="small")), Query(prompt="hard one")])
     assert (empty.tier, empty.answer) == ("large", "Lyon") and both.tier == "large"
     assert easy.tier == "small" and easy.confidence is not None and easy.confidence > 0.9
     assert empty.attempts[0].confidence == 0.0 and empty.attempts[0].decision == "escalate"
-    assert "the small tier's answer is empty" in empty.reason
-    assert both.confidence == 0.0 and both.answer == "" and "the large tier's answer is empty" in both.reason
+    assert "escalated: the small tier's answer is empty" in empty.reason
+    assert both.confidence == 0.0 and both.answer == "" and "accepted: the large tier's answer is empty" in both.reason
+    assert (zero.tier, zero.answer) == ("large", "Lyon"), "a threshold of 0 does not accept an empty answer"
+    assert (forced.tier, forced.answer) == ("small", "") and "forced to the small tier" in forced.reason
+    assert hard.tier == "small" and hard.degraded and hard.answer == small_script(Query(prompt="hard one")).text, \
+        "an empty answer from the last tier never replaces an earlier one"
     cache = SemanticCache("redis://127.0.0.1:1/0", embedder=StaticEmbedder())
     assert cache.storable(easy, "large") and not cache.storable(both, "large")

@@ -54,17 +54,18 @@ def test_an_empty_stop_sequence_is_refused_at_the_door(stop: str | list[str]) ->
     assert raised.value.errors()[0]["loc"][0] == "stop"  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("temperature", [1e-40, 5e-324, 9.9e-6])
-def test_a_temperature_too_small_to_divide_by_is_greedy(temperature: float) -> None:
-    """Logits divided by it overflow: llama.cpp's sampler met NaN probabilities, for the whole batch."""
+@pytest.mark.parametrize("temperature", [1e-40, 5e-324, 9.9e-3])
+def test_a_temperature_too_small_to_sample_at_is_raised_to_vllms_floor(temperature: float) -> None:
+    """Logits divided by 1e-40 overflow: llama.cpp's sampler met NaN probabilities, for the whole batch.
+    vLLM raises such a temperature to 0.01; every tier does the same."""
     request = ChatCompletionRequest.model_validate({"messages": [{"role": "user", "content": "hi"}],
                                                     "temperature": temperature})
-    assert request.params(GenerationParams(), 4096).temperature == 0.0
-    assert GenerationParams(temperature=temperature).temperature == 0.0
-    assert GenerationParams(temperature=1e-5).temperature == 1e-5
+    assert request.params(GenerationParams(), 4096).temperature == 0.01
+    assert GenerationParams(temperature=temperature).temperature == 0.01
+    assert GenerationParams(temperature=0.0).temperature == 0.0 and GenerationParams(temperature=0.5).temperature == 0.5
     logprobs = np.log(np.array([0.2, 0.5, 0.3], np.float32))
-    assert LlamaCppEngine._choose(logprobs, temperature, 1.0, np.random.default_rng(0)) == 1
-    assert LlamaCppEngine._choose(logprobs, 1.0, 1.0, np.random.default_rng(0)) in {0, 1, 2}
+    assert LlamaCppEngine._choose(logprobs, temperature, 1.0, np.random.default_rng(0)) in {0, 1, 2}
+    assert LlamaCppEngine._choose(logprobs, 1e-40, 1.0, np.random.default_rng(0)) == 1, "the likeliest, not NaN"
 
 
 def test_core_queries_refuse_invalid_text_and_seeds_too() -> None:
