@@ -590,7 +590,8 @@ class Router:
         tier = self.tiers[index].name
         held: list[str | None] = [
             f"accepted: forced to the {tier} tier by the request{', its answer empty' if m else ''}" if f
-            else f"accepted: {tier} is the highest tier this query's plan allows" if c and e
+            else f"accepted: {tier} is the highest tier this query's plan allows{', its answer empty' if m else ''}"
+            if c and e
             else f"{'escalated' if e else 'accepted'}: the {tier} tier's answer is empty" if m
             else f"{'escalated' if e else 'accepted'}: confidence {conf:.3f} {'<' if e else '>='} the query's "
                  f"threshold {t:.3f}" if h else None

@@ -97,8 +97,8 @@ class VLLMEngine:
                 "max_model_len": self.max_model_len}
 
     async def generate(self, queries: Sequence[Query]) -> list[Generation]:
-        """Every query's prompt and sampling parameters are checked before any generation starts: a
-        query refused then fails its batch before its batch-mates run, not while they run on."""
+        """Every query's prompt length and sampling parameters are checked before any generation starts:
+        a query refused there fails its batch before its batch-mates run, not while they run on."""
         await self.start()
         prepared = [(q, self._checked_prompt(q), self.sampling(q)) for q in queries]
         return list(await asyncio.gather(*(self._generate_one(*item) for item in prepared)))

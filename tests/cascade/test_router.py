@@ -282,8 +282,32 @@ async def test_an_empty_answer_has_no_confidence_is_escalated_and_is_never_cache
     assert "escalated: the small tier's answer is empty" in empty.reason
     assert both.confidence == 0.0 and both.answer == "" and "accepted: the large tier's answer is empty" in both.reason
     assert (zero.tier, zero.answer) == ("large", "Lyon"), "a threshold of 0 does not accept an empty answer"
-    assert (forced.tier, forced.answer) == ("small", "") and "forced to the small tier" in forced.reason
+    assert (forced.tier, forced.answer) == ("small", "") and "forced to the small tier by the request, its answer " \
+        "empty" in forced.reason
     assert hard.tier == "small" and hard.degraded and hard.answer == small_script(Query(prompt="hard one")).text, \
         "an empty answer from the last tier never replaces an earlier one"
+    assert "returning the small tier's answer, marked degraded" in hard.reason and len(hard.attempts) == 2
+    assert hard.cost == pytest.approx(sum(a.cost for a in hard.attempts)) and hard.cost > hard.attempts[0].cost
     cache = SemanticCache("redis://127.0.0.1:1/0", embedder=StaticEmbedder())
     assert cache.storable(easy, "large") and not cache.storable(both, "large")
+
+
+async def test_an_empty_middle_answer_is_escalated_and_a_capped_one_held() -> None:
+    """Three tiers: the middle tier's empty answer goes on to the last; a plan that stops at the middle tier
+    holds it there, saying why."""
+    from cascade.schemas import RoutingControls
+
+    def middle(query: Query) -> ScriptedReply:
+        return ScriptedReply("", [])
+
+    router = Router([
+        Tier("small", ScriptedEngine("small-model", small_script), PRESETS["v1"], SMALL_PRICE),
+        Tier("medium", ScriptedEngine("medium-model", middle), PRESETS["v1"], SMALL_PRICE),
+        Tier("large", ScriptedEngine("large-model", large_script), AcceptAllPolicy(), LARGE_PRICE)])
+    free, capped = await router.route([Query(prompt="hard question"),
+                                       Query(prompt="hard question", routing=RoutingControls(max_tier="medium"))])
+    assert (free.tier, free.answer) == ("large", "Lyon") and [a.tier for a in free.attempts] == ["small", "medium",
+                                                                                                 "large"]
+    assert free.attempts[1].confidence == 0.0 and free.attempts[1].decision == "escalate"
+    assert capped.tier == "small" and capped.degraded, "the middle tier's empty answer does not replace the small one"
+    assert "medium is the highest tier this query's plan allows, its answer empty" in capped.reason

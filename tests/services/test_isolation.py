@@ -64,7 +64,8 @@ def test_a_temperature_too_small_to_sample_at_is_raised_to_vllms_floor(temperatu
     assert GenerationParams(temperature=temperature).temperature == 0.01
     assert GenerationParams(temperature=0.0).temperature == 0.0 and GenerationParams(temperature=0.5).temperature == 0.5
     logprobs = np.log(np.array([0.2, 0.5, 0.3], np.float32))
-    assert LlamaCppEngine._choose(logprobs, temperature, 1.0, np.random.default_rng(0)) in {0, 1, 2}
+    clamped = GenerationParams(temperature=temperature).temperature
+    assert LlamaCppEngine._choose(logprobs, clamped, 1.0, np.random.default_rng(0)) in {0, 1, 2}
     assert LlamaCppEngine._choose(logprobs, 1e-40, 1.0, np.random.default_rng(0)) == 1, "the likeliest, not NaN"
 
 
