@@ -280,11 +280,15 @@ class Router:
                 self.check_controls(query)
             except (UnknownTierError, TierNotAllowedError) as error:  # that query alone: its batch goes on whole
                 refused[i] = error
-        if refused:
-            rest = [q for i, q in enumerate(queries) if i not in refused]
-            kept = iter(await self._begin(rest) if rest else [])
-            return [Trail(q, len(self.tiers), rejected=refused[i]) if i in refused else next(kept)
-                    for i, q in enumerate(queries)]
+        if not refused:
+            return await self._begin_checked(queries)
+        rest = [q for i, q in enumerate(queries) if i not in refused]
+        kept = iter(await self._begin_checked(rest) if rest else [])
+        return [Trail(q, len(self.tiers), rejected=refused[i]) if i in refused else next(kept)
+                for i, q in enumerate(queries)]
+
+    async def _begin_checked(self, queries: Sequence[Query]) -> list[Trail]:
+        """``_begin`` for queries whose routing controls passed ``check_controls``."""
         started_ns, looking = time.time_ns(), time.perf_counter()
         starts, shared = await self._preroute(queries)
         lookup = await self.cache.lookup(queries, shared) if self.cache is not None and queries else None

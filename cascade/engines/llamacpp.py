@@ -295,7 +295,7 @@ class LlamaCppEngine:
             return int(np.argmax(logprobs))
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             scaled = log_softmax(logprobs / temperature)
-        if not np.isfinite(scaled).any() or np.isnan(scaled).any():
+        if np.isnan(scaled).any():  # an infinite scaled logit: log_softmax subtracts it from itself
             return int(np.argmax(logprobs))
         order = np.argsort(-scaled)
         probs = np.exp(scaled[order])
