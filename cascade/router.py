@@ -29,7 +29,7 @@ from pydantic import BaseModel
 from cascade.answers import token_f1
 from cascade.cache import SemanticCache
 from cascade.costs import ModelPrice, total_cost
-from cascade.engines.base import Engine, InvalidInputError, PromptTooLongError, input_error
+from cascade.engines.base import Engine, InvalidInputError, PartialGenerationError, PromptTooLongError, input_error
 from cascade.errors import public_message
 from cascade.feedback import FeedbackLog, decision_record, outcome_record
 from cascade.policies import CascadePolicy, Policy
@@ -328,8 +328,8 @@ class Router:
         return starts, np.where(same[:, None], vectors, np.nan).astype(np.float32)
 
     async def record(self, trails: Sequence[Trail]) -> None:
-        """One cache store for the fresh answers and one feedback append for all finished trails.
-        Never raises: a record that cannot be stored is logged and counted alone (see the cache and
+        """One cache store for the fresh answers and one feedback append for all finished trails (a
+        deferred one's record marked provisional; shadow checks only for final answers). Never raises: a record that cannot be stored is logged and counted alone (see the cache and
         the feedback log); an unexpected fault is logged with the request ids it concerned."""
         done = [t for t in trails if t.result is not None]
         fresh = [t for t in done if t.vector is not None and not t.deferred]
@@ -342,9 +342,10 @@ class Router:
             log.exception("cache store failed for requests %s", [t.query.id for t in fresh])
         try:
             if self.feedback is not None and done:
-                answers = [t.result for t in done if t.result is not None]
-                await self.feedback.append([decision_record(a) for a in answers])
-                self._start_shadow_checks([t.query for t in done], answers)
+                await self.feedback.append([decision_record(t.result, t.deferred) for t in done
+                                            if t.result is not None])
+                final = [t for t in done if not t.deferred]  # a provisional answer is being escalated already
+                self._start_shadow_checks([t.query for t in final], [t.result for t in final if t.result is not None])
         except Exception:
             log.exception("feedback append failed for requests %s", [t.query.id for t in done])
 
@@ -488,36 +489,66 @@ class Router:
                 for trail in trails:
                     trail.links[f"tier:{tier.name}"] = span.get_span_context()
                 generations = await self._generate(tier, [t.query for t in trails])
+        except PartialGenerationError as partial:  # each query failed or answered on its own
+            self._settle_each(trails, index, partial.results, (time.perf_counter() - started) * 1000)
+            return
         except Exception as error:
             if input_error(error):  # one query's content: reject it alone, answer its batch-mates
                 await self._isolate(trails, index, error)
                 return
-            # a failing pool degrades service, it never drops the request
-            log.warning("tier %s failed for %d queries %s: %r", tier.name, len(trails),
-                        [t.query.id for t in trails], error)
-            elapsed = (time.perf_counter() - started) * 1000
-            message = public_message(error)
-            for trail in trails:
-                trail.latency.append(StageLatency(stage=f"tier:{tier.name}", ms=elapsed))
-                trail.attempts.append(TierAttempt(tier=tier.name, model=tier.engine.model, decision=None,
-                                                  confidence=None, prompt_tokens=0, completion_tokens=0,
-                                                  cost=0.0, error=message))
-                trail.reasons.append(f"{tier.name} tier failed ({message})")
-                trail.next_tier = index + 1
+            self._tier_failed(trails, index, error, (time.perf_counter() - started) * 1000)
             return
         generated_ms = (time.perf_counter() - started) * 1000
         self._decide(trails, index, generations, generated_ms)
+
+    def _tier_failed(self, trails: list[Trail], index: int, error: Exception, elapsed_ms: float) -> None:
+        """The tier could not answer these queries: each goes on to the next tier (a failing pool
+        degrades service, it never drops the request)."""
+        tier = self.tiers[index]
+        log.warning("tier %s failed for %d queries %s: %r", tier.name, len(trails),
+                    [t.query.id for t in trails], error)
+        message = public_message(error)
+        for trail in trails:
+            trail.latency.append(StageLatency(stage=f"tier:{tier.name}", ms=elapsed_ms))
+            trail.attempts.append(TierAttempt(tier=tier.name, model=tier.engine.model, decision=None,
+                                              confidence=None, prompt_tokens=0, completion_tokens=0,
+                                              cost=0.0, error=message))
+            trail.reasons.append(f"{tier.name} tier failed ({message})")
+            trail.next_tier = index + 1
+
+    def _settle_each(self, trails: list[Trail], index: int, results: Sequence[Generation | Exception],
+                     generated_ms: float) -> None:
+        """A batch whose queries the engine answered or failed one by one: the answers are decided
+        together, a query the model cannot read is rejected alone, and any other failure sends only
+        its own query on to the next tier."""
+        if len(results) != len(trails):
+            self._tier_failed(trails, index, RuntimeError(
+                f"engine returned {len(results)} results for {len(trails)} queries"), generated_ms)
+            return
+        answered = [(t, r) for t, r in zip(trails, results, strict=True) if isinstance(r, Generation)]
+        for trail, result in zip(trails, results, strict=True):
+            if isinstance(result, Generation):
+                continue
+            if input_error(result):
+                self._reject(trail, index, result)
+            else:
+                self._tier_failed([trail], index, result, generated_ms)
+        if answered:
+            self._decide([t for t, _ in answered], index, [g for _, g in answered], generated_ms)
+
+    def _reject(self, trail: Trail, index: int, error: Exception) -> None:
+        """The tier's model cannot read this query's input: it stops here with that error."""
+        log.warning("query %s rejected by tier %s: %s", trail.query.id, self.tiers[index].name, error)
+        trail.rejected = error if isinstance(error, (PromptTooLongError, InvalidInputError)) else (
+            InvalidInputError(trail.query.id, f"the {self.tiers[index].name} model cannot read this input "
+                                              f"({type(error).__name__})"))
 
     async def _isolate(self, trails: list[Trail], index: int, error: Exception) -> None:
         """A tier refused a batch because of some query's input: reject the query the error names (or
         the only one), else run the batch's halves apart until the culprits are alone."""
         named = [t for t in trails if t.query.id == getattr(error, "query_id", None)]
         if named or len(trails) == 1:
-            culprit = (named or trails)[0]
-            log.warning("query %s rejected by tier %s: %s", culprit.query.id, self.tiers[index].name, error)
-            culprit.rejected = error if isinstance(error, (PromptTooLongError, InvalidInputError)) else (
-                InvalidInputError(culprit.query.id, f"the {self.tiers[index].name} model cannot read this input "
-                                                    f"({type(error).__name__})"))
+            self._reject((named or trails)[0], index, error)
             rest = [t for t in trails if t.rejected is None]
             if rest:
                 await self._run_tier(rest, index)

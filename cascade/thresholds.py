@@ -162,8 +162,10 @@ class ThresholdController:
         return True
 
     def observe(self, entry_id: str, record: dict[str, Any]) -> None:
-        """Fold one stream record into the windows (idempotent by id)."""
-        if not self._remember(entry_id):
+        """Fold one stream record into the windows (idempotent by id). A provisional answer's record is
+        skipped: its route's final record follows under the same request id, with the same first
+        confidence, and a label is of the answer that route ended with."""
+        if not self._remember(entry_id) or record.get("provisional"):
             return
         tier = self.config.target.tier
         if record.get("kind") == "decision" and record.get("first_tier") == tier and not record.get("cache_hit"):

@@ -15,7 +15,7 @@ import orjson
 from pydantic import BaseModel, Field
 
 from cascade.config import CoreSettings
-from cascade.engines.base import PromptTooLongError
+from cascade.engines.base import PartialGenerationError, PromptTooLongError
 from cascade.factory import build_router
 from cascade.router import Router, Tier
 from cascade.schemas import Generation, GenerationParams, Message, Query, Signals
@@ -88,6 +88,11 @@ async def _answers(tier: Tier, queries: list[Query]) -> list[Generation | Prompt
     """The tier's answers to a batch; a query too long for the model is its own error, not the batch's."""
     try:
         return list(await tier.engine.generate(queries))
+    except PartialGenerationError as partial:  # an engine that calls its model once per query
+        for result in partial.results:
+            if isinstance(result, Exception) and not isinstance(result, PromptTooLongError):
+                raise result from partial
+        return [r for r in partial.results if isinstance(r, (Generation, PromptTooLongError))]
     except PromptTooLongError as error:
         if len(queries) == 1:
             return [error]

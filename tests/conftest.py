@@ -170,6 +170,19 @@ def openai_server() -> Iterator[str]:
         process.wait(timeout=30)
 
 
+def echo_backend(*options: str) -> Iterator[str]:
+    """The OpenAI-compatible echo backend (``tests/benchmarks/openai_echo.py``) in a process of its own,
+    its base URL while it runs."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "tests.benchmarks.openai_echo", "--port", str(port), *options])
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/v1/models", process, timeout_s=60)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A local Redis 8 with search for the module, started through the launcher."""

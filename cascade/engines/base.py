@@ -48,6 +48,20 @@ class InvalidInputError(EngineError, ValueError):
         return type(self), (self.query_id, self.reason)
 
 
+class PartialGenerationError(EngineError):
+    """Some queries of a batch failed on their own (an engine that calls its model once per query):
+    ``results`` holds each query's generation or the error that stopped it, in order, so that the
+    others keep their answers and are not generated again."""
+
+    def __init__(self, results: Sequence[Generation | Exception]) -> None:
+        failed = sum(isinstance(r, Exception) for r in results)
+        super().__init__(f"{failed} of {len(results)} queries failed")
+        self.results = list(results)
+
+    def __reduce__(self) -> tuple[type[PartialGenerationError], tuple[list[Generation | Exception]]]:
+        return type(self), (self.results,)
+
+
 def input_error(error: BaseException) -> bool:
     """Whether an engine error is caused by a query's content (not by the engine being down)."""
     return isinstance(error, (PromptTooLongError, InvalidInputError, UnicodeError))

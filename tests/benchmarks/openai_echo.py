@@ -6,12 +6,17 @@ benchmark (``bench_openai_tiers``) and of the tests of tiers placed in the ingre
 log-probabilities of -3 (any threshold policy escalates it), any other name -0.01 (accepted).
 ``python -m tests.benchmarks.openai_echo --port N`` serves it with uvicorn; ``--delay-ms D`` makes
 every answer take D ms (a model's generation time, spent asleep: no CPU).
+
+For the tests of one query failing among others, a last message containing ``[refuse]`` gets HTTP
+400, ``[fail]`` HTTP 500, and ``[too long]`` the 400 a server gives a prompt over its context
+window; ``GET /v1/calls`` counts the chat requests per model name.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+from collections import Counter
 from functools import cache
 
 import orjson
@@ -40,8 +45,27 @@ def completion(model: str, top_logprobs: int) -> bytes:
     })
 
 
+REFUSALS = {"[refuse]": (400, "refused by the echo"), "[fail]": (500, "the echo failed"),
+            "[too long]": (400, "This model's maximum context length is 2048 tokens")}
+CALLS: Counter[str] = Counter()
+
+
+def refusal(body: dict[str, object]) -> Response | None:
+    """The error response a marker in the last message asks for, if any."""
+    messages = body.get("messages")
+    last = str(messages[-1].get("content", "")) if isinstance(messages, list) and messages else ""
+    for marker, (status, message) in REFUSALS.items():
+        if marker in last:
+            return Response(orjson.dumps({"error": {"message": message}}), status, media_type="application/json")
+    return None
+
+
 async def chat_completions(request: Request) -> Response:
     body = orjson.loads(await request.body())
+    CALLS[str(body.get("model", "echo"))] += 1
+    refused = refusal(body)
+    if refused is not None:
+        return refused
     top = int(body.get("top_logprobs") or 1) if body.get("logprobs") else 1
     if DELAY_S:
         await asyncio.sleep(DELAY_S)
@@ -53,8 +77,12 @@ async def models(request: Request) -> Response:
                     media_type="application/json")
 
 
+async def calls(request: Request) -> Response:
+    return Response(orjson.dumps(dict(CALLS)), media_type="application/json")
+
+
 app = Starlette(routes=[Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-                        Route("/v1/models", models)])
+                        Route("/v1/models", models), Route("/v1/calls", calls)])
 
 
 def main() -> None:

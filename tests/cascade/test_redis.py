@@ -309,6 +309,30 @@ async def test_controller_ignores_redelivered_records(local_redis: LocalRedis) -
     await controller.close()
 
 
+async def test_a_progressive_answer_is_one_decision_for_the_controller_and_its_label_is_of_the_final_answer(
+        local_redis: LocalRedis) -> None:
+    log, controller = controlled_stream(local_redis.url, "progressive", ThresholdTarget(kind="quality", value=0.8),
+                                        min_samples=1)
+    large = ScriptedEngine("large-model", large_script)
+    router = Router([Tier("small", ScriptedEngine("small-model", small_script), PRESETS["v1"]),
+                     Tier("large", large, AcceptAllPolicy())], feedback=log, shadow_fraction=1.0)
+    [first] = await router.answer([Query(prompt="hard question", tenant="acme")], mode="progressive")
+    assert first.answer is not None and first.answer.tier == "small" and first.rest is not None
+    [final] = await router.answer([first.rest])  # its job resumes the route, as the consumer does
+    assert final.answer is not None and final.answer.tier == "large"
+    await router.drain()
+    await log.append([outcome_record(final.answer.request_id, "acme", correct=True)])
+    await controller.step()
+    decisions = [r for _, r in await log.read_all() if r["kind"] == "decision"]
+    assert [(d["tier"], d["decision"], d["provisional"]) for d in decisions] == [
+        ("small", "escalate", True), ("large", "escalate", False)]
+    assert len(large.calls) == 1, "no shadow check of a provisional answer: its escalation is under way"
+    window = controller.windows["acme"]
+    assert list(window.confidences) == [first.answer.confidence], "one first-tier confidence per route"
+    assert not window.labelled, "the label is of the large model's answer, not of the small one's"
+    await asyncio.gather(log.close(), controller.close())
+
+
 async def test_routers_apply_live_thresholds_within_seconds(local_redis: LocalRedis) -> None:
     key = "test:thresholds-live"
     live = LiveThresholds(local_redis.url, key=key, refresh_s=0.2)

@@ -6,8 +6,6 @@ a slow model does not make queries queue behind one another in the ingress's bat
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -16,7 +14,7 @@ import httpx
 import pytest
 
 from services.settings import CascadeSettings
-from tests.conftest import free_port, serve_apps, wait_for_http
+from tests.conftest import echo_backend, free_port, serve_apps
 
 ONE_REPLICA = {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.05}}
 CHAT = {"model": "cascade", "messages": [{"role": "user", "content": "Which city is the capital of France?"}],
@@ -34,17 +32,6 @@ def app(small: dict[str, Any], large: dict[str, Any]) -> CascadeSettings:
 
 
 SLOW_MODEL_S = 0.4  # the slow backend's time per answer
-
-
-def echo_backend(*options: str) -> Iterator[str]:
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "tests.benchmarks.openai_echo", "--port", str(port), *options])
-    try:
-        wait_for_http(f"http://127.0.0.1:{port}/v1/models", process, timeout_s=60)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
