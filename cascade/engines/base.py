@@ -67,6 +67,24 @@ def input_error(error: BaseException) -> bool:
     return isinstance(error, (PromptTooLongError, InvalidInputError, UnicodeError))
 
 
+def gathered(results: Sequence[Generation | BaseException]) -> list[Generation]:
+    """The generations of a batch whose queries ran each on its own (``asyncio.gather`` with
+    ``return_exceptions``): cancellation and exit go on up; when every query failed and none for its
+    input, the first error (the engine is down for all); when some failed, ``PartialGenerationError``."""
+    outcomes: list[Generation | Exception] = []
+    for result in results:
+        if not isinstance(result, (Generation, Exception)):
+            raise result
+        outcomes.append(result)
+    generations = [r for r in outcomes if isinstance(r, Generation)]
+    errors = [r for r in outcomes if isinstance(r, Exception)]
+    if not errors:
+        return generations
+    if not generations and not any(input_error(e) for e in errors):
+        raise errors[0]
+    raise PartialGenerationError(outcomes)
+
+
 @runtime_checkable
 class Engine(Protocol):
     """Generates answers with per-token log-probabilities for a batch of queries."""

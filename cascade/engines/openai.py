@@ -20,7 +20,7 @@ import numpy as np
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-from cascade.engines.base import EngineError, PartialGenerationError, PromptTooLongError
+from cascade.engines.base import EngineError, PromptTooLongError, gathered
 from cascade.prompts import chat_messages
 from cascade.schemas import Generation, Query
 
@@ -77,15 +77,8 @@ class OpenAIEngine:
         await self.start()
         if len(queries) == 1:  # no task for a lone query
             return [await self._generate_one(queries[0])]
-        results: list[Generation | Exception] = []
-        for result in await asyncio.gather(*(self._generate_one(q) for q in queries), return_exceptions=True):
-            if not isinstance(result, (Generation, Exception)):
-                raise result  # cancellation and exit reach the caller
-            results.append(result)
-        generations = [r for r in results if isinstance(r, Generation)]
-        if len(generations) < len(results):  # each query is its own call: the others keep their answers
-            raise PartialGenerationError(results)
-        return generations
+        # each query is its own call: one that fails leaves the others their answers
+        return gathered(await asyncio.gather(*(self._generate_one(q) for q in queries), return_exceptions=True))
 
     async def _generate_one(self, query: Query) -> Generation:
         params = query.params

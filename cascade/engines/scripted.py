@@ -11,7 +11,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from cascade.engines.base import EngineError, PromptTooLongError
+from cascade.engines.base import EngineError, PromptTooLongError, gathered
 from cascade.schemas import Generation, Query
 
 
@@ -64,6 +64,7 @@ class ScriptedEngine:
     failure: Exception | None = None
     context_window: int | None = None
     unreadable_marker: str | None = None
+    failing_marker: str | None = None  # a question holding it fails alone, as its own call to a remote model would
     calls: list[list[str]] = field(default_factory=list)
 
     async def start(self) -> None:
@@ -96,7 +97,10 @@ class ScriptedEngine:
                 raise PromptTooLongError(query.id, words, query.params.max_tokens, self.context_window)
             if self.unreadable_marker is not None and self.unreadable_marker in query.question:
                 raise UnicodeEncodeError("utf-8", query.question, 0, 1, "the scripted tokenizer cannot read it")
-        return [self._generation(q, self.script(q)) for q in queries]
+        if self.failing_marker is None:
+            return [self._generation(q, self.script(q)) for q in queries]
+        return gathered([EngineError(f"{self.model} failed query {q.id}") if self.failing_marker in q.question
+                         else self._generation(q, self.script(q)) for q in queries])
 
     def _generation(self, query: Query, reply: ScriptedReply) -> Generation:
         logprobs = np.asarray(reply.logprobs, np.float32)

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from cascade.engines.base import EngineError, InvalidInputError, ModelNotFoundError, PromptTooLongError
+from cascade.engines.base import EngineError, InvalidInputError, ModelNotFoundError, PromptTooLongError, gathered
 from cascade.errors import public_message
 from cascade.prompts import chat_messages, plain_prompt
 from cascade.schemas import Generation, Query
@@ -98,10 +98,12 @@ class VLLMEngine:
 
     async def generate(self, queries: Sequence[Query]) -> list[Generation]:
         """Every query's prompt length and sampling parameters are checked before any generation starts:
-        a query refused there fails its batch before its batch-mates run, not while they run on."""
+        a query refused there fails its batch before its batch-mates run, not while they run on. A query
+        whose generation fails leaves its batch-mates their answers (``gathered``)."""
         await self.start()
         prepared = [(q, self._checked_prompt(q), self.sampling(q)) for q in queries]
-        return list(await asyncio.gather(*(self._generate_one(*item) for item in prepared)))
+        return gathered(await asyncio.gather(*(self._generate_one(*item) for item in prepared),
+                                             return_exceptions=True))
 
     def _prompt_ids(self, query: Query) -> list[int]:
         if self.prompt_format == "chat" and getattr(self._tokenizer, "chat_template", None):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from cascade.costs import ModelPrice
+from cascade.engines.base import EngineError, PartialGenerationError, PromptTooLongError, gathered
 from cascade.engines.scripted import ScriptedEngine, ScriptedReply
 from cascade.policies import PRESETS, AcceptAllPolicy
 from cascade.router import AllTiersFailedError, Mode, Router, Tier, UnknownTierError
@@ -311,3 +312,30 @@ async def test_an_empty_middle_answer_is_escalated_and_a_capped_one_held() -> No
     assert free.attempts[1].confidence == 0.0 and free.attempts[1].decision == "escalate"
     assert capped.tier == "small" and capped.degraded, "the middle tier's empty answer does not replace the small one"
     assert "medium is the highest tier this query's plan allows, its answer empty" in capped.reason
+
+
+def test_a_batch_run_query_by_query_keeps_the_answers_of_the_queries_that_did_not_fail() -> None:
+    made = ScriptedEngine("m")._generation(Query(prompt="q"), ScriptedReply("a", [-0.1]))
+    down, too_long = EngineError("m is down"), PromptTooLongError("q2", 9, 1, 8)
+    assert gathered([made, made]) == [made, made]
+    with pytest.raises(PartialGenerationError) as partial:
+        gathered([made, down, too_long])
+    assert partial.value.results == [made, down, too_long] and "2 of 3 queries failed" in str(partial.value)
+    with pytest.raises(EngineError, match="m is down"):  # the engine is down for every query: one failure
+        gathered([down, EngineError("again")])
+    with pytest.raises(PartialGenerationError):  # an input error is its query's own, even when all failed
+        gathered([down, too_long])
+    with pytest.raises(asyncio.CancelledError):
+        gathered([made, asyncio.CancelledError()])
+
+
+async def test_a_query_failing_alone_goes_on_to_the_next_tier_alone() -> None:
+    small = ScriptedEngine("small-model", small_script, failing_marker="[fail]")
+    large = ScriptedEngine("large-model", large_script)
+    batch = [Query(prompt=f"easy question {i}{' [fail]' if i == 2 else ''}") for i in range(4)]
+    answers = await two_tier_router(small, large).route(batch)
+    assert len(small.calls) == 1 and large.calls == [[batch[2].id]], "the batch-mates are not called again"
+    assert [a.tier for a in answers] == ["small", "small", "large", "small"]
+    failed = answers[2].attempts[0]
+    assert failed.tier == "small" and failed.decision is None and failed.error is not None and "failed" in failed.error
+    assert not any(a.degraded for a in answers)
