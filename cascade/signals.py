@@ -185,7 +185,7 @@ def _first_token_margin(batch: TokenBatch, firsts: np.ndarray) -> np.ndarray:
     top1 = ordered[:, -1] if k else np.full(len(firsts), LOG_FLOOR, np.float32)
     top1 = np.where(top1 > LOG_FLOOR, top1, batch.logprobs[firsts])
     top2 = ordered[:, -2] if k > 1 else np.full(len(firsts), LOG_FLOOR, np.float32)
-    remainder = np.maximum(1.0 - np.exp(top1.astype(np.float64)), _REMAINDER_FLOOR)
+    remainder = np.maximum(-np.expm1(top1.astype(np.float64)), _REMAINDER_FLOOR)  # 1 - p, exact near p = 1
     return top1 - np.where(top2 > LOG_FLOOR, top2, np.log(remainder))
 
 

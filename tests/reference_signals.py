@@ -25,7 +25,7 @@ def first_token_margin(generation: Generation) -> float:
     top1 = known[0] if known else float(generation.token_logprobs[0])
     if len(known) >= 2:
         return top1 - known[1]
-    return top1 - math.log(max(1.0 - math.exp(top1), REMAINDER_FLOOR))
+    return top1 - math.log(max(-math.expm1(top1), REMAINDER_FLOOR))
 
 
 def reference_signals(generation: Generation) -> Signals:
