@@ -46,15 +46,15 @@ class FeedbackConfig(BaseModel):
     owner_ttl_s: int = Field(default=7 * 24 * 3600, ge=60, description="how long a request id may be labelled")
 
 
-def decision_record(answer: RoutedAnswer, provisional: bool = False) -> dict[str, Any]:
-    """The stream entry of one routing decision. A ``provisional`` answer (progressive mode: returned
-    while its escalation goes on) is recorded when it is returned and its final answer again, under
-    the same request id; only the final one is the route's decision."""
+def decision_record(answer: RoutedAnswer, *, provisional: bool = False, resumed: bool = False) -> dict[str, Any]:
+    """The stream entry of one routing decision. A progressive answer's route is recorded twice under
+    its request id: ``provisional`` when that answer is returned (its escalation goes on), then
+    ``resumed`` with the final answer its job found."""
     first = answer.attempts[0] if answer.attempts else None
     return {
         "kind": "decision", "request_id": answer.request_id, "tenant": answer.tenant, "tier": answer.tier,
         "model": answer.model, "decision": "escalate" if len(answer.attempts) > 1 or provisional else "accept",
-        "provisional": provisional,
+        "provisional": provisional, "resumed": resumed,
         "first_tier": first.tier if first else answer.tier,
         "first_confidence": first.confidence if first else answer.confidence,
         "confidence": answer.confidence, "signals": answer.signals.model_dump() if answer.signals else None,

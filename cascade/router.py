@@ -108,6 +108,7 @@ class Trail:
     best: BestAnswer | None = None
     result: RoutedAnswer | None = None
     deferred: bool = False
+    resumed: bool = False  # taken on from a checkpoint (a progressive answer's job)
     batch_size: int = 1
     vector: np.ndarray | None = None  # the question's cache embedding (NaN: not computed yet); None: never cached
     cache_tags: dict[str, str] | None = None  # its cache entry tags, from the lookup
@@ -329,7 +330,8 @@ class Router:
 
     async def record(self, trails: Sequence[Trail]) -> None:
         """One cache store for the fresh answers and one feedback append for all finished trails (a
-        deferred one's record marked provisional; shadow checks only for final answers). Never raises:
+        deferred one's record marked provisional, a resumed one's resumed; shadow checks only for final
+        answers). Never raises:
         a record that cannot be stored is logged and counted alone (see the cache and the feedback
         log); an unexpected fault is logged with the request ids it concerned."""
         done = [t for t in trails if t.result is not None]
@@ -343,8 +345,8 @@ class Router:
             log.exception("cache store failed for requests %s", [t.query.id for t in fresh])
         try:
             if self.feedback is not None and done:
-                await self.feedback.append([decision_record(t.result, t.deferred) for t in done
-                                            if t.result is not None])
+                await self.feedback.append([decision_record(t.result, provisional=t.deferred, resumed=t.resumed)
+                                            for t in done if t.result is not None])
                 final = [t for t in done if not t.deferred]  # a provisional answer is being escalated already
                 self._start_shadow_checks([t.query for t in final], [t.result for t in final if t.result is not None])
         except Exception:
@@ -365,14 +367,18 @@ class Router:
     async def _shadow(self, queries: list[Query], answers: list[RoutedAnswer]) -> None:
         """Agreement (token F1) between the small answer and the large model's is an implicit label."""
         assert self.feedback is not None
+        results: Sequence[Generation | Exception]
         try:
-            generations = await self._generate(self.tiers[-1], queries)
+            results = await self._generate(self.tiers[-1], queries)
+        except PartialGenerationError as partial:  # the answers that came back are labels all the same
+            log.warning("shadow check failed for some answers: %s", partial)
+            results = partial.results
         except Exception as error:
             log.warning("shadow check failed for %d answers: %s", len(queries), error)
             return
         await self.feedback.append([
             outcome_record(a.request_id, a.tenant, score=token_f1(a.answer, [g.text]), source="shadow")
-            for a, g in zip(answers, generations, strict=True)])
+            for a, g in zip(answers, results, strict=True) if isinstance(g, Generation)])
 
     async def drain(self) -> None:
         """Wait for the shadow checks under way."""
@@ -428,7 +434,7 @@ class Router:
         self.check_controls(checkpoint.query)
         return Trail(checkpoint.query, checkpoint.next_tier, attempts=list(checkpoint.attempts),
                      latency=list(checkpoint.latency), reasons=list(checkpoint.reasons), best=checkpoint.best,
-                     batch_size=checkpoint.batch_size)
+                     batch_size=checkpoint.batch_size, resumed=True)
 
     def _start_of(self, query: Query, start_tier: int) -> int:
         """The forced tier, else ``start_tier`` held at the plan's highest tier."""
@@ -485,14 +491,16 @@ class Router:
     async def _run_tier(self, trails: list[Trail], index: int) -> None:
         tier = self.tiers[index]
         started = time.perf_counter()
+        results: Sequence[Generation | Exception] | None = None
         try:
             with self.telemetry.tier_call(tier.name, tier.engine.model, len(trails)) as span:
                 for trail in trails:
                     trail.links[f"tier:{tier.name}"] = span.get_span_context()
-                generations = await self._generate(tier, [t.query for t in trails])
-        except PartialGenerationError as partial:  # each query failed or answered on its own
-            self._settle_each(trails, index, partial.results, (time.perf_counter() - started) * 1000)
-            return
+                try:
+                    generations = await self._generate(tier, [t.query for t in trails])
+                except PartialGenerationError as partial:  # each query answered or failed on its own
+                    results = partial.results
+                    span.set_attribute("cascade.failed_queries", sum(isinstance(r, Exception) for r in results))
         except Exception as error:
             if input_error(error):  # one query's content: reject it alone, answer its batch-mates
                 await self._isolate(trails, index, error)
@@ -500,6 +508,9 @@ class Router:
             self._tier_failed(trails, index, error, (time.perf_counter() - started) * 1000)
             return
         generated_ms = (time.perf_counter() - started) * 1000
+        if results is not None:
+            self._settle_each(trails, index, results, generated_ms)
+            return
         self._decide(trails, index, generations, generated_ms)
 
     def _tier_failed(self, trails: list[Trail], index: int, error: Exception, elapsed_ms: float) -> None:

@@ -162,10 +162,11 @@ class ThresholdController:
         return True
 
     def observe(self, entry_id: str, record: dict[str, Any]) -> None:
-        """Fold one stream record into the windows (idempotent by id). A provisional answer's record is
-        skipped: its route's final record follows under the same request id, with the same first
-        confidence, and a label is of the answer that route ended with."""
-        if not self._remember(entry_id) or record.get("provisional"):
+        """Fold one stream record into the windows (idempotent by id). A progressive answer's route has
+        two records: the first tier's confidence counts from the first (``provisional``), when the
+        decision was made, and not again from the final one (``resumed``: a job run twice or given up
+        on still counts once); a label is taken for a final answer of the controlled tier only."""
+        if not self._remember(entry_id):
             return
         tier = self.config.target.tier
         if record.get("kind") == "decision" and record.get("first_tier") == tier and not record.get("cache_hit"):
@@ -173,8 +174,9 @@ class ThresholdController:
             if confidence is None:
                 return
             window = self._window(record["tenant"])
-            window.confidences.append(float(confidence))
-            if record.get("tier") == tier:
+            if not record.get("resumed"):
+                window.confidences.append(float(confidence))
+            if record.get("tier") == tier and not record.get("provisional"):
                 self._decisions[record["request_id"]] = (record["tenant"], float(confidence))
                 if len(self._decisions) > self.config.window * 4:
                     self._decisions.pop(next(iter(self._decisions)))

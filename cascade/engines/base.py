@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
+from cascade.errors import public_message
 from cascade.schemas import Generation, Query
 
 
@@ -54,8 +55,9 @@ class PartialGenerationError(EngineError):
     others keep their answers and are not generated again."""
 
     def __init__(self, results: Sequence[Generation | Exception]) -> None:
-        failed = sum(isinstance(r, Exception) for r in results)
-        super().__init__(f"{failed} of {len(results)} queries failed")
+        errors = [r for r in results if isinstance(r, Exception)]
+        first = f": {public_message(errors[0])}" if errors else ""
+        super().__init__(f"{len(errors)} of {len(results)} queries failed{first}")
         self.results = list(results)
 
     def __reduce__(self) -> tuple[type[PartialGenerationError], tuple[list[Generation | Exception]]]:

@@ -244,6 +244,19 @@ async def test_shadow_checks_log_agreement_as_implicit_labels(local_redis: Local
     await log.close()
 
 
+async def test_a_shadow_check_keeps_the_labels_of_the_answers_that_came_back(local_redis: LocalRedis) -> None:
+    log = FeedbackLog(local_redis.url, FeedbackConfig(stream="test:feedback-shadow-partial"))
+    large = ScriptedEngine("large-model", large_script, failing_marker="[fail]")
+    router = Router([Tier("small", ScriptedEngine("small-model", small_script), PRESETS["v1"]),
+                     Tier("large", large, AcceptAllPolicy())], feedback=log, shadow_fraction=1.0)
+    answers = await router.route([Query(prompt=f"easy question {i}{' [fail]' if i == 1 else ''}") for i in range(3)])
+    await router.drain()
+    outcomes = [r for _, r in await log.read_all() if r["kind"] == "outcome"]
+    assert sorted(o["request_id"] for o in outcomes) == sorted([answers[0].request_id, answers[2].request_id])
+    assert len(large.calls) == 1, "one batched shadow call"
+    await log.close()
+
+
 async def synthetic_decisions(log: FeedbackLog, n: int, seed: int, labelled: bool = False) -> None:
     rng = np.random.default_rng(seed)
     confidence = rng.uniform(size=n)
@@ -324,8 +337,8 @@ async def test_a_progressive_answer_is_one_decision_for_the_controller_and_its_l
     await log.append([outcome_record(final.answer.request_id, "acme", correct=True)])
     await controller.step()
     decisions = [r for _, r in await log.read_all() if r["kind"] == "decision"]
-    assert [(d["tier"], d["decision"], d["provisional"]) for d in decisions] == [
-        ("small", "escalate", True), ("large", "escalate", False)]
+    assert [(d["tier"], d["decision"], d["provisional"], d["resumed"]) for d in decisions] == [
+        ("small", "escalate", True, False), ("large", "escalate", False, True)]
     assert len(large.calls) == 1, "no shadow check of a provisional answer: its escalation is under way"
     window = controller.windows["acme"]
     assert list(window.confidences) == [first.answer.confidence], "one first-tier confidence per route"
