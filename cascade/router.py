@@ -372,7 +372,7 @@ class Router:
             results = await self._generate(self.tiers[-1], queries)
         except PartialGenerationError as partial:  # the answers that came back are labels all the same
             log.warning("shadow check failed for some answers: %s", partial)
-            results = partial.results
+            results = partial.results  # as many as the queries: _generate checks
         except Exception as error:
             log.warning("shadow check failed for %d answers: %s", len(queries), error)
             return
@@ -491,34 +491,36 @@ class Router:
     async def _run_tier(self, trails: list[Trail], index: int) -> None:
         tier = self.tiers[index]
         started = time.perf_counter()
-        results: Sequence[Generation | Exception] | None = None
+        generations: list[Generation] = []
+        partial: PartialGenerationError | None = None
         try:
             with self.telemetry.tier_call(tier.name, tier.engine.model, len(trails)) as span:
                 for trail in trails:
                     trail.links[f"tier:{tier.name}"] = span.get_span_context()
                 try:
                     generations = await self._generate(tier, [t.query for t in trails])
-                except PartialGenerationError as partial:  # each query answered or failed on its own
-                    results = partial.results
-                    span.set_attribute("cascade.failed_queries", sum(isinstance(r, Exception) for r in results))
+                except PartialGenerationError as failed_alone:  # each query answered or failed on its own
+                    partial = failed_alone
+                    span.set_attribute("cascade.failed_queries",
+                                       sum(isinstance(r, Exception) for r in failed_alone.results))
         except Exception as error:
             if input_error(error):  # one query's content: reject it alone, answer its batch-mates
                 await self._isolate(trails, index, error)
                 return
+            log.warning("tier %s failed for %d queries %s: %r", tier.name, len(trails),
+                        [t.query.id for t in trails], error)
             self._tier_failed(trails, index, error, (time.perf_counter() - started) * 1000)
             return
         generated_ms = (time.perf_counter() - started) * 1000
-        if results is not None:
-            self._settle_each(trails, index, results, generated_ms)
-            return
-        self._decide(trails, index, generations, generated_ms)
+        if partial is not None:
+            self._settle_each(trails, index, partial.results, generated_ms)
+        else:
+            self._decide(trails, index, generations, generated_ms)
 
     def _tier_failed(self, trails: list[Trail], index: int, error: Exception, elapsed_ms: float) -> None:
         """The tier could not answer these queries: each goes on to the next tier (a failing pool
-        degrades service, it never drops the request)."""
+        degrades service, it never drops the request); the caller logs the error."""
         tier = self.tiers[index]
-        log.warning("tier %s failed for %d queries %s: %r", tier.name, len(trails),
-                    [t.query.id for t in trails], error)
         message = public_message(error)
         for trail in trails:
             trail.latency.append(StageLatency(stage=f"tier:{tier.name}", ms=elapsed_ms))
@@ -530,21 +532,20 @@ class Router:
 
     def _settle_each(self, trails: list[Trail], index: int, results: Sequence[Generation | Exception],
                      generated_ms: float) -> None:
-        """A batch whose queries the engine answered or failed one by one: the answers are decided
-        together, a query the model cannot read is rejected alone, and any other failure sends only
-        its own query on to the next tier."""
-        if len(results) != len(trails):
-            self._tier_failed(trails, index, RuntimeError(
-                f"engine returned {len(results)} results for {len(trails)} queries"), generated_ms)
-            return
+        """Each query's generation or the error that stopped it alone (``PartialGenerationError``): the
+        answers are decided together, a query the model cannot read is rejected alone, and any other
+        failure sends only its own query on to the next tier, with its own error."""
         answered = [(t, r) for t, r in zip(trails, results, strict=True) if isinstance(r, Generation)]
+        failed = [(t, r) for t, r in zip(trails, results, strict=True)
+                  if isinstance(r, Exception) and not input_error(r)]
+        if failed:
+            log.warning("tier %s failed for %d of %d queries %s: first %r", self.tiers[index].name, len(failed),
+                        len(trails), [t.query.id for t, _ in failed], failed[0][1])
         for trail, result in zip(trails, results, strict=True):
-            if isinstance(result, Generation):
-                continue
-            if input_error(result):
+            if isinstance(result, Exception) and input_error(result):
                 self._reject(trail, index, result)
-            else:
-                self._tier_failed([trail], index, result, generated_ms)
+        for trail, error in failed:
+            self._tier_failed([trail], index, error, generated_ms)
         if answered:
             self._decide([t for t, _ in answered], index, [g for _, g in answered], generated_ms)
 
@@ -569,8 +570,16 @@ class Router:
         await asyncio.gather(self._run_tier(trails[:half], index), self._run_tier(trails[half:], index))
 
     async def _generate(self, tier: Tier, queries: list[Query]) -> list[Generation]:
+        """The tier's generations, in order; ``PartialGenerationError`` (of as many results as queries)
+        where some queries failed alone."""
         async with asyncio.timeout(tier.timeout_s or None):  # on this task: no task per call, as wait_for makes
-            generations = await tier.engine.generate(queries)
+            try:
+                generations = await tier.engine.generate(queries)
+            except PartialGenerationError as partial:
+                if len(partial.results) != len(queries):
+                    raise RuntimeError(f"engine returned {len(partial.results)} results for {len(queries)} "
+                                       "queries") from None
+                raise
         if len(generations) != len(queries):
             raise RuntimeError(f"engine returned {len(generations)} generations for {len(queries)} queries")
         return generations

@@ -71,19 +71,17 @@ def input_error(error: BaseException) -> bool:
 
 def gathered(results: Sequence[Generation | BaseException]) -> list[Generation]:
     """The generations of a batch whose queries ran each on its own (``asyncio.gather`` with
-    ``return_exceptions``): cancellation and exit go on up; when every query failed and none for its
-    input, the first error (the engine is down for all); when some failed, ``PartialGenerationError``."""
+    ``return_exceptions``): cancellation and exit go on up; where any query failed (all of them, too:
+    each error names its own query, which its batch-mates' answers must not show),
+    ``PartialGenerationError``."""
     outcomes: list[Generation | Exception] = []
     for result in results:
         if not isinstance(result, (Generation, Exception)):
             raise result
         outcomes.append(result)
     generations = [r for r in outcomes if isinstance(r, Generation)]
-    errors = [r for r in outcomes if isinstance(r, Exception)]
-    if not errors:
+    if len(generations) == len(outcomes):
         return generations
-    if not generations and not any(input_error(e) for e in errors):
-        raise errors[0]
     raise PartialGenerationError(outcomes)
 
 

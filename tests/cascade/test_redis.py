@@ -343,6 +343,17 @@ async def test_a_progressive_answer_is_one_decision_for_the_controller_and_its_l
     window = controller.windows["acme"]
     assert list(window.confidences) == [first.answer.confidence], "one first-tier confidence per route"
     assert not window.labelled, "the label is of the large model's answer, not of the small one's"
+    [again] = await router.answer([first.rest])  # the task queue ran its job twice
+    assert again.answer is not None
+    await router.drain()
+    await controller.step()
+    assert len(window.confidences) == 1, "a route whose job ran twice counts once"
+    [given_up] = await router.answer([Query(prompt="hard question", tenant="acme")], mode="progressive")
+    assert given_up.answer is not None  # its job never ends: no final record
+    await router.drain()
+    await controller.step()
+    assert list(window.confidences) == [first.answer.confidence, given_up.answer.confidence], (
+        "a route given up on counts too")
     await asyncio.gather(log.close(), controller.close())
 
 

@@ -321,10 +321,10 @@ def test_a_batch_run_query_by_query_keeps_the_answers_of_the_queries_that_did_no
     with pytest.raises(PartialGenerationError) as partial:
         gathered([made, down, too_long])
     assert partial.value.results == [made, down, too_long] and "2 of 3 queries failed" in str(partial.value)
-    with pytest.raises(EngineError, match="m is down"):  # the engine is down for every query: one failure
-        gathered([down, EngineError("again")])
-    with pytest.raises(PartialGenerationError):  # an input error is its query's own, even when all failed
+    with pytest.raises(PartialGenerationError) as every:  # all failed: still each query's own error
         gathered([down, too_long])
+    assert every.value.results == [down, too_long]
+    assert "2 of 2 queries failed: EngineError: m is down" in str(every.value)
     with pytest.raises(asyncio.CancelledError):
         gathered([made, asyncio.CancelledError()])
 
@@ -339,3 +339,15 @@ async def test_a_query_failing_alone_goes_on_to_the_next_tier_alone() -> None:
     failed = answers[2].attempts[0]
     assert failed.tier == "small" and failed.decision is None and failed.error is not None and "failed" in failed.error
     assert not any(a.degraded for a in answers)
+
+
+async def test_queries_failing_together_each_carry_only_their_own_error() -> None:
+    """Two tenants' queries fail at the small tier in one batch: each answer's route names its own
+    query's failure, never its batch-mate's request id."""
+    small = ScriptedEngine("small-model", small_script, failing_marker="[fail]")
+    batch = [Query(prompt="easy question [fail]", tenant="acme"), Query(prompt="easy question [fail]", tenant="globex")]
+    answers = await two_tier_router(small).route(batch)
+    for answer, own, other in ((answers[0], batch[0], batch[1]), (answers[1], batch[1], batch[0])):
+        error = answer.attempts[0].error or ""
+        assert own.id in error and other.id not in error and other.id not in answer.reason
+        assert answer.tier == "large" and not answer.degraded

@@ -48,6 +48,23 @@ async def router(redis_url: str, captured: tuple[Any, Any, Telemetry], tmp_path:
     await routed.close()
 
 
+async def test_a_tier_batch_with_a_query_failing_alone_is_one_span_with_its_metrics(
+        captured: tuple[InMemorySpanExporter, InMemoryMetricReader, Telemetry]) -> None:
+    spans_exporter, reader, telemetry = captured
+    small = Tier("small", ScriptedEngine("small-model", small_script, failing_marker="[fail]"), PRESETS["v1"])
+    routed = Router([small, Tier("large", ScriptedEngine("large-model", large_script), AcceptAllPolicy())],
+                    telemetry=telemetry)
+    await routed.route([Query(prompt="easy one"), Query(prompt="easy two [fail]"), Query(prompt="easy three")])
+    [batch] = [s for s in spans_exporter.get_finished_spans() if s.name == "tier.small.batch"]
+    assert batch.status.is_ok and dict(batch.attributes or {})["cascade.failed_queries"] == 1
+    metrics = reader.get_metrics_data()
+    assert metrics is not None
+    sizes = [point.sum for resource in metrics.resource_metrics for scope in resource.scope_metrics
+             for metric in scope.metrics if metric.name == "cascade.batch.size" for point in metric.data.data_points
+             if dict(point.attributes or {}).get("tier") == "small"]
+    assert sizes == [3], "the batch's size is recorded though one of its queries failed"
+
+
 def children_of(spans: list[ReadableSpan], parent: ReadableSpan) -> list[ReadableSpan]:
     assert parent.context is not None
     kids = [s for s in spans if s.parent is not None and s.parent.span_id == parent.context.span_id]
