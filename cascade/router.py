@@ -331,9 +331,8 @@ class Router:
     async def record(self, trails: Sequence[Trail]) -> None:
         """One cache store for the fresh answers and one feedback append for all finished trails (a
         deferred one's record marked provisional, a resumed one's resumed; shadow checks only for final
-        answers). Never raises:
-        a record that cannot be stored is logged and counted alone (see the cache and the feedback
-        log); an unexpected fault is logged with the request ids it concerned."""
+        answers). Never raises: a record that cannot be stored is logged and counted alone (see the
+        cache and the feedback log); an unexpected fault is logged with the request ids it concerned."""
         done = [t for t in trails if t.result is not None]
         fresh = [t for t in done if t.vector is not None and not t.deferred]
         try:
