@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 from pydantic import BaseModel
@@ -40,6 +40,16 @@ from cascade.telemetry import Telemetry
 from cascade.thresholds import LiveThresholds
 
 log = logging.getLogger(__name__)
+
+
+ResultT = TypeVar("ResultT")
+
+
+def _one_per_query(results: list[ResultT], queries: Sequence[Query]) -> list[ResultT]:
+    """An engine's results, checked to be one per query."""
+    if len(results) != len(queries):
+        raise RuntimeError(f"engine returned {len(results)} results for {len(queries)} queries")
+    return results
 
 
 class AllTiersFailedError(RuntimeError):
@@ -534,15 +544,18 @@ class Router:
         """Each query's generation or the error that stopped it alone (``PartialGenerationError``): the
         answers are decided together, a query the model cannot read is rejected alone, and any other
         failure sends only its own query on to the next tier, with its own error."""
-        answered = [(t, r) for t, r in zip(trails, results, strict=True) if isinstance(r, Generation)]
-        failed = [(t, r) for t, r in zip(trails, results, strict=True)
-                  if isinstance(r, Exception) and not input_error(r)]
+        answered: list[tuple[Trail, Generation]] = []
+        failed: list[tuple[Trail, Exception]] = []
+        for trail, result in zip(trails, results, strict=True):
+            if isinstance(result, Generation):
+                answered.append((trail, result))
+            elif input_error(result):
+                self._reject(trail, index, result)
+            else:
+                failed.append((trail, result))
         if failed:
             log.warning("tier %s failed for %d of %d queries %s: first %r", self.tiers[index].name, len(failed),
                         len(trails), [t.query.id for t, _ in failed], failed[0][1])
-        for trail, result in zip(trails, results, strict=True):
-            if isinstance(result, Exception) and input_error(result):
-                self._reject(trail, index, result)
         for trail, error in failed:
             self._tier_failed([trail], index, error, generated_ms)
         if answered:
@@ -573,15 +586,10 @@ class Router:
         where some queries failed alone."""
         async with asyncio.timeout(tier.timeout_s or None):  # on this task: no task per call, as wait_for makes
             try:
-                generations = await tier.engine.generate(queries)
+                return _one_per_query(await tier.engine.generate(queries), queries)
             except PartialGenerationError as partial:
-                if len(partial.results) != len(queries):
-                    raise RuntimeError(f"engine returned {len(partial.results)} results for {len(queries)} "
-                                       "queries") from None
+                _one_per_query(partial.results, queries)
                 raise
-        if len(generations) != len(queries):
-            raise RuntimeError(f"engine returned {len(generations)} generations for {len(queries)} queries")
-        return generations
 
     def _decide(self, trails: list[Trail], index: int, generations: list[Generation], generated_ms: float) -> None:
         tier = self.tiers[index]
