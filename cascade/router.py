@@ -41,6 +41,10 @@ from cascade.thresholds import LiveThresholds
 
 log = logging.getLogger(__name__)
 
+BACKSTOP_GRACE_S = 0.5
+"""How long after a tier's ``timeout_s`` the router abandons the tier's whole batched call, where the
+engine (or the hop to its pool) did not keep the deadline itself."""
+
 
 ResultT = TypeVar("ResultT")
 
@@ -583,10 +587,11 @@ class Router:
 
     async def _generate(self, tier: Tier, queries: list[Query]) -> list[Generation]:
         """The tier's generations, in order; ``PartialGenerationError`` (of as many results as queries)
-        where some queries failed alone."""
-        async with asyncio.timeout(tier.timeout_s or None):  # on this task: no task per call, as wait_for makes
+        where some queries failed alone, late ones included (the engine keeps ``timeout_s``)."""
+        backstop = None if tier.timeout_s is None else tier.timeout_s + BACKSTOP_GRACE_S
+        async with asyncio.timeout(backstop):  # on this task: no task per call, as wait_for makes
             try:
-                return _one_per_query(await tier.engine.generate(queries), queries)
+                return _one_per_query(await tier.engine.generate(queries, tier.timeout_s), queries)
             except PartialGenerationError as partial:
                 _one_per_query(partial.results, queries)
                 raise

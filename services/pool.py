@@ -37,14 +37,14 @@ class ModelPool:
         freeze_start_up_heap()
         log.info("pool %s ready with %s", self.tier.name, self.engine.model)
 
-    async def generate(self, queries: Sequence[Query], trace_headers: Mapping[str, str] | None = None
-                       ) -> list[Generation]:
-        """One generation per query, in order, from one batched engine call, traced as a child of
-        the caller's tier span."""
+    async def generate(self, queries: Sequence[Query], trace_headers: Mapping[str, str] | None = None,
+                       timeout_s: float | None = None) -> list[Generation]:
+        """One generation per query, in order, from one batched engine call within the tier's
+        ``timeout_s``, traced as a child of the caller's tier span."""
         with continued(trace_headers), self.tracer.start_as_current_span(
                 "pool.generate", kind=SpanKind.SERVER,
                 attributes={"cascade.tier": self.tier.name, "cascade.batch_size": len(queries)}):
-            return await self.engine.generate(queries)
+            return await self.engine.generate(queries, timeout_s)
 
     def health(self) -> dict[str, object]:
         """Engine state, as the ingress's /healthz reports it."""

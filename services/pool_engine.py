@@ -51,9 +51,9 @@ class PoolEngine:
     async def close(self) -> None:
         return None
 
-    async def generate(self, queries: Sequence[Query]) -> list[Generation]:
+    async def generate(self, queries: Sequence[Query], timeout_s: float | None = None) -> list[Generation]:
         try:
-            return list(await self.handle.generate.remote(list(queries), carrier()))
+            return list(await self.handle.generate.remote(list(queries), carrier(), timeout_s))
         except Exception as error:
             raise plain_error(error, self.model) from None
 
@@ -82,8 +82,8 @@ class IngressEngine:
     async def close(self) -> None:
         await self.engine.close()
 
-    async def generate(self, queries: Sequence[Query]) -> list[Generation]:
-        return await self.engine.generate(queries)
+    async def generate(self, queries: Sequence[Query], timeout_s: float | None = None) -> list[Generation]:
+        return await self.engine.generate(queries, timeout_s)
 
     def health(self) -> dict[str, object]:
         return self.engine.health()

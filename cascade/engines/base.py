@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+import asyncio
+from collections.abc import Awaitable, Sequence
+from typing import Protocol, TypeVar, runtime_checkable
 
 from cascade.errors import public_message
 from cascade.schemas import Generation, Query
@@ -64,6 +65,19 @@ class PartialGenerationError(EngineError):
         return type(self), (self.results,)
 
 
+class DeadlineExceededError(EngineError, TimeoutError):
+    """A tier's model did not answer within the tier's ``timeout_s``: a query generated on its own (or
+    the batch, where ``query_id`` is None) goes on to the next tier."""
+
+    def __init__(self, model: str, timeout_s: float, query_id: str | None = None) -> None:
+        what = "the batch" if query_id is None else f"query {query_id}"
+        super().__init__(f"{model} did not answer {what} within {timeout_s:g} s")
+        self.model, self.timeout_s, self.query_id = model, timeout_s, query_id
+
+    def __reduce__(self) -> tuple[type[DeadlineExceededError], tuple[str, float, str | None]]:
+        return type(self), (self.model, self.timeout_s, self.query_id)
+
+
 def input_error(error: BaseException) -> bool:
     """Whether an engine error is caused by a query's content (not by the engine being down)."""
     return isinstance(error, (PromptTooLongError, InvalidInputError, UnicodeError))
@@ -85,6 +99,36 @@ def gathered(results: Sequence[Generation | BaseException]) -> list[Generation]:
     raise PartialGenerationError(outcomes)
 
 
+T = TypeVar("T")
+
+
+async def bounded(call: Awaitable[T], timeout_s: float | None, model: str, query_id: str | None = None,
+                  *, when: float | None = None) -> T:
+    """``call``'s result, or ``DeadlineExceededError`` once ``timeout_s`` has passed (at the event
+    loop's time ``when``, where a batch's calls share one deadline)."""
+    if timeout_s is None:
+        return await call
+    deadline = asyncio.timeout_at(asyncio.get_running_loop().time() + timeout_s if when is None else when)
+    try:
+        async with deadline:
+            return await call
+    except TimeoutError:
+        if deadline.expired():
+            raise DeadlineExceededError(model, timeout_s, query_id) from None
+        raise
+
+
+async def each_alone(calls: Sequence[tuple[str, Awaitable[Generation]]], timeout_s: float | None,
+                     model: str) -> list[Generation]:
+    """The generations of a batch whose queries (``(query id, call)`` pairs) run each on its own, each
+    within ``timeout_s`` of now: one that fails or runs late fails alone (``gathered``)."""
+    when = None if timeout_s is None else asyncio.get_running_loop().time() + timeout_s
+    bounded_calls = [bounded(call, timeout_s, model, query_id, when=when) for query_id, call in calls]
+    if len(bounded_calls) == 1:  # no task for a lone query
+        return [await bounded_calls[0]]
+    return gathered(await asyncio.gather(*bounded_calls, return_exceptions=True))
+
+
 @runtime_checkable
 class Engine(Protocol):
     """Generates answers with per-token log-probabilities for a batch of queries."""
@@ -95,8 +139,9 @@ class Engine(Protocol):
         """Load the model; idempotent."""
         ...
 
-    async def generate(self, queries: Sequence[Query]) -> list[Generation]:
-        """One generation per query, in order."""
+    async def generate(self, queries: Sequence[Query], timeout_s: float | None = None) -> list[Generation]:
+        """One generation per query, in order, each within ``timeout_s`` (``DeadlineExceededError``):
+        an engine that generates each query on its own fails a late query alone (``each_alone``)."""
         ...
 
     async def close(self) -> None:

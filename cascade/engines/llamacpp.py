@@ -35,7 +35,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from cascade.engines.base import EngineError, ModelNotFoundError, PromptTooLongError
+from cascade.engines.base import EngineError, ModelNotFoundError, PromptTooLongError, bounded
 from cascade.prompts import chat_messages, plain_prompt
 from cascade.schemas import Generation, Query
 
@@ -166,9 +166,11 @@ class LlamaCppEngine:
                 "context_window": self.context_window, "extra_buffer_types": self.extra_buffer_types,
                 "flash_attention": self.flash_attention, "reused_prompt_tokens": self.reused_prompt_tokens}
 
-    async def generate(self, queries: Sequence[Query]) -> list[Generation]:
+    async def generate(self, queries: Sequence[Query], timeout_s: float | None = None) -> list[Generation]:
+        """The batch's generations, one query after another, within ``timeout_s`` for the whole batch
+        (a late batch is abandoned; its thread finishes the generation under way)."""
         await self.start()
-        return await asyncio.to_thread(self._generate_all, list(queries))
+        return await bounded(asyncio.to_thread(self._generate_all, list(queries)), timeout_s, self.model)
 
     def _generate_all(self, queries: list[Query]) -> list[Generation]:
         with self._lock:

@@ -9,7 +9,8 @@ every answer take D ms (a model's generation time, spent asleep: no CPU).
 
 For the tests of one query failing among others, a last message containing ``[refuse]`` gets HTTP
 400, ``[fail]`` HTTP 500, and ``[too long]`` the 400 a server gives a prompt over its context
-window; ``GET /v1/calls`` counts the chat requests per model name.
+window, and ``[slow]`` is answered after a second; ``GET /v1/calls`` counts the chat requests per model
+name.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from starlette.routing import Route
 
 ANSWER = ("Par", "is")
 DELAY_S = 0.0  # set from --delay-ms
+SLOW_S = 1.0  # the answer to a last message containing [slow]
 
 
 @cache
@@ -50,10 +52,13 @@ REFUSALS = {"[refuse]": (400, "refused by the echo"), "[fail]": (500, "the echo 
 CALLS: Counter[str] = Counter()
 
 
-def refusal(body: dict[str, object]) -> Response | None:
-    """The error response a marker in the last message asks for, if any."""
+def last_message(body: dict[str, object]) -> str:
     messages = body.get("messages")
-    last = str(messages[-1].get("content", "")) if isinstance(messages, list) and messages else ""
+    return str(messages[-1].get("content", "")) if isinstance(messages, list) and messages else ""
+
+
+def refusal(last: str) -> Response | None:
+    """The error response a marker in the last message asks for, if any."""
     for marker, (status, message) in REFUSALS.items():
         if marker in last:
             return Response(orjson.dumps({"error": {"message": message}}), status, media_type="application/json")
@@ -63,12 +68,14 @@ def refusal(body: dict[str, object]) -> Response | None:
 async def chat_completions(request: Request) -> Response:
     body = orjson.loads(await request.body())
     CALLS[str(body.get("model", "echo"))] += 1
-    refused = refusal(body)
+    last = last_message(body)
+    refused = refusal(last)
     if refused is not None:
         return refused
     top = int(body.get("top_logprobs") or 1) if body.get("logprobs") else 1
-    if DELAY_S:
-        await asyncio.sleep(DELAY_S)
+    delay_s = SLOW_S if "[slow]" in last else DELAY_S
+    if delay_s:
+        await asyncio.sleep(delay_s)
     return Response(completion(str(body.get("model", "echo")), max(1, top)), media_type="application/json")
 
 

@@ -213,6 +213,27 @@ async def test_one_query_failing_at_a_remote_tier_leaves_its_batch_mates_answere
     assert isinstance(outcomes[3].error, PromptTooLongError)
 
 
+async def test_a_query_late_at_a_remote_tier_goes_on_alone_and_its_batch_mates_keep_their_answers(echo: str) -> None:
+    """The tier's ``timeout_s`` bounds each query's own call: the one the model answers late goes on to
+    the large model alone, at the deadline; its batch-mates keep the small model's answers."""
+    router = Router([Tier("small", OpenAIEngine(echo, "late-small", max_retries=0), PRESETS["v1"], timeout_s=0.3),
+                     Tier("large", OpenAIEngine(echo, "late-large", max_retries=0), AcceptAllPolicy())])
+    batch = [Query(prompt=q) for q in ("Which city?", "[slow] Which city?", "Which town?")]
+    await router.start()
+    try:
+        answers = await router.route(batch)
+    finally:
+        await router.close()
+    calls = httpx.get(f"{echo}/calls").json()
+    assert (calls["late-small"], calls["late-large"]) == (3, 1)
+    for answer in (answers[0], answers[2]):
+        assert answer.tier == "small" and [a.tier for a in answer.attempts] == ["small"]
+    late = answers[1]
+    assert late.tier == "large" and not late.degraded
+    assert late.attempts[0].error == (f"DeadlineExceededError: late-small did not answer query {batch[1].id} "
+                                      "within 0.3 s")
+
+
 async def test_a_study_keeps_a_remote_tiers_answers_beside_a_prompt_too_long(echo: str) -> None:
     from pipelines.calibrate import _answers
 

@@ -4,16 +4,25 @@ and failing tiers degrade service instead of dropping requests."""
 from __future__ import annotations
 
 import asyncio
+import pickle
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
 
 from cascade.costs import ModelPrice
-from cascade.engines.base import EngineError, PartialGenerationError, PromptTooLongError, gathered
+from cascade.engines.base import (
+    DeadlineExceededError,
+    EngineError,
+    PartialGenerationError,
+    PromptTooLongError,
+    each_alone,
+    gathered,
+)
 from cascade.engines.scripted import ScriptedEngine, ScriptedReply
 from cascade.policies import PRESETS, AcceptAllPolicy
 from cascade.router import AllTiersFailedError, Mode, Router, Tier, UnknownTierError
-from cascade.schemas import Query
+from cascade.schemas import Generation, Query
 from cascade.signals import signals_of
 
 SMALL_PRICE = ModelPrice(input_per_million=1.0, output_per_million=2.0)
@@ -127,7 +136,48 @@ async def test_tier_timeout_counts_as_a_failure() -> None:
         Tier("large", ScriptedEngine("large-model", large_script), AcceptAllPolicy()),
     ])
     answers = await router.route(queries(2))
-    assert all(a.tier == "large" and "TimeoutError" in a.reason for a in answers)
+    assert all(a.tier == "large" and "small-model did not answer the batch within 0.05 s" in a.reason
+               for a in answers)
+
+
+class DeadlineBlindEngine(ScriptedEngine):
+    """An engine that does not keep the deadline it is given."""
+
+    async def generate(self, queries: Sequence[Query], timeout_s: float | None = None) -> list[Generation]:
+        return await super().generate(queries)
+
+
+async def test_the_router_abandons_a_tier_that_does_not_keep_its_deadline() -> None:
+    router = Router([
+        Tier("small", DeadlineBlindEngine("small-model", small_script, delay_s=30.0), PRESETS["v1"], timeout_s=0.05),
+        Tier("large", ScriptedEngine("large-model", large_script), AcceptAllPolicy()),
+    ])
+    started = asyncio.get_running_loop().time()
+    answers = await router.route(queries(2))
+    assert asyncio.get_running_loop().time() - started < 5
+    assert all(a.tier == "large" and "small tier failed (TimeoutError)" in a.reason for a in answers)
+
+
+async def test_a_query_that_runs_late_fails_alone_with_its_own_deadline_error() -> None:
+    made = ScriptedEngine("m")._generation(Query(prompt="q"), ScriptedReply("a", [-0.1]))
+
+    async def answer(delay_s: float) -> Generation:
+        await asyncio.sleep(delay_s)
+        return made
+
+    async def times_out_by_itself() -> Generation:
+        raise TimeoutError("the model's own socket timed out")
+
+    assert await each_alone([("q1", answer(0)), ("q2", answer(0))], 1.0, "m") == [made, made]
+    with pytest.raises(PartialGenerationError) as partial:
+        await each_alone([("q1", answer(0)), ("q2", answer(30)), ("q3", times_out_by_itself())], 0.05, "m")
+    on_time, late, own = partial.value.results
+    assert on_time == made
+    assert isinstance(late, DeadlineExceededError) and str(late) == "m did not answer query q2 within 0.05 s"
+    assert type(own) is TimeoutError, "a timeout that is not the deadline's keeps its own type"
+    assert pickle.loads(pickle.dumps(late)).query_id == "q2"
+    with pytest.raises(DeadlineExceededError, match="query q1 within"):  # a lone query: its own error
+        await each_alone([("q1", answer(30))], 0.05, "m")
 
 
 async def test_every_tier_failing_raises_a_clear_error() -> None:
