@@ -122,7 +122,7 @@ class Trail:
     best: BestAnswer | None = None
     result: RoutedAnswer | None = None
     deferred: bool = False
-    resumed: bool = False  # taken on from a checkpoint (a progressive answer's job)
+    counted_attempts: int = 0  # the attempts its checkpoint held, counted when its provisional answer returned
     batch_size: int = 1
     vector: np.ndarray | None = None  # the question's cache embedding (NaN: not computed yet); None: never cached
     cache_tags: dict[str, str] | None = None  # its cache entry tags, from the lookup
@@ -133,6 +133,11 @@ class Trail:
     @property
     def done(self) -> bool:
         return self.result is not None
+
+    @property
+    def resumed(self) -> bool:
+        """Taken on from a checkpoint (a progressive answer's job)."""
+        return self.counted_attempts > 0
 
     @property
     def escalated(self) -> bool:
@@ -258,8 +263,9 @@ class Router:
             stages = [("feedback", (time.perf_counter() - recording) * 1000)]
         for trail, answer in answered:
             self.telemetry.trace_answer(answer, trail.started_ns, trail.links, parent=trace_parent,
-                                        extra_stages=stages)
-        self.telemetry.record_answers([a for _, a in answered])
+                                        extra_stages=stages, provisional=trail.deferred, resumed=trail.resumed)
+        self.telemetry.record_answers([a for _, a in answered], [t.deferred for t, _ in answered],
+                                      [t.counted_attempts for t, _ in answered])
         return outcomes
 
     def _resumed(self, checkpoint: TrailCheckpoint) -> Trail:
@@ -447,7 +453,7 @@ class Router:
         self.check_controls(checkpoint.query)
         return Trail(checkpoint.query, checkpoint.next_tier, attempts=list(checkpoint.attempts),
                      latency=list(checkpoint.latency), reasons=list(checkpoint.reasons), best=checkpoint.best,
-                     batch_size=checkpoint.batch_size, resumed=True)
+                     batch_size=checkpoint.batch_size, counted_attempts=len(checkpoint.attempts))
 
     def _start_of(self, query: Query, start_tier: int) -> int:
         """The forced tier, else ``start_tier`` held at the plan's highest tier."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -28,6 +28,7 @@ from opentelemetry import metrics, trace
 from opentelemetry.propagate import extract, inject
 from opentelemetry.trace import Link, Span, SpanKind
 
+from cascade.costs import total_cost
 from cascade.schemas import RoutedAnswer
 
 log = logging.getLogger(__name__)
@@ -176,32 +177,45 @@ class Telemetry:
             tenant, _, tier = name.rpartition("|")
             self.threshold.set(value, {"tenant": tenant, "tier": tier})
 
-    def record_answers(self, answers: Sequence[RoutedAnswer]) -> None:
-        """Counters for a batch of final answers, one add per (tenant, tier) group."""
-        groups = Counter((a.tenant, a.tier) for a in answers)
-        escalated = Counter((a.tenant, a.tier) for a in answers if len(a.attempts) > 1)
-        hits = Counter((a.tenant, a.tier) for a in answers if a.cache_hit)
-        degraded = Counter((a.tenant, a.tier) for a in answers if a.degraded)
-        cost: dict[tuple[str, str], float] = dict.fromkeys(groups, 0.0)
-        for answer in answers:
-            cost[(answer.tenant, answer.tier)] += answer.cost
-        for key, count in groups.items():
+    def record_answers(self, answers: Sequence[RoutedAnswer], provisional: Sequence[bool],
+                       counted_attempts: Sequence[int]) -> None:
+        """Counters for a batch of answers, one add per (tenant, tier) group. A progressive route counts
+        once: its provisional answer counts the request, as escalated, and the cost so far; its job's
+        final answer (whose first ``counted_attempts`` were counted then) adds only the cost of the
+        later attempts, and whether it is degraded."""
+        requests: Counter[tuple[str, str]] = Counter()
+        escalated: Counter[tuple[str, str]] = Counter()
+        hits: Counter[tuple[str, str]] = Counter()
+        degraded: Counter[tuple[str, str]] = Counter()
+        cost: defaultdict[tuple[str, str], float] = defaultdict(float)
+        for answer, deferred, counted in zip(answers, provisional, counted_attempts, strict=True):
+            key = (answer.tenant, answer.tier)
+            requests[key] += not counted
+            escalated[key] += not counted and (deferred or len(answer.attempts) > 1)
+            hits[key] += answer.cache_hit
+            degraded[key] += answer.degraded
+            cost[key] += total_cost(answer.attempts[counted:])
+        for key in requests:  # every answer's group: += creates its key, whatever it adds
             attributes = {"tenant": key[0], "tier": key[1]}
-            self.requests.add(count, attributes)
+            self.requests.add(requests[key], attributes)
             self.escalations.add(escalated[key], attributes)
             self.cache_hits.add(hits[key], attributes)
             self.degraded.add(degraded[key], attributes)
             self.cost.add(cost[key], attributes)
 
     def trace_answer(self, answer: RoutedAnswer, started_ns: int, links: Mapping[str, Any] | None = None,
-                     parent: Any = None, extra_stages: Sequence[tuple[str, float]] = ()) -> None:
-        """The request's span tree, laid end to end from its recorded stage latencies."""
+                     parent: Any = None, extra_stages: Sequence[tuple[str, float]] = (), *,
+                     provisional: bool = False, resumed: bool = False) -> None:
+        """The request's span tree, laid end to end from its recorded stage latencies. A progressive
+        route has two: its provisional answer's, whose latency is the client's, and its job's
+        (``resumed``), from the start of the route."""
         attributes = {
             "cascade.tenant": answer.tenant, "cascade.tier": answer.tier, "cascade.model": answer.model,
-            "cascade.decision": "escalate" if len(answer.attempts) > 1 else "accept",
+            "cascade.decision": "escalate" if provisional or len(answer.attempts) > 1 else "accept",
             "cascade.confidence": answer.confidence if answer.confidence is not None else -1.0,
             "cascade.cost": answer.cost, "cascade.cache_hit": answer.cache_hit, "cascade.degraded": answer.degraded,
             "cascade.request_id": answer.request_id, "cascade.batch_size": answer.batch_size,
+            "cascade.provisional": provisional, "cascade.resumed": resumed,
         }
         stages = [(s.stage, s.ms) for s in answer.latency] + list(extra_stages)
         ended_ns = started_ns + int(sum(ms for _, ms in stages) * 1e6)
@@ -209,7 +223,8 @@ class Telemetry:
                                       start_time=started_ns, attributes=attributes)
         at = self._stage_spans(root, stages, links or {}, started_ns) if root.is_recording() else started_ns
         root.end(end_time=max(ended_ns, at))
-        self.request_latency.record((max(ended_ns, at) - started_ns) / 1e6, {"tier": answer.tier})
+        if not resumed:  # the client waited for the provisional answer, not for its job
+            self.request_latency.record((max(ended_ns, at) - started_ns) / 1e6, {"tier": answer.tier})
 
     def _stage_spans(self, root: Span, stages: Sequence[tuple[str, float]], links: Mapping[str, Any],
                      started_ns: int) -> int:

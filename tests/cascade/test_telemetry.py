@@ -122,6 +122,29 @@ async def test_metrics_for_a_batch(router: Router, captured: tuple[Any, InMemory
     assert {dict(p.attributes)["tier"] for p in points["cascade.request.latency"]} == {"small", "large"}
 
 
+async def test_a_progressive_route_is_counted_once_and_its_provisional_span_says_escalate(
+        captured: tuple[InMemorySpanExporter, InMemoryMetricReader, Telemetry]) -> None:
+    spans_exporter, reader, telemetry = captured
+    routed = Router([Tier("small", ScriptedEngine("small-model", small_script), PRESETS["v1"],
+                          ModelPrice(input_per_million=1, output_per_million=2)),
+                     Tier("large", ScriptedEngine("large-model", large_script), AcceptAllPolicy(),
+                          ModelPrice(input_per_million=10, output_per_million=20))], telemetry=telemetry)
+    [first] = await routed.answer([Query(tenant="acme", prompt="hard question")], mode="progressive")
+    assert first.answer is not None and first.rest is not None
+    [final] = await routed.answer([first.rest])  # its job resumes the route
+    assert final.answer is not None and final.answer.tier == "large"
+    points = metric_points(reader)
+    assert {dict(p.attributes)["tier"]: p.value for p in points["cascade.requests"]} == {"small": 1, "large": 0}, (
+        "counted when the client got its provisional answer")
+    assert sum(p.value for p in points["cascade.escalations"]) == 1
+    assert sum(p.value for p in points["cascade.cost"]) == pytest.approx(final.answer.cost), "each attempt once"
+    assert sum(p.count for p in points["cascade.request.latency"]) == 1, "the client waited once"
+    roots = {dict(s.attributes or {})["cascade.resumed"]: dict(s.attributes or {})
+             for s in spans_exporter.get_finished_spans() if s.name == "cascade.request"}
+    assert roots[False]["cascade.decision"] == "escalate" and roots[False]["cascade.provisional"] is True
+    assert roots[True]["cascade.tier"] == "large" and roots[True]["cascade.provisional"] is False
+
+
 def test_trace_context_crosses_a_process_boundary_as_w3c_headers() -> None:
     spans = InMemorySpanExporter()
     provider = TracerProvider()
