@@ -18,6 +18,7 @@ from pydantic import (
 )
 
 MAX_SEED = 2**63 - 1
+MAX_TOKENS_BOUND = 4096  # the most a query may ask for; a server's max_tokens_limit stays within it
 
 
 def valid_text(value: str) -> str:
@@ -80,7 +81,7 @@ class GenerationParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_tokens: int = Field(default=32, ge=1, le=4096)
+    max_tokens: int = Field(default=32, ge=1, le=MAX_TOKENS_BOUND)
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     stop: list[Text] = Field(default_factory=list)

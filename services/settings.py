@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cascade.config import CoreSettings, TierConfig, embedded_tiers, load_settings
+from cascade.schemas import MAX_TOKENS_BOUND
 from cascade.thresholds import ControllerConfig
 from services.replica import YOUNG_GC_THRESHOLD
 
@@ -137,7 +138,8 @@ class ServerConfig(BaseModel):
         "a model generates: at 4 in flight, with a 100 ms model and 120 requests/s arriving one by one, p50 "
         "was 510 ms instead of 106 ms (README, Serving)"))
     max_prompt_chars: int = Field(default=32_000, ge=1, description="longer prompts are refused with 413")
-    max_tokens_limit: int = Field(default=1024, ge=1, description="largest max_tokens a request may ask for")
+    max_tokens_limit: int = Field(default=1024, ge=1, le=MAX_TOKENS_BOUND,
+                                  description="largest max_tokens a request may ask for")
     max_body_bytes: int = Field(default=8 << 20, ge=1024, description="larger request bodies are refused with 413")
     max_upload_bytes: int = Field(default=64 << 20, ge=1024, description="larger /v1/files uploads → 413")
     rate_limit_per_minute: int | None = Field(
@@ -216,6 +218,14 @@ class CascadeSettings(CoreSettings):
         for name, profile in self.server.profiles.items():
             if profile.max_tier is not None and profile.max_tier not in names:
                 raise ValueError(f"profile {name!r} caps at tier {profile.max_tier!r}, which is not one of {names}")
+        return self
+
+    @model_validator(mode="after")
+    def _default_max_tokens_within_the_limit(self) -> CascadeSettings:
+        """A request that does not set max_tokens gets the default: the server must accept it."""
+        if self.generation.max_tokens > self.server.max_tokens_limit:
+            raise ValueError(f"generation.max_tokens {self.generation.max_tokens} exceeds "
+                             f"server.max_tokens_limit {self.server.max_tokens_limit}")
         return self
 
 

@@ -12,6 +12,7 @@ import httpx
 import numpy as np
 import pytest
 from fastapi import FastAPI, Request
+from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from cascade.breaker import BreakerConfig, CircuitOpenError, RedisBreaker, RedisFaultError
@@ -266,3 +267,10 @@ async def test_the_breaker_skips_redis_during_the_cool_down_then_probes() -> Non
     assert breaker.state == "half-open"
     assert await breaker.call(ok) == "pong" and breaker.state == "closed"
     assert breaker.status()["failures"] == 1
+
+
+def test_a_server_limit_above_the_query_bound_or_below_the_default_is_refused_at_start_up() -> None:
+    with pytest.raises(ValidationError, match=r"server\.max_tokens_limit\n.*less than or equal to 4096"):
+        CascadeSettings(server={"max_tokens_limit": 8192})
+    with pytest.raises(ValidationError, match=r"generation\.max_tokens 64 exceeds server\.max_tokens_limit 32"):
+        CascadeSettings(server={"max_tokens_limit": 32}, generation={"max_tokens": 64})
