@@ -140,9 +140,11 @@ class Trail:
         return self.counted_attempts > 0
 
     @property
-    def escalated(self) -> bool:
-        """Answered by some tier, escalated, not finished: what a progressive answer defers."""
-        return self.result is None and self.best is not None and self.rejected is None
+    def deferrable(self) -> bool:
+        """Answered by some tier, escalated, not finished: what a progressive answer defers, unless the
+        answer so far is empty (nothing to show: that route finishes in the request)."""
+        return (self.result is None and self.best is not None and self.rejected is None
+                and bool(self.best.text.strip()))
 
     def checkpoint(self) -> TrailCheckpoint:
         """The trail as it stands, to be resumed by ``Router.resume``."""
@@ -248,7 +250,7 @@ class Router:
         rests: dict[int, TrailCheckpoint] = {}
         if mode == "progressive":
             for trail in ready:
-                if trail.escalated:
+                if trail.deferrable:
                     rests[id(trail)] = self.defer(trail)[1]
         results = await (self.finish_together(ready) if mode == "throughput" else self._finish_each(ready))
         outcomes = [Outcome(answer=r, rest=rests.get(id(t))) if isinstance(r, RoutedAnswer) else Outcome(error=r)

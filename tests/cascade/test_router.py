@@ -271,6 +271,18 @@ async def test_a_deferred_trail_resumes_and_its_final_answer_pays_for_every_tier
     assert final.cost == pytest.approx(sum(a.cost for a in final.attempts))
 
 
+async def test_a_progressive_route_whose_small_answer_is_empty_finishes_in_the_request() -> None:
+    """An empty provisional answer tells the client nothing: the route goes on at once instead."""
+    def small(query: Query) -> ScriptedReply:
+        return ScriptedReply("", []) if "empty" in query.question else small_script(query)
+
+    router = two_tier_router(ScriptedEngine("small-model", small))
+    empty, unsure = await router.answer([Query(prompt="empty one"), Query(prompt="hard one")], "progressive")
+    assert empty.answer is not None and empty.rest is None
+    assert (empty.answer.tier, empty.answer.answer) == ("large", "Lyon") and "provisional" not in empty.answer.reason
+    assert unsure.answer is not None and unsure.answer.tier == "small" and unsure.rest is not None
+
+
 async def test_a_checkpoint_forcing_a_tier_above_its_cap_is_refused_alone() -> None:
     """A resumed route obeys the same rules as a new one: the core refuses it, its batch-mates go on."""
     from cascade.router import TierNotAllowedError, TrailCheckpoint
