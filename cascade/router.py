@@ -29,14 +29,22 @@ from pydantic import BaseModel
 from cascade.answers import token_f1
 from cascade.cache import SemanticCache
 from cascade.costs import ModelPrice, total_cost
-from cascade.engines.base import Engine, InvalidInputError, PartialGenerationError, PromptTooLongError, input_error
+from cascade.engines.base import (
+    Deadline,
+    Engine,
+    InvalidInputError,
+    PartialGenerationError,
+    PromptTooLongError,
+    bounded,
+    input_error,
+)
 from cascade.errors import public_message
 from cascade.feedback import FeedbackLog, decision_record, outcome_record
 from cascade.policies import CascadePolicy, Policy
 from cascade.prerouter import PreRouter
 from cascade.schemas import Generation, Query, RoutedAnswer, Signals, StageLatency, TierAttempt
 from cascade.signals import SignalBatch, signals_of
-from cascade.telemetry import Telemetry
+from cascade.telemetry import Counted, Telemetry
 from cascade.thresholds import LiveThresholds
 
 log = logging.getLogger(__name__)
@@ -122,7 +130,7 @@ class Trail:
     best: BestAnswer | None = None
     result: RoutedAnswer | None = None
     deferred: bool = False
-    counted_attempts: int = 0  # the attempts its checkpoint held, counted when its provisional answer returned
+    counted_attempts: int | None = None  # resumed from a checkpoint: its attempts, counted with the provisional answer
     batch_size: int = 1
     vector: np.ndarray | None = None  # the question's cache embedding (NaN: not computed yet); None: never cached
     cache_tags: dict[str, str] | None = None  # its cache entry tags, from the lookup
@@ -137,7 +145,7 @@ class Trail:
     @property
     def resumed(self) -> bool:
         """Taken on from a checkpoint (a progressive answer's job)."""
-        return self.counted_attempts > 0
+        return self.counted_attempts is not None
 
     @property
     def deferrable(self) -> bool:
@@ -266,8 +274,8 @@ class Router:
         for trail, answer in answered:
             self.telemetry.trace_answer(answer, trail.started_ns, trail.links, parent=trace_parent,
                                         extra_stages=stages, provisional=trail.deferred, resumed=trail.resumed)
-        self.telemetry.record_answers([a for _, a in answered], [t.deferred for t, _ in answered],
-                                      [t.counted_attempts for t, _ in answered])
+        self.telemetry.record_answers([Counted(a, provisional=t.deferred, counted_attempts=t.counted_attempts or 0)
+                                       for t, a in answered])
         return outcomes
 
     def _resumed(self, checkpoint: TrailCheckpoint) -> Trail:
@@ -595,14 +603,15 @@ class Router:
 
     async def _generate(self, tier: Tier, queries: list[Query]) -> list[Generation]:
         """The tier's generations, in order; ``PartialGenerationError`` (of as many results as queries)
-        where some queries failed alone, late ones included (the engine keeps ``timeout_s``)."""
-        backstop = None if tier.timeout_s is None else tier.timeout_s + BACKSTOP_GRACE_S
-        async with asyncio.timeout(backstop):  # on this task: no task per call, as wait_for makes
-            try:
-                return _one_per_query(await tier.engine.generate(queries, tier.timeout_s), queries)
-            except PartialGenerationError as partial:
-                _one_per_query(partial.results, queries)
-                raise
+        where some queries failed alone, late ones included (the engine keeps the deadline)."""
+        deadline = Deadline.after(tier.timeout_s)
+        backstop = None if deadline is None else deadline.later(BACKSTOP_GRACE_S)
+        try:  # bounded on this task: no task per call, as wait_for makes
+            generations = await bounded(tier.engine.generate(queries, deadline), backstop, tier.engine.model)
+        except PartialGenerationError as partial:
+            _one_per_query(partial.results, queries)
+            raise
+        return _one_per_query(generations, queries)
 
     def _decide(self, trails: list[Trail], index: int, generations: list[Generation], generated_ms: float) -> None:
         tier = self.tiers[index]

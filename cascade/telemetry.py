@@ -21,7 +21,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
@@ -142,6 +142,15 @@ def count_refused_feedback(tenant: str) -> None:
         1, {"tenant": tenant})
 
 
+class Counted(NamedTuple):
+    """An answer for the counters: ``provisional`` where its route goes on in a job; a resumed route's
+    final answer has ``counted_attempts``, those counted with its provisional answer."""
+
+    answer: RoutedAnswer
+    provisional: bool = False
+    counted_attempts: int = 0
+
+
 class Telemetry:
     """The router's tracer and instruments; providers default to the global ones."""
 
@@ -177,24 +186,23 @@ class Telemetry:
             tenant, _, tier = name.rpartition("|")
             self.threshold.set(value, {"tenant": tenant, "tier": tier})
 
-    def record_answers(self, answers: Sequence[RoutedAnswer], provisional: Sequence[bool],
-                       counted_attempts: Sequence[int]) -> None:
+    def record_answers(self, answers: Sequence[Counted]) -> None:
         """Counters for a batch of answers, one add per (tenant, tier) group. A progressive route counts
         once: its provisional answer counts the request, as escalated, and the cost so far; its job's
-        final answer (whose first ``counted_attempts`` were counted then) adds only the cost of the
-        later attempts, and whether it is degraded."""
+        final answer adds only the cost of the attempts after its checkpoint, and whether it is degraded."""
         requests: Counter[tuple[str, str]] = Counter()
         escalated: Counter[tuple[str, str]] = Counter()
         hits: Counter[tuple[str, str]] = Counter()
         degraded: Counter[tuple[str, str]] = Counter()
         cost: defaultdict[tuple[str, str], float] = defaultdict(float)
-        for answer, deferred, counted in zip(answers, provisional, counted_attempts, strict=True):
+        for answer, provisional, counted_attempts in answers:
             key = (answer.tenant, answer.tier)
-            requests[key] += not counted
-            escalated[key] += not counted and (deferred or len(answer.attempts) > 1)
-            hits[key] += answer.cache_hit
-            degraded[key] += answer.degraded
-            cost[key] += total_cost(answer.attempts[counted:])
+            new_request = counted_attempts == 0
+            requests[key] += int(new_request)
+            escalated[key] += int(new_request and (provisional or len(answer.attempts) > 1))
+            hits[key] += int(answer.cache_hit)
+            degraded[key] += int(answer.degraded)
+            cost[key] += total_cost(answer.attempts[counted_attempts:])
         for key in requests:  # every answer's group: += creates its key, whatever it adds
             attributes = {"tenant": key[0], "tier": key[1]}
             self.requests.add(requests[key], attributes)
@@ -208,7 +216,7 @@ class Telemetry:
                      provisional: bool = False, resumed: bool = False) -> None:
         """The request's span tree, laid end to end from its recorded stage latencies. A progressive
         route has two: its provisional answer's, whose latency is the client's, and its job's
-        (``resumed``), from the start of the route."""
+        (``resumed``), whose stages, the earlier tiers' included, are laid from the job's start."""
         attributes = {
             "cascade.tenant": answer.tenant, "cascade.tier": answer.tier, "cascade.model": answer.model,
             "cascade.decision": "escalate" if provisional or len(answer.attempts) > 1 else "accept",

@@ -15,6 +15,7 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
+from cascade.engines.base import Deadline
 from cascade.factory import build_engine
 from cascade.schemas import Generation, Query
 from cascade.telemetry import SCOPE, configure_from_env, continued
@@ -38,13 +39,13 @@ class ModelPool:
         log.info("pool %s ready with %s", self.tier.name, self.engine.model)
 
     async def generate(self, queries: Sequence[Query], trace_headers: Mapping[str, str] | None = None,
-                       timeout_s: float | None = None) -> list[Generation]:
-        """One generation per query, in order, from one batched engine call within the tier's
-        ``timeout_s``, traced as a child of the caller's tier span."""
+                       deadline: Deadline | None = None) -> list[Generation]:
+        """One generation per query, in order, from one batched engine call due by the tier's
+        deadline, traced as a child of the caller's tier span."""
         with continued(trace_headers), self.tracer.start_as_current_span(
                 "pool.generate", kind=SpanKind.SERVER,
                 attributes={"cascade.tier": self.tier.name, "cascade.batch_size": len(queries)}):
-            return await self.engine.generate(queries, timeout_s)
+            return await self.engine.generate(queries, deadline)
 
     def health(self) -> dict[str, object]:
         """Engine state, as the ingress's /healthz reports it."""

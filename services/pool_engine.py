@@ -8,7 +8,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from cascade.engines.base import Engine, EngineError
+from cascade.engines.base import Deadline, Engine, EngineError
 from cascade.factory import build_engine
 from cascade.schemas import Generation, Query
 from cascade.telemetry import carrier
@@ -51,9 +51,9 @@ class PoolEngine:
     async def close(self) -> None:
         return None
 
-    async def generate(self, queries: Sequence[Query], timeout_s: float | None = None) -> list[Generation]:
+    async def generate(self, queries: Sequence[Query], deadline: Deadline | None = None) -> list[Generation]:
         try:
-            return list(await self.handle.generate.remote(list(queries), carrier(), timeout_s))
+            return list(await self.handle.generate.remote(list(queries), carrier(), deadline))
         except Exception as error:
             raise plain_error(error, self.model) from None
 
@@ -82,8 +82,8 @@ class IngressEngine:
     async def close(self) -> None:
         await self.engine.close()
 
-    async def generate(self, queries: Sequence[Query], timeout_s: float | None = None) -> list[Generation]:
-        return await self.engine.generate(queries, timeout_s)
+    async def generate(self, queries: Sequence[Query], deadline: Deadline | None = None) -> list[Generation]:
+        return await self.engine.generate(queries, deadline)
 
     def health(self) -> dict[str, object]:
         return self.engine.health()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass, replace
 from typing import Protocol, TypeVar, runtime_checkable
 
 from cascade.errors import public_message
@@ -99,31 +101,50 @@ def gathered(results: Sequence[Generation | BaseException]) -> list[Generation]:
     raise PartialGenerationError(outcomes)
 
 
-T = TypeVar("T")
+AwaitedT = TypeVar("AwaitedT")
 
 
-async def bounded(call: Awaitable[T], timeout_s: float | None, model: str, query_id: str | None = None,
-                  *, when: float | None = None) -> T:
-    """``call``'s result, or ``DeadlineExceededError`` once ``timeout_s`` has passed (at the event
-    loop's time ``when``, where a batch's calls share one deadline)."""
-    if timeout_s is None:
+@dataclass(frozen=True)
+class Deadline:
+    """When a tier's answers are due, on the wall clock: it holds across the hop to a pool replica, and
+    a call's wait in Serve's queue counts against it (nodes' clocks must agree, as NTP keeps them)."""
+
+    due: float  # time.time() when due
+    timeout_s: float  # the tier's timeout it was set from, for messages
+
+    @classmethod
+    def after(cls, timeout_s: float | None) -> Deadline | None:
+        return None if timeout_s is None else cls(time.time() + timeout_s, timeout_s)
+
+    def later(self, grace_s: float) -> Deadline:
+        return replace(self, due=self.due + grace_s)
+
+    def loop_time(self) -> float:
+        """The running event loop's time at which it is due."""
+        return asyncio.get_running_loop().time() + (self.due - time.time())
+
+
+async def bounded(call: Awaitable[AwaitedT], deadline: Deadline | None, model: str,
+                  query_id: str | None = None) -> AwaitedT:
+    """``call``'s result, or ``DeadlineExceededError`` (naming the query, else the batch) once the
+    deadline has passed; a ``TimeoutError`` of the call's own keeps its type."""
+    if deadline is None:
         return await call
-    deadline = asyncio.timeout_at(asyncio.get_running_loop().time() + timeout_s if when is None else when)
+    timer = asyncio.timeout_at(deadline.loop_time())
     try:
-        async with deadline:
+        async with timer:
             return await call
     except TimeoutError:
-        if deadline.expired():
-            raise DeadlineExceededError(model, timeout_s, query_id) from None
+        if timer.expired():
+            raise DeadlineExceededError(model, deadline.timeout_s, query_id) from None
         raise
 
 
-async def each_alone(calls: Sequence[tuple[str, Awaitable[Generation]]], timeout_s: float | None,
+async def each_alone(calls: Sequence[tuple[str, Awaitable[Generation]]], deadline: Deadline | None,
                      model: str) -> list[Generation]:
     """The generations of a batch whose queries (``(query id, call)`` pairs) run each on its own, each
-    within ``timeout_s`` of now: one that fails or runs late fails alone (``gathered``)."""
-    when = None if timeout_s is None else asyncio.get_running_loop().time() + timeout_s
-    bounded_calls = [bounded(call, timeout_s, model, query_id, when=when) for query_id, call in calls]
+    by the deadline: one that fails or runs late fails alone (``gathered``)."""
+    bounded_calls = [bounded(call, deadline, model, query_id) for query_id, call in calls]
     if len(bounded_calls) == 1:  # no task for a lone query
         return [await bounded_calls[0]]
     return gathered(await asyncio.gather(*bounded_calls, return_exceptions=True))
@@ -139,9 +160,9 @@ class Engine(Protocol):
         """Load the model; idempotent."""
         ...
 
-    async def generate(self, queries: Sequence[Query], timeout_s: float | None = None) -> list[Generation]:
-        """One generation per query, in order, each within ``timeout_s`` (``DeadlineExceededError``):
-        an engine that generates each query on its own fails a late query alone (``each_alone``)."""
+    async def generate(self, queries: Sequence[Query], deadline: Deadline | None = None) -> list[Generation]:
+        """One generation per query, in order, each by the deadline (``DeadlineExceededError``): an
+        engine that generates each query on its own fails a late query alone (``each_alone``)."""
         ...
 
     async def close(self) -> None:

@@ -35,7 +35,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from cascade.engines.base import EngineError, ModelNotFoundError, PromptTooLongError, bounded
+from cascade.engines.base import Deadline, EngineError, ModelNotFoundError, PromptTooLongError, bounded
 from cascade.prompts import chat_messages, plain_prompt
 from cascade.schemas import Generation, Query
 
@@ -166,15 +166,26 @@ class LlamaCppEngine:
                 "context_window": self.context_window, "extra_buffer_types": self.extra_buffer_types,
                 "flash_attention": self.flash_attention, "reused_prompt_tokens": self.reused_prompt_tokens}
 
-    async def generate(self, queries: Sequence[Query], timeout_s: float | None = None) -> list[Generation]:
-        """The batch's generations, one query after another, within ``timeout_s`` for the whole batch
-        (a late batch is abandoned; its thread finishes the generation under way)."""
+    async def generate(self, queries: Sequence[Query], deadline: Deadline | None = None) -> list[Generation]:
+        """The batch's generations, one query after another, by the deadline for the whole batch: a
+        late (or cancelled) batch is abandoned, and its thread stops after the query under way."""
         await self.start()
-        return await bounded(asyncio.to_thread(self._generate_all, list(queries)), timeout_s, self.model)
+        abandoned = threading.Event()
+        try:
+            return await bounded(asyncio.to_thread(self._generate_all, list(queries), abandoned), deadline,
+                                 self.model)
+        finally:
+            abandoned.set()
 
-    def _generate_all(self, queries: list[Query]) -> list[Generation]:
+    def _generate_all(self, queries: list[Query], abandoned: threading.Event) -> list[Generation]:
+        """The generations, in order; only those made before the batch was abandoned (nobody reads them)."""
+        generations: list[Generation] = []
         with self._lock:
-            return [self._generate_one(q) for q in queries]
+            for query in queries:
+                if abandoned.is_set():
+                    break
+                generations.append(self._generate_one(query))
+        return generations
 
     def _tokenize(self, query: Query) -> tuple[list[int], list[str]]:
         llama = self._llama

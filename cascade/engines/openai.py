@@ -20,7 +20,7 @@ import numpy as np
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-from cascade.engines.base import EngineError, PromptTooLongError, each_alone
+from cascade.engines.base import Deadline, EngineError, PromptTooLongError, each_alone
 from cascade.prompts import chat_messages
 from cascade.schemas import Generation, Query
 
@@ -73,10 +73,10 @@ class OpenAIEngine:
         return {"engine": "openai", "model": self.model,
                 "ready": self._client is not None}
 
-    async def generate(self, queries: Sequence[Query], timeout_s: float | None = None) -> list[Generation]:
+    async def generate(self, queries: Sequence[Query], deadline: Deadline | None = None) -> list[Generation]:
         """Each query is its own call: one that fails or runs late leaves the others their answers."""
         await self.start()
-        return await each_alone([(q.id, self._generate_one(q)) for q in queries], timeout_s, self.model)
+        return await each_alone([(q.id, self._generate_one(q)) for q in queries], deadline, self.model)
 
     async def _generate_one(self, query: Query) -> Generation:
         params = query.params

@@ -11,7 +11,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from cascade.engines.base import EngineError, PromptTooLongError, bounded, gathered
+from cascade.engines.base import Deadline, EngineError, PromptTooLongError, bounded, gathered
 from cascade.schemas import Generation, Query
 
 
@@ -85,11 +85,11 @@ class ScriptedEngine:
     def health(self) -> dict[str, object]:
         return {"engine": "scripted", "model": self.model, "ready": True, "failing": self.failure is not None}
 
-    async def generate(self, queries: Sequence[Query], timeout_s: float | None = None) -> list[Generation]:
-        """The script's answers after ``delay_s``, which the whole batch waits (within ``timeout_s``)."""
+    async def generate(self, queries: Sequence[Query], deadline: Deadline | None = None) -> list[Generation]:
+        """The script's answers after ``delay_s``, which the whole batch waits (by the deadline)."""
         self.calls.append([q.id for q in queries])
         if self.delay_s:
-            await bounded(asyncio.sleep(self.delay_s), timeout_s, self.model)
+            await bounded(asyncio.sleep(self.delay_s), deadline, self.model)
         if self.failure is not None:
             raise EngineError(f"{self.model}: {self.failure}") from self.failure
         for query in queries:

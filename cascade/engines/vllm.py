@@ -18,7 +18,14 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from cascade.engines.base import EngineError, InvalidInputError, ModelNotFoundError, PromptTooLongError, each_alone
+from cascade.engines.base import (
+    Deadline,
+    EngineError,
+    InvalidInputError,
+    ModelNotFoundError,
+    PromptTooLongError,
+    each_alone,
+)
 from cascade.errors import public_message
 from cascade.prompts import chat_messages, plain_prompt
 from cascade.schemas import Generation, Query
@@ -96,15 +103,15 @@ class VLLMEngine:
         return {"engine": "vllm", "model": self.model, "ready": self._engine is not None,
                 "max_model_len": self.max_model_len}
 
-    async def generate(self, queries: Sequence[Query], timeout_s: float | None = None) -> list[Generation]:
+    async def generate(self, queries: Sequence[Query], deadline: Deadline | None = None) -> list[Generation]:
         """Every query's prompt length and sampling parameters are checked before any generation starts:
         a query refused there fails its batch before its batch-mates run, not while they run on. A query
-        whose generation fails, or does not end within ``timeout_s`` (its vLLM request is then aborted),
+        whose generation fails, or does not end by the deadline (its vLLM request is then aborted),
         leaves its batch-mates their answers (``each_alone``)."""
         await self.start()
         prepared = [(q, self._checked_prompt(q), self.sampling(q)) for q in queries]
         return await each_alone([(q.id, self._generate_one(q, ids, sampling)) for q, ids, sampling in prepared],
-                                timeout_s, self.model)
+                                deadline, self.model)
 
     def _prompt_ids(self, query: Query) -> list[int]:
         if self.prompt_format == "chat" and getattr(self._tokenizer, "chat_template", None):

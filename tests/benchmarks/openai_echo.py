@@ -9,7 +9,7 @@ every answer take D ms (a model's generation time, spent asleep: no CPU).
 
 For the tests of one query failing among others, a last message containing ``[refuse]`` gets HTTP
 400, ``[fail]`` HTTP 500, and ``[too long]`` the 400 a server gives a prompt over its context
-window, and ``[slow]`` is answered after a second; ``GET /v1/calls`` counts the chat requests per model
+window, and ``[slow]`` is answered after two seconds; ``GET /v1/calls`` counts the chat requests per model
 name.
 """
 
@@ -28,7 +28,7 @@ from starlette.routing import Route
 
 ANSWER = ("Par", "is")
 DELAY_S = 0.0  # set from --delay-ms
-SLOW_S = 1.0  # the answer to a last message containing [slow]
+SLOW_S = 2.0  # the answer to a last message containing [slow]
 
 
 @cache

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import pickle
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 
 from cascade.costs import ModelPrice
 from cascade.engines.base import (
+    Deadline,
     DeadlineExceededError,
     EngineError,
     PartialGenerationError,
@@ -143,7 +145,7 @@ async def test_tier_timeout_counts_as_a_failure() -> None:
 class DeadlineBlindEngine(ScriptedEngine):
     """An engine that does not keep the deadline it is given."""
 
-    async def generate(self, queries: Sequence[Query], timeout_s: float | None = None) -> list[Generation]:
+    async def generate(self, queries: Sequence[Query], deadline: Deadline | None = None) -> list[Generation]:
         return await super().generate(queries)
 
 
@@ -155,7 +157,8 @@ async def test_the_router_abandons_a_tier_that_does_not_keep_its_deadline() -> N
     started = asyncio.get_running_loop().time()
     answers = await router.route(queries(2))
     assert asyncio.get_running_loop().time() - started < 5
-    assert all(a.tier == "large" and "small tier failed (TimeoutError)" in a.reason for a in answers)
+    assert all(a.tier == "large" and "small-model did not answer the batch within 0.05 s" in a.reason
+               for a in answers)
 
 
 async def test_a_query_that_runs_late_fails_alone_with_its_own_deadline_error() -> None:
@@ -168,16 +171,19 @@ async def test_a_query_that_runs_late_fails_alone_with_its_own_deadline_error() 
     async def times_out_by_itself() -> Generation:
         raise TimeoutError("the model's own socket timed out")
 
-    assert await each_alone([("q1", answer(0)), ("q2", answer(0))], 1.0, "m") == [made, made]
+    assert await each_alone([("q1", answer(0)), ("q2", answer(0))], Deadline.after(1.0), "m") == [made, made]
     with pytest.raises(PartialGenerationError) as partial:
-        await each_alone([("q1", answer(0)), ("q2", answer(30)), ("q3", times_out_by_itself())], 0.05, "m")
+        await each_alone([("q1", answer(0)), ("q2", answer(30)), ("q3", times_out_by_itself())], Deadline.after(0.05),
+                         "m")
     on_time, late, own = partial.value.results
     assert on_time == made
     assert isinstance(late, DeadlineExceededError) and str(late) == "m did not answer query q2 within 0.05 s"
     assert type(own) is TimeoutError, "a timeout that is not the deadline's keeps its own type"
     assert pickle.loads(pickle.dumps(late)).query_id == "q2"
     with pytest.raises(DeadlineExceededError, match="query q1 within"):  # a lone query: its own error
-        await each_alone([("q1", answer(30))], 0.05, "m")
+        await each_alone([("q1", answer(30))], Deadline.after(0.05), "m")
+    with pytest.raises(DeadlineExceededError, match=r"query q1 within 0\.05 s"):  # due before the call: at once
+        await each_alone([("q1", answer(30))], Deadline(due=time.time() - 1, timeout_s=0.05), "m")
 
 
 async def test_every_tier_failing_raises_a_clear_error() -> None:
