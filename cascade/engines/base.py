@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Protocol, TypeVar, runtime_checkable
 
 from cascade.errors import public_message
@@ -110,18 +111,19 @@ class Deadline:
     a call's wait in Serve's queue counts against it (nodes' clocks must agree, as NTP keeps them)."""
 
     due: float  # time.time() when due
-    timeout_s: float  # the tier's timeout it was set from, for messages
+    timeout_s: float  # the time allowed from the call: messages name it, and no clock gets longer
 
     @classmethod
     def after(cls, timeout_s: float | None) -> Deadline | None:
         return None if timeout_s is None else cls(time.time() + timeout_s, timeout_s)
 
     def later(self, grace_s: float) -> Deadline:
-        return replace(self, due=self.due + grace_s)
+        return Deadline(self.due + grace_s, self.timeout_s + grace_s)
 
     def loop_time(self) -> float:
-        """The running event loop's time at which it is due."""
-        return asyncio.get_running_loop().time() + (self.due - time.time())
+        """The running event loop's time at which it is due; never more than ``timeout_s`` from now (a
+        clock behind the caller's must not let a call outlive the caller's wait)."""
+        return asyncio.get_running_loop().time() + min(self.due - time.time(), self.timeout_s)
 
 
 async def bounded(call: Awaitable[AwaitedT], deadline: Deadline | None, model: str,
@@ -130,7 +132,12 @@ async def bounded(call: Awaitable[AwaitedT], deadline: Deadline | None, model: s
     deadline has passed; a ``TimeoutError`` of the call's own keeps its type."""
     if deadline is None:
         return await call
-    timer = asyncio.timeout_at(deadline.loop_time())
+    due = deadline.loop_time()
+    if due <= asyncio.get_running_loop().time():  # due already (a long wait in a pool's queue): never start it
+        if inspect.iscoroutine(call):
+            call.close()
+        raise DeadlineExceededError(model, deadline.timeout_s, query_id)
+    timer = asyncio.timeout_at(due)
     try:
         async with timer:
             return await call

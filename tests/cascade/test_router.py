@@ -157,7 +157,7 @@ async def test_the_router_abandons_a_tier_that_does_not_keep_its_deadline() -> N
     started = asyncio.get_running_loop().time()
     answers = await router.route(queries(2))
     assert asyncio.get_running_loop().time() - started < 5
-    assert all(a.tier == "large" and "small-model did not answer the batch within 0.05 s" in a.reason
+    assert all(a.tier == "large" and "small-model did not answer the batch within 0.55 s" in a.reason
                for a in answers)
 
 
@@ -182,8 +182,18 @@ async def test_a_query_that_runs_late_fails_alone_with_its_own_deadline_error() 
     assert pickle.loads(pickle.dumps(late)).query_id == "q2"
     with pytest.raises(DeadlineExceededError, match="query q1 within"):  # a lone query: its own error
         await each_alone([("q1", answer(30))], Deadline.after(0.05), "m")
-    with pytest.raises(DeadlineExceededError, match=r"query q1 within 0\.05 s"):  # due before the call: at once
-        await each_alone([("q1", answer(30))], Deadline(due=time.time() - 1, timeout_s=0.05), "m")
+    started: list[str] = []
+
+    async def starts() -> Generation:
+        started.append("q1")
+        return made
+
+    with pytest.raises(DeadlineExceededError, match=r"query q1 within 0\.05 s"):  # due on arrival: never started
+        await each_alone([("q1", starts())], Deadline(due=time.time() - 1, timeout_s=0.05), "m")
+    assert not started
+    ahead = pickle.loads(pickle.dumps(Deadline(due=time.time() + 3600, timeout_s=0.05)))  # as Ray sends it
+    with pytest.raises(DeadlineExceededError):  # a clock behind the caller's: still within timeout_s of arrival
+        await asyncio.wait_for(each_alone([("q1", answer(30))], ahead, "m"), timeout=5)
 
 
 async def test_every_tier_failing_raises_a_clear_error() -> None:
