@@ -125,7 +125,8 @@ class LlamaCppEngine:
         self._seed = seed
         self._llama: Any = None
         self._formatter: Any = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one batch at a time, and never the model freed under one
+        self._closing = threading.Event()
         self._start_lock = asyncio.Lock()
         self.reused_prompt_tokens = 0  # prompt positions taken from the cache instead of evaluated
         self._whole_blocks = 0  # the cached positions that whole prompt blocks computed (reusable)
@@ -157,9 +158,16 @@ class LlamaCppEngine:
         self._llama = llama
 
     async def close(self) -> None:
-        llama, self._llama = self._llama, None
-        if llama is not None:
-            await asyncio.to_thread(llama.close)
+        """Free the model once the query under way, if any, is done with it; the rest of its batch fails."""
+        self._closing.set()
+        await asyncio.to_thread(self._close)
+
+    def _close(self) -> None:
+        with self._lock:
+            llama, self._llama = self._llama, None
+            if llama is not None:
+                llama.close()
+            self._closing.clear()
 
     def health(self) -> dict[str, object]:
         return {"engine": "llamacpp", "model": self.model, "ready": self._llama is not None,
@@ -184,6 +192,8 @@ class LlamaCppEngine:
             for query in queries:
                 if abandoned.is_set():
                     break
+                if self._closing.is_set() or self._llama is None:
+                    raise EngineError(f"{self.model} was closed before query {query.id}")
                 generations.append(self._generate_one(query))
         return generations
 

@@ -114,6 +114,45 @@ def test_packaged_models_generate_in_a_subprocess(tier: str, tmp_path: Path) -> 
     assert default.answer is not None and default.answer["health"]["extra_buffer_types"] is False
 
 
+CLOSE_DURING_A_BATCH = """
+import asyncio
+from cascade.engines.base import EngineError
+from cascade.engines.llamacpp import LlamaCppEngine
+from cascade.schemas import GenerationParams, Query
+from tests.conftest import llama_options
+
+async def main() -> None:
+    engine = LlamaCppEngine("smollm2", prompt_format="chat", **llama_options())
+    await engine.start()
+    batch = [Query(prompt=f"Write a long story about the sea, part {i}.", params=GenerationParams(max_tokens=64))
+             for i in range(6)]
+    running = asyncio.create_task(engine.generate(batch))
+    await asyncio.sleep(0.2)
+    await engine.close()
+    try:
+        print("answered", len(await running))
+    except EngineError as error:
+        print("failed:", error)
+    print("ready:", engine.health()["ready"])
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.model
+def test_closing_llamacpp_during_a_batch_fails_the_batch_without_freeing_the_model_under_it() -> None:
+    """A replica shutting down while its engine decodes: the model is freed once the query under way is
+    done, and the batch's next query fails with a clear error (run apart: freeing it under a decode
+    could crash the process)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", CLOSE_DURING_A_BATCH], capture_output=True, text=True,
+                          timeout=300, cwd=Path(__file__).parents[2])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "failed: smollm2 was closed before query" in done.stdout and "ready: False" in done.stdout, done.stdout
+
+
 async def test_llamacpp_rejects_a_prompt_longer_than_its_context(smollm2: LlamaCppEngine) -> None:
     with pytest.raises(PromptTooLongError, match="exceeds the model's context window of 2048 tokens"):
         await smollm2.generate([Query(prompt="word " * 3000)])
