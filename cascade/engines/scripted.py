@@ -98,9 +98,8 @@ class ScriptedEngine:
                 raise PromptTooLongError(query.id, words, query.params.max_tokens, self.context_window)
             if self.unreadable_marker is not None and self.unreadable_marker in query.question:
                 raise UnicodeEncodeError("utf-8", query.question, 0, 1, "the scripted tokenizer cannot read it")
-        if self.failing_marker is None:
-            return [self._generation(q, self.script(q)) for q in queries]
-        return gathered([EngineError(f"{self.model} failed query {q.id}") if self.failing_marker in q.question
+        marker = self.failing_marker
+        return gathered([EngineError(f"{self.model} failed query {q.id}") if marker is not None and marker in q.question
                          else self._generation(q, self.script(q)) for q in queries])
 
     def _generation(self, query: Query, reply: ScriptedReply) -> Generation:
