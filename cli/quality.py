@@ -61,7 +61,25 @@ def _records(records: Path, rows: str | None = None) -> list[CalibrationRecord]:
         chosen = slice(int(start) if start else None, int(stop) if stop else None)
     except ValueError:
         raise ValueError(f"--rows must look like START:STOP, not {rows!r}") from None
-    return read_records(records)[chosen]
+    read = read_records(records)
+    if rows is not None:
+        _refuse_a_cut_group(read, chosen)
+    return read[chosen]
+
+
+def _refuse_a_cut_group(read: list[CalibrationRecord], chosen: slice) -> None:
+    """A slice that cuts a group (an article) in two would fit and judge on the same article: refuse it,
+    naming the group and the rows where it could be cut instead."""
+    inside = set(range(len(read))[chosen])
+    where: dict[str, list[int]] = {}
+    for row, record in enumerate(read):
+        where.setdefault(record.group or record.id, []).append(row)
+    for group, group_rows in where.items():
+        if 0 < len(inside.intersection(group_rows)) < len(group_rows):
+            raise ValueError(
+                f"--rows cuts group {group!r} (rows {group_rows[0]} to {group_rows[-1]}): its questions would be "
+                f"on both sides of the cut; cut at row {group_rows[0]} or {group_rows[-1] + 1}, or use "
+                "--protocol grouped, which splits by group")
 
 
 def _contexts(read: list[CalibrationRecord], data_dir: Path | None) -> dict[str, str]:
@@ -109,7 +127,7 @@ def fit(
     fitted: DeferralPolicy | LogisticPolicy | ThresholdPolicy
     if policy == "deferral":
         read = _records(records, rows)
-        fitted, report = fit_deferral(read, _contexts(read, data_dir), target, delta)
+        fitted, report = fit_deferral(read, _contexts(read, data_dir), target, delta, metric=label)
     elif policy == "min-logprob":
         if delta is None:
             raise ValueError("--policy min-logprob fits a threshold with a guarantee: give --delta")
@@ -133,7 +151,7 @@ def evaluate(
                            "bootstrap intervals, baselines and learned deferral) or transfer (learned deferral "
                            "fitted on --fit-records, used on these)")] = "in-sample",
     splits: Annotated[int, typer.Option("--splits", min=1, help="grouped: random fit/calibrate/test splits")] = 10,
-    bootstrap: Annotated[int, typer.Option("--bootstrap", min=10, help="grouped: resamples per split")] = 500,
+    bootstrap: Annotated[int, typer.Option("--bootstrap", min=10, help="grouped: resamples of the groups")] = 500,
     delta: Annotated[float, typer.Option("--delta", min=0.001, max=0.5,
                                          help="grouped: the guarantee's failure probability")] = 0.1,
     seed: Annotated[int, typer.Option("--seed")] = 0,
@@ -144,6 +162,8 @@ def evaluate(
     """Cost–quality of routing policies on calibration records: in-sample curves of given policies, or
     the grouped held-out protocol with intervals, baselines, learned deferral and guaranteed thresholds."""
     if protocol in {"grouped", "transfer"}:
+        if rows is not None:
+            raise ValueError(f"--rows applies to --protocol in-sample; --protocol {protocol} splits by group itself")
         if protocol == "transfer" and fit_records is None:
             raise ValueError("--protocol transfer needs --fit-records, the records to fit the learned models on")
         read = [_records(file) for file in ([records] if fit_records is None else [records, fit_records])]

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import orjson
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from cascade.config import CoreSettings
 from cascade.engines.base import PartialGenerationError, PromptTooLongError
@@ -20,7 +20,7 @@ from cascade.factory import build_router
 from cascade.router import Router, Tier
 from cascade.schemas import Generation, GenerationParams, Message, Query, Signals
 from cascade.signals import signals_of
-from pipelines.datasets import QARecord
+from pipelines.datasets import DatasetError, QARecord
 from pipelines.metrics import exact_match, token_f1
 from pipelines.token_series import TokenSeries
 
@@ -66,11 +66,43 @@ def query_for(record: QARecord, params: GenerationParams) -> Query:
 
 
 def read_records(path: Path) -> list[CalibrationRecord]:
-    """Records already written to a calibration file, plain or gzipped (none if it does not exist)."""
+    """Records already written to a calibration file, plain or gzipped (none if it does not exist). A
+    last line without its newline is a record cut off mid-write (a killed run): left out, to be redone.
+    Raises ``DatasetError`` naming the file, line and field of a record that is not one."""
     if not path.exists():
         return []
     raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    return [CalibrationRecord.model_validate(orjson.loads(line)) for line in raw.splitlines() if line.strip()]
+    lines = raw.split(b"\n")
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(CalibrationRecord.model_validate_json(line))
+        except ValidationError as error:
+            if number == len(lines):  # no newline after it: cut off mid-write
+                break
+            first = error.errors()[0]
+            field = ".".join(str(part) for part in first["loc"]) or "the line"
+            raise DatasetError(f"{path}:{number} is not a calibration record: {field}: {first['msg']}") from None
+    return records
+
+
+def _end_with_newline(path: Path) -> None:
+    """Before appending to a plain records file: a last record without its newline gets one; a last line
+    that is not a record (cut off mid-write, so ``read_records`` left it out) is cut, to be redone."""
+    if path.suffix == ".gz" or not path.exists() or path.stat().st_size == 0:
+        return
+    with path.open("rb+") as file:
+        data = file.read()
+        if data.endswith(b"\n"):
+            return
+        start = data.rfind(b"\n") + 1
+        try:
+            CalibrationRecord.model_validate_json(data[start:])
+            file.write(b"\n")
+        except ValidationError:
+            file.truncate(start)
 
 
 def _outcome(tier: Tier, generation: Generation, signals: Signals, gold: Sequence[str]) -> TierOutcome:
@@ -131,6 +163,7 @@ async def calibrate(settings: CoreSettings, records: Sequence[QARecord], out: Pa
                     on_progress: Callable[[int], None] = lambda done: None) -> list[CalibrationRecord]:
     """Run every tier on every record not yet in ``out``, ``batch_size`` questions per engine call;
     returns all records in the file."""
+    _end_with_newline(out)
     done = {r.id for r in read_records(out)}
     todo = [r for r in records if r.id not in done]
     on_progress(len(records) - len(todo))

@@ -170,14 +170,18 @@ def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 
 
 def _numbers(rows: list[dict[str, str]], columns: Sequence[str], path: Path) -> np.ndarray:
-    """A float matrix of the columns; empty cells become NaN, anything else unparseable is an error."""
-    try:
-        values = [[float(row[c]) if row[c].strip() else np.nan for c in columns] for row in rows]
-    except KeyError as error:
-        raise DatasetError(f"{path}: column {error} is missing") from None
-    except ValueError as error:
-        raise DatasetError(f"{path}: a score or cost is not a number ({error})") from None
-    return np.array(values, np.float64).reshape(len(rows), len(columns))
+    """A float matrix of the columns; empty or missing cells (a short row) become NaN, anything else
+    unparseable is an error naming the file, the row (data rows from 1) and the column."""
+    values = np.full((len(rows), len(columns)), np.nan)
+    for number, row in enumerate(rows):
+        for column, name in enumerate(columns):
+            cell = (row.get(name) or "").strip()
+            try:
+                values[number, column] = float(cell) if cell else np.nan
+            except ValueError:
+                raise DatasetError(
+                    f"{path}, row {number + 1}: column {name!r} is not a number: {cell[:40]!r}") from None
+    return values
 
 
 def load_routerbench(paths: Sequence[str | Path]) -> OutcomeTable:
@@ -198,12 +202,12 @@ def load_routerbench(paths: Sequence[str | Path]) -> OutcomeTable:
         if set(other) != set(models):
             raise DatasetError(f"{path} covers models {sorted(other)}, expected {sorted(models)}")
     rows = [row for _, _, table_rows in tables for row in table_rows]
-    path = tables[0][0]
-    scores = _numbers(rows, models, path)
-    costs = _numbers(rows, [f"{m}|total_cost" for m in models], path)
+    scores = np.vstack([_numbers(table_rows, models, path) for path, _, table_rows in tables])
+    costs = np.vstack([_numbers(table_rows, [f"{m}|total_cost" for m in models], path)
+                       for path, _, table_rows in tables])
     complete = ~(np.isnan(scores).any(axis=1) | np.isnan(costs).any(axis=1))
     return OutcomeTable(
-        prompts=tuple(row["prompt"] for row, keep in zip(rows, complete, strict=True) if keep),
+        prompts=tuple(row["prompt"] or "" for row, keep in zip(rows, complete, strict=True) if keep),
         models=models,
         scores=scores[complete],
         costs=costs[complete],

@@ -109,7 +109,7 @@ def fit_guaranteed(outcomes: Outcomes, target: float = 0.97,
 
 def fit_deferral(records: Sequence[CalibrationRecord], contexts: Mapping[str, str] | None = None,
                  target: float = 0.97, delta: float | None = None, kind: ModelKind = "boosted",
-                 seed: int = 0) -> tuple[DeferralPolicy, dict[str, object]]:
+                 seed: int = 0, metric: str = "exact_match") -> tuple[DeferralPolicy, dict[str, object]]:
     """The learned deferral policy (the grouped protocol's best held-out: gradient-boosted trees on the
     token-quantile features, target "small answer wrong"): fitted on 80% of the groups (articles),
     its isotonic map and threshold set on the other 20% — the cheapest threshold reaching ``target`` ×
@@ -120,7 +120,7 @@ def fit_deferral(records: Sequence[CalibrationRecord], contexts: Mapping[str, st
     from pipelines.protocol import grouped_splits, guaranteed_threshold
 
     usable = usable_records(records)
-    outcomes = outcomes_of(usable)
+    outcomes = outcomes_of(usable, metric)
     groups = np.array([r.group or r.id for r in usable])
     split = grouped_splits(groups, 1, seed)[0]
     fit, calibrate = np.concatenate([split.fit, split.test]), split.calibrate

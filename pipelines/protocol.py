@@ -2,10 +2,13 @@
 
 Questions are split by group (the SQuAD article; the HotpotQA question) into fit / calibrate / test
 parts, ``splits`` times with different seeds. Every method ranks the test questions by an escalation
-score; its deferral curve is routed quality against the share escalated, and its area (AUDC) sums
-the curve up. Every figure comes with a 95% interval from a paired bootstrap of the test questions
-(the same resamples for every method, averaged over the splits), so differences between methods
-are judged against their own noise.
+score; its deferral curve is routed quality against the share escalated (linear across answers whose
+scores tie: the expected curve in a random order of them, never the file's order), and its area
+(AUDC) sums the curve up. Every figure comes with a 95% interval from a paired bootstrap of the
+groups: questions of one article are not independent, so a resample draws whole articles, and
+every method and every split reads the same resamples (a figure's resample is the mean over the
+splits of the same resampled articles), so differences between methods are judged against their
+own noise.
 
 Baselines: random, the seed presets v1–v3 (binary rules: their flagged answers first), Chow-average
 (mean logprob), sum of logprobs, Chow-quantile (min, 10th, 25th, 50th percentile logprob), the oracle.
@@ -43,7 +46,7 @@ from pipelines.outcomes import outcomes_of, usable_records
 
 FRACTIONS = (0.5, 0.2, 0.3)  # fit, calibrate, test (by questions, whole groups at a time)
 LEVELS = (0.97, 0.99)
-IN_DOMAIN_CALIBRATION = 200  # questions drawn from the held-out articles to calibrate a guaranteed threshold
+IN_DOMAIN_CALIBRATION = 200  # questions drawn from the held-out questions to calibrate a guaranteed threshold
 IN_DOMAIN_DRAWS = 10  # draws per split
 PREROUTER = "pre-router (question embedding)"
 SHARE_LIMITS = {"cost": np.inf, "small_skipped": 1.0}  # a cascade can cost more than large-only; a share cannot pass 1
@@ -148,16 +151,34 @@ def prerouter_score(data: Data, split: Split) -> dict[str, np.ndarray]:
     return {PREROUTER: model.predict_proba(data.embeddings)[:, 1]}
 
 
+def group_bootstrap(groups: np.ndarray, resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """(resamples + 1, n) question weights: row 0 all ones (the sample itself), then one resample of
+    the groups per row, each question weighted by how often its group was drawn."""
+    names, index = np.unique(groups, return_inverse=True)
+    counts = rng.multinomial(len(names), np.full(len(names), 1 / len(names)), size=resamples)
+    return np.vstack([np.ones(len(groups)), counts[:, index]]).astype(np.float64)
+
+
 def weighted_curves(score: np.ndarray, small: np.ndarray, large: np.ndarray,
                     weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Deferral curves for each row of bootstrap ``weights``: (share escalated, quality), both (B, n+1)."""
+    """Deferral curves for each row of bootstrap ``weights``: (share escalated, quality), both (B, n+1);
+    NaN in a row whose weights are all zero. Answers with tied scores share their block's mean gain,
+    so the curve is linear across a tie instead of following the rows' order."""
     order = np.lexsort((np.arange(len(score)), -score))
     w = weights[:, order]
-    total = w.sum(axis=1, keepdims=True)
-    shares = np.concatenate([np.zeros((len(w), 1)), np.cumsum(w, axis=1) / total], axis=1)
-    base = (w * small[order]).sum(axis=1, keepdims=True)
-    gains = np.cumsum(w * (large[order] - small[order]), axis=1)
-    quality = np.concatenate([base, base + gains], axis=1) / total
+    ranked = score[order]
+    new_block = np.concatenate([[True], ranked[1:] != ranked[:-1]])
+    starts, block = np.flatnonzero(new_block), np.cumsum(new_block) - 1
+    gain = w * (large[order] - small[order])
+    block_weight = np.add.reduceat(w, starts, axis=1)
+    rate = np.divide(np.add.reduceat(gain, starts, axis=1), block_weight,
+                     out=np.zeros_like(block_weight), where=block_weight > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        total = w.sum(axis=1, keepdims=True)
+        shares = np.concatenate([np.zeros((len(w), 1)), np.cumsum(w, axis=1) / total], axis=1)
+        base = (w * small[order]).sum(axis=1, keepdims=True)
+        gains = np.cumsum(w * rate[:, block], axis=1)
+        quality = np.concatenate([base, base + gains], axis=1) / total
     return shares, quality
 
 
@@ -172,33 +193,63 @@ def savings(shares: np.ndarray, quality: np.ndarray, needed: np.ndarray) -> np.n
     return 1.0 - shares[np.arange(len(shares)), first]
 
 
+def kl_bound(mean: np.ndarray | float, n: int, delta: float, upper: bool) -> np.ndarray:
+    """Hoeffding's binomial-KL bound on the mean of ``n`` independent values in [0, 1] from their sample
+    ``mean``: the largest (``upper``) or smallest mean p with n·kl(mean ‖ p) ≤ log(1/δ), which holds
+    with probability ≥ 1 − δ whatever the values' law (0/1 outcomes or token F1 alike)."""
+    from scipy.special import xlogy
+
+    q = np.clip(np.asarray(mean, dtype=np.float64), 0.0, 1.0)
+    budget = np.log(1.0 / delta) / n
+    low, high = (q, np.ones_like(q)) if upper else (np.zeros_like(q), q)
+    for _ in range(60):
+        middle = (low + high) / 2
+        with np.errstate(divide="ignore", invalid="ignore"):
+            kl = xlogy(q, q) - xlogy(q, middle) + xlogy(1 - q, 1 - q) - xlogy(1 - q, 1 - middle)
+        within = kl <= budget
+        if upper:
+            low, high = np.where(within, middle, low), np.where(within, high, middle)
+        else:
+            low, high = np.where(within, low, middle), np.where(within, middle, high)
+    return high if upper else low
+
+
 def guaranteed_threshold(score: np.ndarray, small: np.ndarray, large: np.ndarray, level: float,
                          delta: float) -> float:
     """The most permissive threshold (escalate when score ≥ threshold) whose routed quality stays at
     ``level`` × large-only quality with probability ≥ 1 − ``delta``, for questions drawn like these.
 
     Upper confidence bound calibration (Learn-then-Test with a monotone loss): walking from
-    "escalate everything" towards escalating less, the share of questions lost (small wrong, large
-    right, not escalated) only grows; the threshold kept is the last one whose Clopper–Pearson upper
-    bound (level 1 − δ/2) on that share stays within (1 − level) × the Clopper–Pearson lower bound
-    (1 − δ/2) of large-only quality. Questions where the small answer is right and the large one
-    wrong are not counted in the small tier's favour, so the bound is conservative.
+    "escalate everything" towards escalating less, the loss (what the large answer scores above the
+    small one, summed over the answers kept) only grows; the threshold kept is the last one whose
+    upper bound (level 1 − δ/2) on the mean loss stays within (1 − level) × the lower bound (1 − δ/2)
+    of large-only quality. Clopper–Pearson bounds where both scores are 0 or 1 (exact match), the
+    binomial-KL bound otherwise (token F1). Questions where the small answer scores higher are not
+    counted in the small tier's favour, so the bound is conservative.
     """
     from scipy.stats import beta
 
     n = len(score)
-    right = int((large > 0.5).sum())
-    large_lower = float(beta.ppf(delta / 2, right, n - right + 1)) if right else 0.0
+    binary = bool(np.isin(small, (0.0, 1.0)).all() and np.isin(large, (0.0, 1.0)).all())
+    if binary:
+        right = int(large.sum())
+        large_lower = float(beta.ppf(delta / 2, right, n - right + 1)) if right else 0.0
+    else:
+        large_lower = float(kl_bound(float(large.mean()), n, delta / 2, upper=False))
     allowed = (1.0 - level) * large_lower
-    lost = ((small < 0.5) & (large > 0.5)).astype(np.int64)
+    lost = np.clip(large - small, 0.0, 1.0)
     thresholds = np.concatenate([[-np.inf], np.unique(score), [np.inf]])  # escalating fewer and fewer
     order = np.argsort(score, kind="stable")
-    lost_below = np.concatenate([[0], np.cumsum(lost[order])])  # lost among the i lowest scores
+    lost_below = np.concatenate([[0.0], np.cumsum(lost[order])])  # lost among the i lowest scores
     kept = np.searchsorted(score[order], thresholds, side="left")  # answers below each threshold
     k = lost_below[kept]
-    upper = np.where(k >= n, 1.0, beta.ppf(1 - delta / 2, k + 1, np.maximum(n - k, 1)))
+    if binary:
+        whole = np.rint(k).astype(np.int64)
+        upper = np.where(whole >= n, 1.0, beta.ppf(1 - delta / 2, whole + 1, np.maximum(n - whole, 1)))
+    else:
+        upper = kl_bound(k / n, n, delta / 2, upper=True)
     upper[0] = 0.0  # escalating everything loses nothing
-    failing = np.flatnonzero(upper > allowed)
+    failing = np.flatnonzero(~(upper <= allowed))  # a NaN score or outcome fails, never passes
     last = (failing[0] - 1) if failing.size else len(thresholds) - 1
     return float(thresholds[max(last, 0)])
 
@@ -206,7 +257,8 @@ def guaranteed_threshold(score: np.ndarray, small: np.ndarray, large: np.ndarray
 def in_domain_guarantee(score: np.ndarray, small: np.ndarray, large: np.ndarray, population: np.ndarray,
                         level: float, delta: float, size: int, rng: np.random.Generator) -> dict[str, float]:
     """The guarantee under its own assumption: calibrate on ``size`` questions drawn at random from
-    ``population`` (indices), then judge the threshold on the whole population, with no test noise."""
+    ``population`` (indices), then judge the threshold on the whole population (the distribution the
+    questions were drawn from: its risk exactly, with no test noise)."""
     drawn = rng.choice(population, size=min(size, len(population)), replace=False)
     threshold = guaranteed_threshold(score[drawn], small[drawn], large[drawn], level, delta)
     escalate = score[population] >= threshold
@@ -224,7 +276,7 @@ def realized(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
 
 def _finite_interval(values: np.ndarray, upper: float) -> dict[str, float | None]:
     """Point (row 0) and basic bootstrap interval (the rest), clipped to [0, ``upper``], of a figure at a
-    target that may be unreachable (inf / NaN); see ``target_interval``."""
+    target that may be unreachable (inf; NaN: no question of the resample); see ``target_interval``."""
     point = float(values[0])
     rest = values[1:][np.isfinite(values[1:])]
     low, high = (np.percentile(rest, [2.5, 97.5]) if len(rest) else (np.nan, np.nan))
@@ -234,6 +286,8 @@ def _finite_interval(values: np.ndarray, upper: float) -> dict[str, float | None
 
 
 def interval(values: np.ndarray) -> dict[str, float]:
+    """Mean and 95% percentile interval of the resamples that hold questions (NaN rows left out)."""
+    values = values[~np.isnan(values)]
     low, high = np.percentile(values, [2.5, 97.5])
     return {"mean": float(np.mean(values)), "low": float(low), "high": float(high)}
 
@@ -244,9 +298,18 @@ def target_interval(values: np.ndarray) -> dict[str, float]:
     so a resample's noise lets it pass sooner and the percentile interval sits beside the point; the
     basic interval takes that optimism back off (2·point − percentiles), clipped to [0, 1]."""
     point = float(values[0])
-    low, high = np.percentile(values[1:], [2.5, 97.5])
-    return {"mean": float(np.mean(values[1:])), "low": float(np.clip(2 * point - high, 0.0, 1.0)),
+    rest = values[1:][~np.isnan(values[1:])]
+    low, high = np.percentile(rest, [2.5, 97.5])
+    return {"mean": float(np.mean(rest)), "low": float(np.clip(2 * point - high, 0.0, 1.0)),
             "high": float(np.clip(2 * point - low, 0.0, 1.0))}
+
+
+def over_splits(values: Sequence[np.ndarray]) -> np.ndarray:
+    """Each resample's figure averaged over the splits whose test part it holds questions of."""
+    stacked = np.asarray(values, dtype=np.float64)
+    held = ~np.isnan(stacked)
+    with np.errstate(invalid="ignore"):
+        return np.asarray(np.where(held, stacked, 0.0).sum(axis=0) / held.sum(axis=0))
 
 
 def method_figures(per_method: Mapping[str, Mapping[str, list[np.ndarray]]]) -> dict[str, dict[str, Any]]:
@@ -256,7 +319,7 @@ def method_figures(per_method: Mapping[str, Mapping[str, list[np.ndarray]]]) -> 
     for name, metrics in per_method.items():
         figures[name] = {}
         for metric, values in metrics.items():
-            mean = np.mean(values, axis=0)
+            mean = over_splits(values)
             spread = target_interval(mean) if metric.startswith("saved_at") else interval(mean[1:])
             figures[name][metric] = {**spread, "point": float(mean[0])}
     return figures
@@ -267,6 +330,7 @@ def run_protocol(data: Data, *, splits: int = 10, seed: int = 0, bootstrap: int 
     """The whole protocol as one JSON-ready dictionary (see the module docstring)."""
     parts = grouped_splits(data.groups, splits, seed)
     rng = np.random.default_rng(seed)
+    resampled = group_bootstrap(data.groups, bootstrap, rng)
     per_method: dict[str, dict[str, list[np.ndarray]]] = {}
     guarantee: dict[str, list[dict[str, float]]] = {}
     in_domain: dict[str, list[dict[str, float]]] = {}
@@ -278,9 +342,10 @@ def run_protocol(data: Data, *, splits: int = 10, seed: int = 0, bootstrap: int 
                   **prerouter_score(data, split), "oracle": oracle_score(data.small, data.large)}
         test = split.test
         small, large = data.small[test], data.large[test]
-        weights = np.vstack([np.ones(len(test)), rng.multinomial(len(test), np.full(len(test), 1 / len(test)),
-                                                                  size=bootstrap)]).astype(np.float64)
-        large_quality = (weights * large).sum(axis=1) / weights.sum(axis=1)
+        weights = resampled[:, test]
+        held = weights.sum(axis=1) > 0  # a resample may draw none of this split's test articles
+        with np.errstate(invalid="ignore", divide="ignore"):
+            large_quality = (weights * large).sum(axis=1) / weights.sum(axis=1)
         for name, score in scores.items():
             shares, quality = weighted_curves(score[test], small, large, weights)
             figures = per_method.setdefault(name, {"audc": [], **{f"saved_at_{round(lv * 100)}": [] for lv in LEVELS}})
@@ -302,14 +367,15 @@ def run_protocol(data: Data, *, splits: int = 10, seed: int = 0, bootstrap: int 
                         in_domain_guarantee(score, data.small, data.large, held_out, level, delta,
                                             IN_DOMAIN_CALIBRATION, rng) for _ in range(IN_DOMAIN_DRAWS))
         if PREROUTER in scores:
-            modes = routing_costs(scores[PREROUTER][test], scores[CASCADE_SCORE][test], small, large,
-                                  data.small_cost[test], data.large_cost[test], weights, LEVELS[0])
+            with np.errstate(invalid="ignore", divide="ignore"):  # resamples without this split's articles
+                modes = routing_costs(scores[PREROUTER][test], scores[CASCADE_SCORE][test], small, large,
+                                      data.small_cost[test], data.large_cost[test], weights, LEVELS[0])
             for mode, by_metric in modes.items():
                 for metric, values in by_metric.items():
-                    routing.setdefault(mode, {}).setdefault(metric, []).append(values)
+                    routing.setdefault(mode, {}).setdefault(metric, []).append(np.where(held, values, np.nan))
         on_split(number + 1)
     methods = method_figures(per_method)
-    audc = {name: np.mean(figures["audc"], axis=0) for name, figures in per_method.items()}
+    audc = {name: over_splits(figures["audc"]) for name, figures in per_method.items()}
     presets = [n for n in audc if n.startswith("preset")]
     best_preset = max(presets, key=lambda n: audc[n][0])
     learned = [n for n in audc if n.startswith("learned")]
@@ -327,7 +393,7 @@ def run_protocol(data: Data, *, splits: int = 10, seed: int = 0, bootstrap: int 
         "methods": methods, "best_preset": best_preset, "best_learned": best_learned, "audc_differences": comparisons,
         "guarantee": {name: realized(rows) for name, rows in guarantee.items()},
         "guarantee_in_domain": {name: realized(rows) for name, rows in in_domain.items()},
-        "routing_modes": {mode: {metric: _finite_interval(np.mean(values, axis=0), SHARE_LIMITS[metric])
+        "routing_modes": {mode: {metric: _finite_interval(over_splits(values), SHARE_LIMITS[metric])
                                  for metric, values in figures.items()} for mode, figures in routing.items()},
         "routing_modes_cascade_score": CASCADE_SCORE,
         "in_domain_calibration": IN_DOMAIN_CALIBRATION,
@@ -359,7 +425,8 @@ def markdown(summary: Mapping[str, Any], title: str) -> str:
              f"{summary['n']} questions in {summary['groups']} groups; {summary['splits']} grouped splits "
              f"(fit/calibrate/test {summary['fractions']['fit']}/{summary['fractions']['calibrate']}/"
              f"{summary['fractions']['test']}); 95% paired-bootstrap intervals ({summary['bootstrap']} resamples "
-             "of each test split, averaged over the splits; basic intervals for the calls saved at a target, whose "
+             "of the groups, each read in every split's test part and averaged over the splits; basic intervals "
+             "for the calls saved at a target, whose "
              f"threshold is picked on the test split itself). Small-only quality {summary['small_quality']:.3f}, "
              f"large-only {summary['large_quality']:.3f}.", "", *methods_table(summary["methods"])]
     lines += ["", "AUDC differences (paired):", ""]

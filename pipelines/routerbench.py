@@ -19,7 +19,7 @@ from typing import Literal
 import numpy as np
 import orjson
 
-from pipelines.datasets import OutcomeTable, load_routerbench
+from pipelines.datasets import DatasetError, OutcomeTable, load_routerbench
 from pipelines.embedding_cache import CachedEmbedder
 from pipelines.equirouter import EquiRouter
 from pipelines.prerouters import (
@@ -74,6 +74,10 @@ class Sweep:
 
 
 def _aligned(test: OutcomeTable, models: Sequence[str]) -> OutcomeTable:
+    """The test table's columns in the train table's model order; a model missing is a DatasetError."""
+    missing = sorted(set(models) - set(test.models))
+    if missing:
+        raise DatasetError(f"the test files have no columns for the train files' models {missing}")
     order = [test.models.index(m) for m in models]
     assert test.costs is not None
     return OutcomeTable(test.prompts, tuple(models), test.scores[:, order], test.costs[:, order], test.groups,

@@ -3,11 +3,12 @@
 The learned models are fitted on the source records (e.g. SQuAD) and rank the target questions
 (SQuAD 2.0, HotpotQA); the baselines need no fitting. Every method's deferral curve on the target
 gives its area and the large calls saved at ≥ 97% / ≥ 99% of large-only quality, with paired-bootstrap
-intervals. Then the thresholds: a guaranteed threshold (``guaranteed_threshold``) calibrated either
-on a calibration part of the source (no target data at all) or on ``calibration_size`` target
-questions drawn at random (an in-domain calibration set), each judged on every target question;
-repeated ``draws`` times, so the violation rate shows whether "≥ 97% of large-only quality with
-probability 1 − δ" survives the move to another dataset, and what a small in-domain set buys back.
+intervals over the target's groups (its articles, or its questions where each is its own group).
+Then the thresholds: a guaranteed threshold (``guaranteed_threshold``) calibrated either on a
+calibration part of the source (no target data at all) or on ``calibration_size`` target questions
+drawn at random (an in-domain calibration set), each judged on every target question; repeated
+``draws`` times, so the violation rate shows whether "≥ 97% of large-only quality with probability
+1 − δ" survives the move to another dataset, and what a small in-domain set buys back.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pipelines.protocol import (
     Data,
     baseline_scores,
     curve_area,
+    group_bootstrap,
     grouped_splits,
     guaranteed_threshold,
     method_figures,
@@ -71,7 +73,7 @@ def run_transfer(source: Data, target: Data, *, draws: int = 10, seed: int = 0, 
     rng = np.random.default_rng(seed)
     n = len(target.small)
     everyone = np.arange(n)
-    weights = np.vstack([np.ones(n), rng.multinomial(n, np.full(n, 1 / n), size=bootstrap)]).astype(np.float64)
+    weights = group_bootstrap(target.groups, bootstrap, rng)
     large_quality = (weights * target.large).sum(axis=1) / weights.sum(axis=1)
     splits = grouped_splits(source.groups, draws, seed)
     per_method: dict[str, dict[str, list[np.ndarray]]] = {}
@@ -117,7 +119,7 @@ def markdown(summary: Mapping[str, Any], title: str) -> str:
              f"target questions (small-only {summary['small_quality']:.3f}, "
              f"large-only {summary['large_quality']:.3f}; {summary.get('left_out_shared', 0)} target questions "
              "that the source holds left out); "
-             f"{summary['draws']} source splits; 95% paired-bootstrap intervals over the target questions "
+             f"{summary['draws']} source splits; 95% paired-bootstrap intervals over the target's groups "
              "(basic intervals for the calls saved at a target).", "",
              *methods_table(summary["methods"])]
     lines += ["", f"Guaranteed thresholds (δ = {summary['delta']}) judged on every target question: calibrated on "

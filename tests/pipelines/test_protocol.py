@@ -108,6 +108,10 @@ def test_cascade_evaluate_grouped_protocol_from_the_command_line(tmp_path: Path)
                             "--protocol", "nested"], capture_output=True, text=True, timeout=120)
     assert wrong.returncode == 2
     assert "--protocol must be in-sample, grouped or transfer" in " ".join(wrong.stderr.split())
+    sliced = subprocess.run([CASCADE, "evaluate", "--records", str(records), "--out", str(tmp_path / "y"),
+                             "--protocol", "grouped", "--rows", ":100"], capture_output=True, text=True, timeout=120)
+    assert sliced.returncode == 2
+    assert "--rows applies to --protocol in-sample" in " ".join(sliced.stderr.split())
 
 
 def test_the_guarantee_holds_in_domain_at_least_one_minus_delta_of_the_time() -> None:
