@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import itertools
 import logging
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
@@ -73,6 +74,35 @@ def outcome_record(request_id: str, tenant: str, correct: bool | None = None, sc
 
 
 Record = dict[str, Any]
+Numbered = tuple[int, Record]  # a record with its number, in the order appended
+
+
+def _is_label(record: Record) -> bool:
+    return record.get("kind") == "outcome"
+
+
+class Held:
+    """Buffered records, labels apart from decision records (each in the order appended), so that a
+    full buffer drops its oldest decision in constant time; iterated, they come in the order appended."""
+
+    def __init__(self) -> None:
+        self.labels: deque[Numbered] = deque()
+        self.decisions: deque[Numbered] = deque()
+
+    def __len__(self) -> int:
+        return len(self.labels) + len(self.decisions)
+
+    def __iter__(self) -> Iterator[Numbered]:
+        if not self.labels or not self.decisions:
+            return iter(self.labels or self.decisions)
+        return heapq.merge(self.labels, self.decisions, key=itemgetter(0))
+
+    def append(self, item: Numbered) -> None:
+        (self.labels if _is_label(item[1]) else self.decisions).append(item)
+
+    def clear(self) -> None:
+        self.labels.clear()
+        self.decisions.clear()
 
 
 @dataclass
@@ -91,9 +121,9 @@ class FeedbackLog:
         # records as they came, serialized when they are written: a request made while Redis is skipped
         # pays no serialization, and no serialized copy is kept (orjson's output holds a buffer of 4 KB
         # and more per record: 100,000 records of 560 bytes kept 779 MB resident)
-        self._buffer: deque[tuple[int, Record]] = deque()  # in the order appended: (number, record)
+        self._buffer = Held()
         self._numbers = itertools.count()
-        self._writing: dict[int, list[tuple[int, Record]]] = {}  # what each write under way took out of the buffer
+        self._writing: dict[int, list[Numbered]] = {}  # what each write under way took out of the buffer
         self._writes = itertools.count()
         self._idle = asyncio.Event()  # set while no write is under way
         self._idle.set()
@@ -103,19 +133,33 @@ class FeedbackLog:
     def buffered(self) -> int:
         return len(self._buffer)
 
-    def _hold(self, numbered: Iterable[tuple[int, Record]]) -> None:
-        """Buffer records with their numbers; a full buffer drops its oldest record (counted per tenant)."""
+    def _hold(self, numbered: Iterable[Numbered]) -> None:
+        """Buffer records with their numbers. A full buffer drops its oldest decision record (counted per
+        tenant), and keeps its labels, which their senders were told were accepted: a label is dropped
+        only for another label, when nothing but labels is held."""
+        held = self._buffer
         for item in numbered:
-            if len(self._buffer) >= self.config.buffer_size:
-                self._drop([self._buffer.popleft()[1]], "buffer_full")
-            self._buffer.append(item)
+            if len(held) >= self.config.buffer_size:
+                if held.decisions:
+                    self._drop([held.decisions.popleft()[1]], "buffer_full")
+                elif not _is_label(item[1]):
+                    self._drop([item[1]], "buffer_full")
+                    continue
+                else:
+                    self._drop([held.labels.popleft()[1]], "buffer_full")
+            held.append(item)
+
+    @property
+    def full_of_labels(self) -> bool:
+        """Whether the buffer is full and holds nothing but labels: a new label would drop an accepted one."""
+        return len(self._buffer) >= self.config.buffer_size and not self._buffer.decisions
 
     def _drop(self, records: Sequence[Record], reason: str) -> None:
         self.dropped += len(records)
         for record in records:
             count_dropped("feedback", str(record.get("tenant")), reason)
 
-    def _put_back(self, numbered: Sequence[tuple[int, Record]]) -> None:
+    def _put_back(self, numbered: Sequence[Numbered]) -> None:
         """Buffer again what a write took and could not write, in the order appended among what came
         or was put back meanwhile; after ``close`` nothing will write them: they are dropped, counted."""
         if self._closed:
@@ -125,7 +169,7 @@ class FeedbackLog:
         self._buffer.clear()
         self._hold(merged)
 
-    def _serialized(self, numbered: Iterable[tuple[int, Record]]) -> list[tuple[int, Record, bytes]]:
+    def _serialized(self, numbered: Iterable[Numbered]) -> list[tuple[int, Record, bytes]]:
         """Each record with its number and JSON; one that cannot be serialized is logged, counted and left
         out alone."""
         out = []

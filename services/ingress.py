@@ -408,6 +408,9 @@ class RouterIngress:
                         request.request_id)
             raise ApiError(404, f"no request {request.request_id} of this tenant", param="request_id",
                            code="not_found")
+        if log_.full_of_labels:  # Redis down long enough: refuse it, rather than drop a label accepted before
+            raise ApiError(503, "the feedback store is unreachable and this server holds as many labels as it can",
+                           kind="service_unavailable", headers={"Retry-After": "30"})
         record = outcome_record(request.request_id, caller.tenant, correct=request.correct, score=request.score,
                                 source=request.source)
         stored = await log_.append([record])

@@ -62,6 +62,11 @@ class BatchApi:
         if len(content) > limit:
             raise ApiError(413, f"the file has {len(content)} bytes; this server's limit is {limit}", param="file",
                            code="file_too_large")
+        # before splitting: 64 MB of blank lines would be 64 M objects
+        breaks = content.count(b"\n") + content.count(b"\r") - content.count(b"\r\n")
+        if breaks > 2 * max_lines:
+            raise ApiError(413, f"the file has {breaks} line breaks; this server's limit is {max_lines} lines per file "
+                                f"and {2 * max_lines} line breaks", param="file", code="file_too_large")
         lines = sum(1 for line in content.splitlines() if line.strip())
         if lines > max_lines:
             raise ApiError(413, f"the file has {lines} lines; this server's limit is {max_lines} lines per file",

@@ -43,6 +43,7 @@ from services.tenants import TenantDirectory
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+CLOSE_TIMEOUT_S = 10.0  # the longest shutdown waits for buffered decision records to reach Redis
 
 
 def signature(secret: str, body: bytes) -> str:
@@ -87,6 +88,7 @@ class RoutingConsumer:
         view = self.store.chunk(batch_id, chunk * size, (chunk + 1) * size)
         batch = view.batch
         if batch is None or batch["status"] in TERMINAL:
+            self.store.finalize(batch_id)  # final already: only takes it off the active batches
             return 0
         results: dict[str, bytes] = {}
         errors: dict[str, bytes] = {}
@@ -94,8 +96,8 @@ class RoutingConsumer:
             todo = [(line, c) for line, c in zip(view.lines, view.custom_ids, strict=True) if c not in view.answered]
             results, errors = self._route_lines(batch, todo)
         written, last = self.store.finish_chunk(batch_id, chunk, batch["tenant"], len(view.lines), results, errors)
-        if last and self.store.finalize(batch_id):
-            self._finalize(batch_id)
+        if last:
+            self.store.finalize(batch_id)
         return written
 
     def _route_lines(self, batch: dict[str, Any],
@@ -141,27 +143,6 @@ class RoutingConsumer:
                     errors[line.custom_id] = error_line(line.custom_id, {"code": "dead_letter", "message": message},
                                                         status)
         return results, errors
-
-    def _finalize(self, batch_id: str) -> None:
-        """Write the output and error files in input order and close the batch."""
-        batch = self.store.batch(batch_id)
-        assert batch is not None
-        results, errors = self.store.outcomes(batch_id)
-        order = self.store.custom_ids(batch_id, batch["request_counts"]["total"])
-        output = b"".join(results[c] + b"\n" for c in order if c in results)
-        failed = b"".join(errors[c] + b"\n" for c in order if c in errors)
-        update: dict[str, Any] = {"finalizing_at": int(time.time())}
-        if output:
-            update["output_file_id"] = self.store.save_file(batch["tenant"], f"{batch_id}_output.jsonl",
-                                                            "batch_output", output)["id"]
-        if failed:
-            update["error_file_id"] = self.store.save_file(batch["tenant"], f"{batch_id}_errors.jsonl",
-                                                           "batch_output", failed)["id"]
-        if self.store.cancelled(batch_id):
-            update.update(status="cancelled", cancelled_at=int(time.time()))
-        else:
-            update.update(status="completed", completed_at=int(time.time()))
-        self.store.update_batch(batch_id, **update)
 
     @task_handler(name="finish_job")
     def finish_job(self, job_id: str) -> bool:
@@ -234,4 +215,16 @@ class RoutingConsumer:
         log.error("webhook for job %s not delivered after %d attempts", job_id, queue.webhook_attempts)
 
     def __del__(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
+        """On shutdown, write the decision records the feedback log still holds (buffered while Redis
+        was down), within ``CLOSE_TIMEOUT_S``, then stop the loop. Engines stay open: a chunk still
+        routing keeps them until its task ends or is redelivered."""
+        if not self.loop.is_running():
+            return
+        try:
+            if self.router.feedback is not None:
+                flushing = asyncio.run_coroutine_threadsafe(self.router.feedback.flush(), self.loop)
+                flushing.result(timeout=CLOSE_TIMEOUT_S)
+        except Exception as error:
+            log.error("consumer shutdown: buffered decision records not written: %r", error)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)

@@ -9,6 +9,7 @@ for it; a chunk reads what it needs in two round trips and writes its outcome in
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from collections.abc import Sequence
@@ -37,13 +38,20 @@ def is_id(kind: str, value: str) -> bool:
         c in "0123456789abcdef" for c in value[len(kind) + 1:])
 
 
-# A chunk's outcome, atomically: each line's result or error once (HSETNX), the chunk counted done
-# once (SADD), the tenant's queued lines and the batch's progress time moved only then; returns how
-# many outcomes were new and whether every chunk of the batch is done.
+# A chunk's outcome, atomically: each line's result or error once (HSETNX; a line with an outcome in
+# the other hash, from another run of the chunk, keeps it), the chunk counted done once (SADD), the
+# tenant's queued lines and the batch's progress time moved only then; returns how many outcomes were
+# new and whether every chunk of the batch is done.
 FINISH_CHUNK = """
 local written, i, results = 0, 5, tonumber(ARGV[4])
-for _ = 1, results do written = written + redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]); i = i + 2 end
-while i < #ARGV do written = written + redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1]); i = i + 2 end
+local function once(into, other)
+  if redis.call('HEXISTS', other, ARGV[i]) == 0 then
+    written = written + redis.call('HSETNX', into, ARGV[i], ARGV[i + 1])
+  end
+  i = i + 2
+end
+for _ = 1, results do once(KEYS[1], KEYS[2]) end
+while i < #ARGV do once(KEYS[2], KEYS[1]) end
 if redis.call('SADD', KEYS[3], ARGV[1]) == 1 then
   redis.call('DECRBY', KEYS[4], ARGV[2])
   redis.call('SET', KEYS[5], ARGV[3])
@@ -115,14 +123,23 @@ class BatchStore:
     def _key(self, *parts: str) -> str:
         return ":".join((PREFIX, *parts))
 
-    def save_file(self, tenant: str, filename: str, purpose: str, content: bytes) -> dict[str, Any]:
-        meta: dict[str, Any] = {
-            "id": new_id("file"), "object": "file", "bytes": len(content), "created_at": int(time.time()),
-            "filename": filename, "purpose": purpose, "status": "processed", "tenant": tenant}
+    def save_file(self, tenant: str, filename: str, purpose: str, content: bytes,
+                  file_id: str | None = None) -> dict[str, Any]:
+        """Store a file under a new id, or under ``file_id`` (a batch's output file, rewritten alike by a
+        repeated finalization)."""
         pipe = self.client.pipeline()
-        pipe.set(self._key("file", meta["id"]), orjson.dumps(meta))
-        pipe.set(self._key("file", meta["id"], "content"), content)
+        meta = self._write_file(pipe, tenant, filename, purpose, content, file_id or new_id("file"))
         pipe.execute()
+        return meta
+
+    def _write_file(self, pipe: Any, tenant: str, filename: str, purpose: str, content: bytes,
+                    file_id: str) -> dict[str, Any]:
+        """Queue a file's writes on ``pipe``; its metadata."""
+        meta: dict[str, Any] = {
+            "id": file_id, "object": "file", "bytes": len(content), "created_at": int(time.time()),
+            "filename": filename, "purpose": purpose, "status": "processed", "tenant": tenant}
+        pipe.set(self._key("file", file_id), orjson.dumps(meta))
+        pipe.set(self._key("file", file_id, "content"), content)
         return meta
 
     def file(self, file_id: str) -> dict[str, Any] | None:
@@ -243,10 +260,42 @@ class BatchStore:
             {"batch_id": batch_id, "custom_id": custom_id, "reason": reason, "at": time.time()}))
 
     def finalize(self, batch_id: str) -> bool:
-        """Claim the right to write the output files once; False if another run already did."""
-        claimed = bool(self.client.set(self._key("batch", batch_id, "finalized"), 1, nx=True))
+        """Write a finished batch's output and error files in input order and give it its final status,
+        in one transaction that a finalization finishing first aborts (its files are never overwritten);
+        False if the batch had a final status already. The files' ids derive from the batch's, and the
+        batch stays active until then: a fault or a crash part-way leaves it to the stalled-batch sweep,
+        which runs this again."""
+        key = self._key("batch", batch_id)
+        batch = self.batch(batch_id)
+        if batch is None or batch.get("status") in TERMINAL:
+            self.client.srem(self._key("active"), batch_id)
+            return False
+        results, errors = self.outcomes(batch_id)
+        order = self.custom_ids(batch_id, batch["request_counts"]["total"])
+        files = {"output": b"".join(results[c] + b"\n" for c in order if c in results),
+                 "errors": b"".join(errors[c] + b"\n" for c in order if c in errors)}
+        now = int(time.time())
+        final = ({"status": "cancelled", "cancelled_at": now} if self.cancelled(batch_id)
+                 else {"status": "completed", "completed_at": now})
+
+        def write(pipe: Any) -> bool:
+            raw = pipe.get(key)
+            stored = orjson.loads(raw) if raw else None
+            if stored is None or stored.get("status") in TERMINAL:
+                return False
+            pipe.multi()
+            update: dict[str, Any] = {"finalizing_at": now, **final}
+            for kind, content in files.items():
+                if content:
+                    file_id = "file-" + hashlib.sha256(f"{batch_id}:{kind}".encode()).hexdigest()[:24]
+                    update["output_file_id" if kind == "output" else "error_file_id"] = self._write_file(
+                        pipe, batch["tenant"], f"{batch_id}_{kind}.jsonl", "batch_output", content, file_id)["id"]
+            pipe.set(key, orjson.dumps({**stored, **update}))
+            return True
+
+        written = bool(self.client.transaction(write, key, value_from_callable=True))
         self.client.srem(self._key("active"), batch_id)
-        return claimed
+        return written
 
     def active(self) -> list[str]:
         """Batches not finalized yet."""
@@ -254,7 +303,9 @@ class BatchStore:
 
     def stalled_chunks(self, batch_id: str, after_s: float) -> list[int]:
         """Chunks not done of a batch that has made no progress for ``after_s`` seconds, claimed for
-        re-queueing at most once per ``after_s`` (by whichever replica asks first); else none."""
+        re-queueing at most once per ``after_s`` (by whichever replica asks first); else none. A batch
+        whose chunks are all done but that is still active was not finalized (a fault or a crash in
+        between): its first chunk, whose run finds every line answered and finalizes it."""
         progress = self.client.get(self._key("batch", batch_id, "progress_at"))
         if progress is None or time.time() - float(progress) < after_s:
             return []
@@ -262,7 +313,7 @@ class BatchStore:
             return []
         total = int(self.client.get(self._key("batch", batch_id, "chunks")) or 0)
         done = {int(x) for x in self.client.smembers(self._key("batch", batch_id, "done"))}
-        return [chunk for chunk in range(total) if chunk not in done]
+        return [chunk for chunk in range(total) if chunk not in done] or [0]
 
     def save_job(self, job: dict[str, Any]) -> None:
         self.client.set(self._key("job", job["id"]), orjson.dumps(job), ex=JOB_TTL_S)

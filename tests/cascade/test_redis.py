@@ -707,3 +707,25 @@ async def test_concurrent_lookups_share_one_run_and_keep_their_tenants_and_rows(
     assert second.unreadable == frozenset({1}) and second.vector(1) is None and second.vector(0) is not None
     assert np.array_equal(third.vectors, known) and len(second.tags) == 2 and second.tags[0] is not None
     await cache.close()
+
+
+async def test_a_full_feedback_buffer_drops_decisions_before_the_labels_it_accepted() -> None:
+    """While Redis is down (nothing listens on the port), a full buffer makes room by dropping its oldest
+    decision record, never a label its sender was told was accepted; with nothing but labels held, a new
+    decision is dropped, and the log says it is full of labels (the feedback endpoint answers 503)."""
+    [answer] = await two_tier_router().route([Query(prompt="easy question")])
+    breaker = RedisBreaker(BreakerConfig(cooldown_s=3600))
+    log = FeedbackLog(f"redis://127.0.0.1:{free_port()}", FeedbackConfig(stream="test:full", buffer_size=4),
+                      breaker=breaker)
+    label = outcome_record("r-0", "t", correct=True)
+    await log.append([label, decision_record(answer), decision_record(answer)])
+    await log.append([decision_record(answer), outcome_record("r-1", "t", correct=False),
+                      outcome_record("r-2", "t", correct=True)])
+    held = [record for _, record in log._buffer]
+    assert [r.get("request_id") for r in held if r["kind"] == "outcome"] == ["r-0", "r-1", "r-2"]
+    assert len(held) == 4 and log.dropped == 2 and not log.full_of_labels
+    await log.append([outcome_record("r-3", "t", correct=True)])
+    assert log.full_of_labels and log.dropped == 3
+    await log.append([decision_record(answer)])
+    assert [r["request_id"] for _, r in log._buffer] == ["r-0", "r-1", "r-2", "r-3"] and log.dropped == 4
+    await log.close()

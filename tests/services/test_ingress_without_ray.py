@@ -74,6 +74,21 @@ async def test_a_signed_ids_label_is_taken_while_redis_is_down() -> None:
     await RouterIngress.__del__(made)
 
 
+async def test_a_label_that_would_drop_an_accepted_one_is_503_while_redis_is_down() -> None:
+    made = await ingress(SECRET)
+    log_ = made.router.feedback
+    log_.config = log_.config.model_copy(update={"buffer_size": 2})
+    ids = RequestIds(SECRET.encode(), 3600)
+    for _ in range(2):
+        taken = await made.feedback(FeedbackRequest(request_id=ids.new("a"), correct=True), "Bearer key-a")
+        assert taken["accepted"] and taken["buffered"]
+    with pytest.raises(ApiError) as full:
+        await made.feedback(FeedbackRequest(request_id=ids.new("a"), correct=True), "Bearer key-a")
+    assert full.value.status == 503 and full.value.headers == {"Retry-After": "30"}
+    assert log_.buffered == 2 and log_.dropped == 0
+    await RouterIngress.__del__(made)
+
+
 async def test_an_unsigned_ids_label_needs_redis_for_its_owner() -> None:
     made = await ingress(None)
     with pytest.raises(ApiError) as unavailable:

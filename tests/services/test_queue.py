@@ -224,6 +224,10 @@ def test_an_upload_over_the_line_limit_is_413_with_the_limit(base_url: str) -> N
     with pytest.raises(openai.APIStatusError) as raised:
         api.files.create(file=("many.jsonl", io.BytesIO(too_many)), purpose="batch")
     assert raised.value.status_code == 413 and "limit is 500 lines" in raised.value.message
+    blank = b"\n" * 1002 + too_many.splitlines()[0]  # counted before the file is split into lines
+    with pytest.raises(openai.APIStatusError) as raised:
+        api.files.create(file=("blank.jsonl", io.BytesIO(blank)), purpose="batch")
+    assert raised.value.status_code == 413 and "1002 line breaks" in raised.value.message
 
 
 def test_cancel_stops_the_remaining_work(base_url: str, data_dir: Path) -> None:
@@ -392,6 +396,41 @@ def test_stalled_batches_give_back_their_unfinished_chunks_once(redis_url: str) 
     assert store.stalled_chunks("batch-stall", after_s=60) == [], "claimed once per interval"
     assert "batch-stall" in store.active()
     assert store.finalize("batch-stall") and "batch-stall" not in store.active()
+    store.close()
+
+
+def test_a_batch_whose_finalization_was_cut_short_is_finalized_by_the_sweep_once(redis_url: str) -> None:
+    """Its last chunk was done, then the replica died (or Redis failed) before the batch got its files
+    and status: it stays active, the sweep hands back its first chunk, whose run finalizes it; a
+    repeated finalization rewrites the same files and keeps the first final status."""
+    store = BatchStore(redis_url)
+    batch = {"id": "batch-cut", "tenant": "t", "status": "in_progress", "request_counts": {"total": 2}}
+    assert store.create_batch(batch, [b"a", b"b"], ["a", "b"], chunks=1, quota=10)
+    assert store.finish_chunk("batch-cut", 0, "t", 2, {"a": b'{"a": 1}'}, {"b": b'{"b": 0}'}) == (2, True)
+    store.client.set("cascade:batchapi:batch:batch-cut:progress_at", time.time() - 120)
+    assert "batch-cut" in store.active() and store.stalled_chunks("batch-cut", after_s=60) == [0]
+    assert store.finish_chunk("batch-cut", 0, "t", 2, {}, {}) == (0, True), "the re-run finds it answered"
+    assert store.finalize("batch-cut")
+    first = store.batch("batch-cut")
+    assert first is not None and first["status"] == "completed" and "batch-cut" not in store.active()
+    assert store.file_content(first["output_file_id"]) == b'{"a": 1}\n'
+    assert store.file_content(first["error_file_id"]) == b'{"b": 0}\n'
+    assert not store.finalize("batch-cut"), "final already"
+    assert store.batch("batch-cut") == first
+    store.close()
+
+
+def test_two_runs_of_a_chunk_give_each_line_one_outcome(redis_url: str) -> None:
+    """A chunk redelivered while its first run still goes on: one run answers a line, the other
+    dead-letters it; the line keeps the outcome written first and is counted once."""
+    store = BatchStore(redis_url)
+    batch = {"id": "batch-twice", "tenant": "t", "status": "in_progress", "request_counts": {"total": 2}}
+    assert store.create_batch(batch, [b"a", b"b"], ["a", "b"], chunks=1, quota=10)
+    assert store.finish_chunk("batch-twice", 0, "t", 2, {"a": b"answer"}, {"b": b"failed"}) == (2, True)
+    assert store.finish_chunk("batch-twice", 0, "t", 2, {"b": b"answer"}, {"a": b"failed"}) == (0, True)
+    assert store.outcomes("batch-twice") == ({"a": b"answer"}, {"b": b"failed"})
+    counts = store.batch("batch-twice")
+    assert counts is not None and counts["request_counts"] == {"total": 2, "completed": 1, "failed": 1}
     store.close()
 
 
