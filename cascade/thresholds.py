@@ -69,6 +69,10 @@ class ControllerConfig(BaseModel):
     min_samples: int = Field(default=50, ge=1)
     hysteresis: float = Field(default=0.01, ge=0.0)
     window: int = Field(default=2000, ge=10)
+    decisions_kept: int = Field(default=100_000, ge=1, description=(
+        "per tenant: the controlled tier's latest decisions remembered (about 100 bytes each), so that a "
+        "label arriving later finds its answer's confidence; as many labels that came before their "
+        "decision are kept for it"))
 
 
 def field_name(tenant: str, tier: str) -> str:
@@ -117,7 +121,15 @@ def guaranteed_quality_threshold(confidence: np.ndarray, correct: np.ndarray, ta
 @dataclass
 class _TenantWindow:
     confidences: deque[float]
-    labelled: deque[tuple[float, float]]
+    labelled: dict[str, tuple[float, float]]  # by request id, oldest first: (confidence, label), the latest label
+
+
+def _keep(kept: dict[str, Any], key: str, value: Any, size: int) -> None:
+    """Set ``key`` as the newest entry of ``kept``, dropping the oldest beyond ``size``."""
+    kept.pop(key, None)
+    kept[key] = value
+    if len(kept) > size:
+        kept.pop(next(iter(kept)))
 
 
 @dataclass
@@ -132,14 +144,18 @@ class ThresholdController:
         self._client = connect(self.redis_url)
         self._seen: deque[str] = deque(maxlen=self.config.window * 4)
         self._seen_set: set[str] = set()
-        self._decisions: dict[str, tuple[str, float]] = {}
+        self._decisions: dict[str, dict[str, float]] = {}  # tenant → request id → first-tier confidence
+        self._early: dict[str, dict[str, float]] = {}  # tenant → request id → a label read before its decision
         self._group_ready = False
+        self._backlog = True  # entries delivered to this consumer and not acknowledged (a restart): read first
 
     def _window(self, tenant: str) -> _TenantWindow:
         if tenant not in self.windows:
-            size = self.config.window
-            self.windows[tenant] = _TenantWindow(deque(maxlen=size), deque(maxlen=size))
+            self.windows[tenant] = _TenantWindow(deque(maxlen=self.config.window), {})
         return self.windows[tenant]
+
+    def _label(self, tenant: str, request_id: str, confidence: float, label: float) -> None:
+        _keep(self._window(tenant).labelled, request_id, (confidence, label), self.config.window)
 
     async def _ensure_group(self) -> None:
         if self._group_ready:
@@ -165,7 +181,9 @@ class ThresholdController:
         """Fold one stream record into the windows (idempotent by id). A progressive answer's route has
         two records: the first tier's confidence counts from the first (``provisional``), when the
         decision was made, and not again from the final one (``resumed``: a job run twice or given up
-        on still counts once); a label is taken for a final answer of the controlled tier only."""
+        on still counts once); a label is taken for a final answer of the controlled tier only, found
+        by its tenant's remembered decisions, or kept until its decision is read; a request labelled
+        again counts once, with its latest label."""
         if not self._remember(entry_id):
             return
         tier = self.config.target.tier
@@ -177,13 +195,20 @@ class ThresholdController:
             if not record.get("resumed"):
                 window.confidences.append(float(confidence))
             if record.get("tier") == tier and not record.get("provisional"):
-                self._decisions[record["request_id"]] = (record["tenant"], float(confidence))
-                if len(self._decisions) > self.config.window * 4:
-                    self._decisions.pop(next(iter(self._decisions)))
-        elif record.get("kind") == "outcome" and record.get("request_id") in self._decisions:
-            tenant, confidence = self._decisions[record["request_id"]]
-            label = record["correct"] if record.get("correct") is not None else (record.get("score") or 0) >= 0.5
-            self._window(tenant).labelled.append((confidence, float(label)))
+                tenant, request_id = str(record["tenant"]), str(record["request_id"])
+                _keep(self._decisions.setdefault(tenant, {}), request_id, float(confidence),
+                      self.config.decisions_kept)
+                early = self._early.get(tenant, {}).pop(request_id, None)
+                if early is not None:
+                    self._label(tenant, request_id, float(confidence), early)
+        elif record.get("kind") == "outcome":
+            tenant, request_id = str(record.get("tenant")), str(record.get("request_id"))
+            label = float(record["correct"] if record.get("correct") is not None else (record.get("score") or 0) >= 0.5)
+            known = self._decisions.get(tenant, {}).get(request_id)
+            if known is not None:
+                self._label(tenant, request_id, known, label)
+            else:  # its decision not read yet (buffered, another replica's), or of another tier
+                _keep(self._early.setdefault(tenant, {}), request_id, label, self.config.decisions_kept)
 
     def proposal(self, tenant: str) -> float | None:
         """Where this tenant's threshold should go, or None without enough evidence."""
@@ -194,26 +219,39 @@ class ThresholdController:
             return budget_threshold(np.array(window.confidences), target.value)
         if len(window.labelled) < self.config.min_samples:
             return None
-        labelled = np.array(window.labelled)
+        labelled = np.array(list(window.labelled.values()))
         if target.delta is not None:
             return guaranteed_quality_threshold(labelled[:, 0], labelled[:, 1], target.value, target.delta,
                                                 self.config.min_samples)
         return quality_threshold(labelled[:, 0], labelled[:, 1], target.value, self.config.min_samples)
 
     async def step(self, count: int = 5000, block_ms: int | None = None) -> dict[str, float]:
-        """Read what is new on the stream, move thresholds, acknowledge; returns the thresholds moved."""
+        """Read what is new on the stream, move thresholds, acknowledge; returns the thresholds moved.
+        Entries delivered to this consumer before and never acknowledged (it stopped between the two)
+        are read first."""
         await self._ensure_group()
+        ids: list[bytes] = []
+        if self._backlog:
+            ids = await self._read("0", count, None)
+            self._backlog = bool(ids)
+        if not ids:
+            ids = await self._read(">", count, block_ms)
+        moved = await self._move()
+        if ids:
+            await self._client.xack(self.config.stream, self.config.group, *ids)
+        return moved
+
+    async def _read(self, start: str, count: int, block_ms: int | None) -> list[bytes]:
+        """Observe the group's entries from ``start`` ("0": this consumer's unacknowledged ones; ">": new
+        ones); their ids."""
         response = await self._client.xreadgroup(self.config.group, self.config.consumer,
-                                                 {self.config.stream: ">"}, count=count, block=block_ms)
+                                                 {self.config.stream: start}, count=count, block=block_ms)
         ids = []
         for _, entries in response or []:
             for entry_id, fields in entries:
                 self.observe(entry_id.decode(), orjson.loads(fields[b"data"]))
                 ids.append(entry_id)
-        moved = await self._move()
-        if ids:
-            await self._client.xack(self.config.stream, self.config.group, *ids)
-        return moved
+        return ids
 
     async def _move(self) -> dict[str, float]:
         tier, moved = self.config.target.tier, {}

@@ -357,6 +357,52 @@ async def test_a_progressive_answer_is_one_decision_for_the_controller_and_its_l
     await asyncio.gather(log.close(), controller.close())
 
 
+async def test_a_label_finds_its_decision_however_late_whichever_comes_first_and_counts_once(
+        local_redis: LocalRedis) -> None:
+    """A quiet tenant's label after 10,000 of a busy tenant's decisions (the controller remembered the
+    last 8,000 of all tenants), a label read before its decision (still buffered, or another replica's),
+    and a request labelled twice (its latest label counts)."""
+    config = ControllerConfig(target=ThresholdTarget(kind="quality", value=0.8), window=10, min_samples=1)
+    controller = ThresholdController(local_redis.url, config)
+
+    def decision(request_id: str, tenant: str, confidence: float) -> dict[str, object]:
+        return {"kind": "decision", "request_id": request_id, "tenant": tenant, "first_tier": "small",
+                "tier": "small", "first_confidence": confidence}
+
+    controller.observe("1-0", decision("quiet-1", "quiet", 0.9))
+    for i in range(10_000):
+        controller.observe(f"2-{i}", decision(f"busy-{i}", "busy", 0.5))
+    controller.observe("3-0", outcome_record("quiet-1", "quiet", correct=True))
+    controller.observe("3-1", outcome_record("quiet-2", "quiet", correct=False))
+    controller.observe("3-2", decision("quiet-2", "quiet", 0.7))
+    controller.observe("3-3", outcome_record("quiet-1", "quiet", correct=False))
+    assert controller.windows["quiet"].labelled == {"quiet-2": (0.7, 0.0), "quiet-1": (0.9, 0.0)}
+    await controller.close()
+
+
+async def test_a_restarted_controller_reads_what_it_was_given_and_never_acknowledged(local_redis: LocalRedis) -> None:
+    """Entries delivered to the controller's consumer that it stopped before acknowledging are read by the
+    next one (a read of new entries only would skip them for good)."""
+    budget = ThresholdTarget(kind="escalation_budget", value=0.3)
+    log, controller = controlled_stream(local_redis.url, "restart", budget, min_samples=1)
+    await synthetic_decisions(log, 30, seed=21)
+    await controller._ensure_group()
+    client = redis.Redis.from_url(local_redis.url)
+    delivered = client.xreadgroup(controller.config.group, controller.config.consumer,
+                                  {controller.config.stream: ">"}, count=100)  # then it stopped
+    assert len(delivered[0][1]) == 30
+    await controller.close()
+    _, restarted = controlled_stream(local_redis.url, "restart", budget, min_samples=1)
+    await restarted.step()
+    assert len(restarted.windows["acme"].confidences) == 30
+    assert client.xpending(restarted.config.stream, restarted.config.group)["pending"] == 0
+    await synthetic_decisions(log, 5, seed=22)
+    await restarted.step()
+    await restarted.step()
+    assert len(restarted.windows["acme"].confidences) == 35
+    await asyncio.gather(log.close(), restarted.close())
+
+
 async def test_routers_apply_live_thresholds_within_seconds(local_redis: LocalRedis) -> None:
     key = "test:thresholds-live"
     live = LiveThresholds(local_redis.url, key=key, refresh_s=0.2)
