@@ -26,6 +26,7 @@ import orjson
 from pydantic import BaseModel, Field
 from redis.exceptions import RedisError
 
+from cascade.answers import token_f1
 from cascade.breaker import RedisBreaker
 from cascade.redis_clients import connect
 from cascade.schemas import RoutedAnswer
@@ -47,11 +48,17 @@ class FeedbackConfig(BaseModel):
     owner_ttl_s: int = Field(default=7 * 24 * 3600, ge=60, description="how long a request id may be labelled")
 
 
-def decision_record(answer: RoutedAnswer, *, provisional: bool = False, resumed: bool = False) -> dict[str, Any]:
+def decision_record(answer: RoutedAnswer, *, provisional: bool = False, resumed: bool = False,
+                    first_text: str | None = None) -> dict[str, Any]:
     """The stream entry of one routing decision. A progressive answer's route is recorded twice under
     its request id: ``provisional`` when that answer is returned (its escalation goes on), then
-    ``resumed`` with the final answer its job found."""
+    ``resumed`` with the final answer its job found. An answer escalated past its first tier, whose
+    first answer was ``first_text``, carries ``first_agreement``: that answer's token F1 against the
+    final one, the implicit label a shadow check would give it (the threshold controller's only
+    evidence below the threshold: user labels and shadow checks see accepted answers alone)."""
     first = answer.attempts[0] if answer.attempts else None
+    escalated = (first is not None and first_text is not None and answer.tier != first.tier and not provisional
+                 and not answer.degraded)
     return {
         "kind": "decision", "request_id": answer.request_id, "tenant": answer.tenant, "tier": answer.tier,
         "model": answer.model, "decision": "escalate" if len(answer.attempts) > 1 or provisional else "accept",
@@ -61,6 +68,7 @@ def decision_record(answer: RoutedAnswer, *, provisional: bool = False, resumed:
         "confidence": answer.confidence, "signals": answer.signals.model_dump() if answer.signals else None,
         "cost": answer.cost, "latency_ms": sum(s.ms for s in answer.latency), "cache_hit": answer.cache_hit,
         "degraded": answer.degraded,
+        "first_agreement": token_f1(first_text, [answer.answer]) if escalated and first_text is not None else None,
     }
 
 

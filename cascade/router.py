@@ -131,6 +131,7 @@ class Trail:
     result: RoutedAnswer | None = None
     deferred: bool = False
     counted_attempts: int | None = None  # resumed from a checkpoint: its attempts, counted with the provisional answer
+    first_text: str | None = None  # the first tier's answer, when this request got it (not a resumed route)
     batch_size: int = 1
     vector: np.ndarray | None = None  # the question's cache embedding (NaN: not computed yet); None: never cached
     cache_tags: dict[str, str] | None = None  # its cache entry tags, from the lookup
@@ -374,7 +375,8 @@ class Router:
             log.exception("cache store failed for requests %s", [t.query.id for t in fresh])
         try:
             if self.feedback is not None and done:
-                await self.feedback.append([decision_record(t.result, provisional=t.deferred, resumed=t.resumed)
+                await self.feedback.append([decision_record(t.result, provisional=t.deferred, resumed=t.resumed,
+                                                            first_text=t.first_text)
                                             for t in done if t.result is not None])
                 final = [t for t in done if not t.deferred]  # a provisional answer is being escalated already
                 self._start_shadow_checks([t.query for t in final], [t.result for t in final if t.result is not None])
@@ -633,6 +635,8 @@ class Router:
                 confidence=answer_confidence, prompt_tokens=generation.prompt_tokens,
                 completion_tokens=generation.completion_tokens, cost=float(costs[i])))
             trail.reasons.append(self._explain(index, signals, i, bool(escalate[i]), live[i], held[i]))
+            if len(trail.attempts) == 1 and trail.counted_attempts is None:
+                trail.first_text = generation.text
             kept = empty[i] and trail.best is not None and bool(trail.best.text.strip())
             if not kept:  # an empty answer never replaces an earlier tier's answer
                 trail.best = BestAnswer(tier=tier.name, model=generation.model, text=generation.text,

@@ -7,8 +7,9 @@ towards the value that meets its target:
 
 - ``escalation_budget``: at most ``value`` of queries escalate — the ``value`` quantile of recent
   first-tier confidences;
-- ``quality``: the estimated precision of accepted small answers (from user labels and shadow
-  checks) is at least ``value`` — the lowest threshold whose labelled answers above it are that
+- ``quality``: the estimated precision of accepted small answers (from user labels, shadow checks,
+  and, below the threshold, escalated answers' agreement with the tier they went to) is at least
+  ``value`` — the lowest threshold whose labelled answers above it are that
   precise; with ``delta``, guaranteed: the lowest threshold reached from the top (fixed-sequence
   testing, Learn-then-Test) while the Clopper–Pearson lower bound of that precision stays at or
   above ``value``, so the precision holds with probability at least 1 − ``delta``.
@@ -194,6 +195,10 @@ class ThresholdController:
             window = self._window(record["tenant"])
             if not record.get("resumed"):
                 window.confidences.append(float(confidence))
+            agreement = record.get("first_agreement")
+            if record.get("tier") != tier and agreement is not None:  # escalated: its answer against the final one
+                self._label(str(record["tenant"]), str(record["request_id"]), float(confidence),
+                            float(agreement >= 0.5))
             if record.get("tier") == tier and not record.get("provisional"):
                 tenant, request_id = str(record["tenant"]), str(record["request_id"])
                 _keep(self._decisions.setdefault(tenant, {}), request_id, float(confidence),

@@ -20,7 +20,7 @@ import redis
 from cascade.breaker import BreakerConfig, RedisBreaker
 from cascade.cache import CacheConfig, SemanticCache, entry_tags, hybrid_policy
 from cascade.embeddings import MiniLMEmbedder
-from cascade.engines.scripted import ScriptedEngine
+from cascade.engines.scripted import ScriptedEngine, ScriptedReply
 from cascade.factory import build_router
 from cascade.feedback import FeedbackConfig, FeedbackLog, decision_record, outcome_record
 from cascade.local_redis import LocalRedis, RedisSearchMissingError, has_search, server_binary
@@ -401,6 +401,34 @@ async def test_a_restarted_controller_reads_what_it_was_given_and_never_acknowle
     await restarted.step()
     assert len(restarted.windows["acme"].confidences) == 35
     await asyncio.gather(log.close(), restarted.close())
+
+
+async def test_an_escalated_answer_labels_the_small_tier_below_its_threshold_by_agreement(
+        local_redis: LocalRedis) -> None:
+    """User labels and shadow checks only ever see accepted answers, so the quality controller could
+    only tighten; an escalated answer's first answer is scored against the final one for free (here
+    one agrees with the large tier, one does not), and labels the small tier at its own confidence."""
+    log, controller = controlled_stream(local_redis.url, "agreement", ThresholdTarget(kind="quality", value=0.8),
+                                        min_samples=1)
+
+    def small(query: Query) -> ScriptedReply:
+        if query.question.startswith("easy"):
+            return small_script(query)
+        return ScriptedReply("Lyon" if "agrees" in query.question else "maybe Paris or Nice", [-1.5] * 4)
+
+    router = Router([Tier("small", ScriptedEngine("small-model", small), PRESETS["v1"]),
+                     Tier("large", ScriptedEngine("large-model", large_script), AcceptAllPolicy())], feedback=log)
+    answers = await router.route([Query(prompt="hard: it agrees", tenant="acme"),
+                                  Query(prompt="hard: it does not", tenant="acme"),
+                                  Query(prompt="easy: accepted", tenant="acme")])
+    assert [a.tier for a in answers] == ["large", "large", "small"]
+    await controller.step()
+    decisions = {r["request_id"]: r for _, r in await log.read_all() if r["kind"] == "decision"}
+    assert [decisions[a.request_id]["first_agreement"] for a in answers] == [1.0, 0.0, None]
+    first = [a.attempts[0].confidence for a in answers]
+    assert controller.windows["acme"].labelled == {answers[0].request_id: (first[0], 1.0),
+                                                   answers[1].request_id: (first[1], 0.0)}
+    await asyncio.gather(log.close(), controller.close())
 
 
 async def test_routers_apply_live_thresholds_within_seconds(local_redis: LocalRedis) -> None:
