@@ -67,6 +67,7 @@ class Data:
     small_cost: np.ndarray
     large_cost: np.ndarray
     embeddings: np.ndarray | None = None  # the questions', for the pre-router
+    left_out: int = 0  # records without two tiers' answers (a prompt longer than a model's context)
 
     @classmethod
     def of(cls, records: Sequence[CalibrationRecord], metric: str = "exact_match",
@@ -79,7 +80,8 @@ class Data:
                    small=outcomes.small_correct, large=outcomes.large_correct,
                    groups=np.array([r.group or r.id for r in usable]),
                    small_cost=outcomes.small_cost, large_cost=outcomes.large_cost,
-                   embeddings=embedder.embed([r.question for r in usable]) if embedder is not None else None)
+                   embeddings=embedder.embed([r.question for r in usable]) if embedder is not None else None,
+                   left_out=len(records) - len(usable))
 
 
 @dataclass(frozen=True)
@@ -321,7 +323,7 @@ def method_figures(per_method: Mapping[str, Mapping[str, list[np.ndarray]]]) -> 
         for metric, values in metrics.items():
             mean = over_splits(values)
             spread = target_interval(mean) if metric.startswith("saved_at") else interval(mean[1:])
-            figures[name][metric] = {**spread, "point": float(mean[0])}
+            figures[name][metric] = {**spread, "point": float(mean[0]), "splits": len(values)}
     return figures
 
 
@@ -387,7 +389,8 @@ def run_protocol(data: Data, *, splits: int = 10, seed: int = 0, bootstrap: int 
             comparisons[f"{best_learned} − {other}"] = {**interval(difference),
                                                          "point": float((audc[best_learned] - audc[other])[0])}
     return {
-        "n": len(data.small), "groups": len(np.unique(data.groups)), "splits": splits, "bootstrap": bootstrap,
+        "n": len(data.small), "left_out": data.left_out, "groups": len(np.unique(data.groups)), "splits": splits,
+        "bootstrap": bootstrap,
         "delta": delta, "fractions": dict(zip(("fit", "calibrate", "test"), FRACTIONS, strict=True)),
         "small_quality": float(data.small.mean()), "large_quality": float(data.large.mean()),
         "methods": methods, "best_preset": best_preset, "best_learned": best_learned, "audc_differences": comparisons,
@@ -405,11 +408,14 @@ def _cell(figure: Mapping[str, float]) -> str:
     return f"{figure['point']:.3f} [{figure['low']:.3f}, {figure['high']:.3f}]"
 
 
-def methods_table(methods: Mapping[str, Any]) -> list[str]:
-    """The methods' AUDC and savings as markdown rows, best area first."""
+def methods_table(methods: Mapping[str, Any], splits: int | None = None) -> list[str]:
+    """The methods' AUDC and savings as markdown rows, best area first; with ``splits``, a method that
+    could not be fitted on every split (a fit part of one class) says on how many it was."""
     lines = ["| method | AUDC | large calls saved at ≥97% | at ≥99% |", "| --- | --- | --- | --- |"]
     for name, figures in sorted(methods.items(), key=lambda item: -item[1]["audc"]["point"]):
-        lines.append(f"| {name} | {_cell(figures['audc'])} | {_cell(figures['saved_at_97'])} | "
+        had = figures["audc"].get("splits", splits)
+        label = f"{name} ({had} of {splits} splits)" if splits is not None and had != splits else name
+        lines.append(f"| {label} | {_cell(figures['audc'])} | {_cell(figures['saved_at_97'])} | "
                      f"{_cell(figures['saved_at_99'])} |")
     return lines
 
@@ -422,13 +428,15 @@ def _maybe(figure: Mapping[str, float | None]) -> str:
 
 def markdown(summary: Mapping[str, Any], title: str) -> str:
     lines = [f"# {title}", "",
-             f"{summary['n']} questions in {summary['groups']} groups; {summary['splits']} grouped splits "
+             f"{summary['n']} questions in {summary['groups']} groups ({summary.get('left_out', 0)} records left out: "
+             "no answer from both tiers, a prompt longer than a model's context); "
+             f"{summary['splits']} grouped splits "
              f"(fit/calibrate/test {summary['fractions']['fit']}/{summary['fractions']['calibrate']}/"
              f"{summary['fractions']['test']}); 95% paired-bootstrap intervals ({summary['bootstrap']} resamples "
              "of the groups, each read in every split's test part and averaged over the splits; basic intervals "
              "for the calls saved at a target, whose "
              f"threshold is picked on the test split itself). Small-only quality {summary['small_quality']:.3f}, "
-             f"large-only {summary['large_quality']:.3f}.", "", *methods_table(summary["methods"])]
+             f"large-only {summary['large_quality']:.3f}.", "", *methods_table(summary["methods"], summary["splits"])]
     lines += ["", "AUDC differences (paired):", ""]
     lines += [f"- {name}: {_cell(figure)}" for name, figure in summary["audc_differences"].items()]
     modes = summary.get("routing_modes", {})

@@ -172,3 +172,17 @@ def test_fit_deferral_fits_on_the_label_it_is_given() -> None:
     fit_deferral(records, metric="exact_match")
     with pytest.raises(ValueError, match="one class"):
         fit_deferral(records, metric="f1")
+
+
+def test_the_summary_counts_the_records_left_out_and_a_method_missing_from_splits(tmp_path: Path) -> None:
+    from pipelines.protocol import markdown
+
+    records = synthetic(300)
+    for record in records[:7]:
+        record.error = "prompt longer than the model's context"
+    summary = run_protocol(Data.of(records), splits=3, bootstrap=20)
+    assert summary["n"] == 293 and summary["left_out"] == 7
+    summary["methods"]["learned logistic (small wrong)"]["audc"]["splits"] = 2  # as when one fit part had one class
+    text = markdown(summary, "t")
+    assert "(7 records left out" in text and "| learned logistic (small wrong) (2 of 3 splits) |" in text
+    assert "| random |" in text
