@@ -254,8 +254,11 @@ class ThresholdController:
         ids = []
         for _, entries in response or []:
             for entry_id, fields in entries:
-                self.observe(entry_id.decode(), orjson.loads(fields[b"data"]))
-                ids.append(entry_id)
+                ids.append(entry_id)  # acknowledged whatever it holds: a bad entry is skipped once, not forever
+                try:
+                    self.observe(entry_id.decode(), orjson.loads(fields[b"data"]))
+                except (KeyError, TypeError, ValueError) as error:  # trimmed while pending (no fields), or not a record
+                    log.warning("feedback entry %s skipped: %r", entry_id.decode(), error)
         return ids
 
     async def _move(self) -> dict[str, float]:

@@ -104,6 +104,10 @@ class QueueConfig(BaseModel):
     chunk_size: int = Field(default=32, ge=1, le=1024, description="batch lines one task routes as one batch")
     max_lines: int = Field(default=50_000, ge=1, description="lines per batch input file")
     tenant_quota_lines: int = Field(default=100_000, ge=1, description="queued lines per tenant; more → 429")
+    tenant_quota_bytes: int = Field(default=1 << 30, ge=1, description=(
+        "bytes of uploaded files a tenant may have stored at once; an upload past it → 413"))
+    retention_s: int = Field(default=30 * 24 * 3600, ge=60, description=(
+        "how long a file, and a batch with its results once final, are kept"))
     max_retries: int = Field(default=3, ge=0, description="task retries after a crash or an unexpected error")
     route_attempts: int = Field(default=3, ge=1, description="tries for lines whose every tier failed")
     retry_backoff_s: float = Field(default=0.5, ge=0.0)

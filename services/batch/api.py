@@ -17,7 +17,7 @@ import redis
 from cascade.breaker import RedisBreaker
 from services.batch.queue import TaskQueue
 from services.batch.schema import ENDPOINTS, BatchCreate, batch_object, custom_ids
-from services.batch.store import SOCKET_TIMEOUT_S, TERMINAL, BatchStore, is_id, new_id
+from services.batch.store import SOCKET_TIMEOUT_S, TERMINAL, BatchStore, StorageQuotaError, is_id, new_id
 from services.batch.threads import StoreCalls
 from services.openai_api import ApiError
 from services.settings import CascadeSettings
@@ -38,7 +38,7 @@ class BatchApi:
 
     def __init__(self, settings: CascadeSettings, redis_url: str) -> None:
         self.settings = settings
-        self.store = BatchStore(redis_url)
+        self.store = BatchStore(redis_url, retention_s=settings.queue.retention_s)
         self.tasks = TaskQueue(settings)
         self.calls = StoreCalls(RedisBreaker(settings.redis_breaker))
 
@@ -59,6 +59,8 @@ class BatchApi:
         if purpose != "batch":
             raise ApiError(400, f"purpose {purpose!r} is not supported; use 'batch'", param="purpose")
         limit, max_lines = self.settings.server.max_upload_bytes, self.settings.queue.max_lines
+        if not content.strip():
+            raise ApiError(400, "the file is empty", param="file")
         if len(content) > limit:
             raise ApiError(413, f"the file has {len(content)} bytes; this server's limit is {limit}", param="file",
                            code="file_too_large")
@@ -71,7 +73,14 @@ class BatchApi:
         if lines > max_lines:
             raise ApiError(413, f"the file has {lines} lines; this server's limit is {max_lines} lines per file",
                            param="file", code="file_too_large")
-        return public(await self._run_long(self.store.save_file, tenant, filename, purpose, content))
+        queue = self.settings.queue
+        try:
+            return public(await self._run_long(self.store.save_upload, tenant, filename, purpose, content,
+                                               queue.tenant_quota_bytes))
+        except StorageQuotaError as full:
+            raise ApiError(413, f"tenant {tenant!r} has {full.used} bytes of files stored; this server keeps at most "
+                                f"{full.quota} per tenant, each file for {queue.retention_s // 86400} days",
+                           param="file", code="storage_quota_exceeded") from None
 
     async def file(self, file_id: str, tenant: str) -> dict[str, Any]:
         meta = await self._run(self.store.file, file_id) if is_id("file", file_id) else None

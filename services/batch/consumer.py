@@ -64,7 +64,7 @@ class RoutingConsumer:
         no_cache = self.settings.cache.model_copy(update={"enabled": False})
         self.router = build_router(self.settings.for_router().model_copy(update={"cache": no_cache}),
                                    with_redis=True, engines=engines)
-        self.store = BatchStore(self.settings.redis_url)
+        self.store = BatchStore(self.settings.redis_url, retention_s=self.queue.retention_s)
         self.tenants = TenantDirectory(self.settings.server, [t.name for t in self.settings.tiers])
         self.request_ids = RequestIds.of(self.settings)
         self.loop = asyncio.new_event_loop()

@@ -25,6 +25,10 @@ PREFIX = "cascade:batchapi"
 TERMINAL = {"completed", "failed", "cancelled", "expired"}
 SOCKET_TIMEOUT_S = 10.0  # the longest a store call waits for Redis to read or answer
 JOB_TTL_S = 7 * 24 * 3600  # how long a progressive job and its final answer are kept
+RETENTION_S = 30 * 24 * 3600  # how long a file, and a batch once final, are kept (queue.retention_s)
+DEAD_LETTERS_KEPT = 100_000  # the dead-letter list's latest entries; older ones are in the error files
+SPENT_BATCH_KEYS = ("lines", "ids", "chunks", "progress_at", "done", "requeue")  # no use once a batch is final
+KEPT_BATCH_KEYS = ("results", "errors", "cancel")  # its request counts and how it ended
 
 
 def new_id(kind: str) -> str:
@@ -83,6 +87,42 @@ LINES_PER_PUSH = 1000  # a batch's lines and ids are written this many per comma
 UNCLAIMED_LIST_TTL_S = 3600  # lines whose batch was never made live (refused, or a fault) expire
 
 
+# An upload within its tenant's quota, atomically: the tenant's files past their expiry are taken off
+# its running total, then, within the quota, the file is stored to expire with its entry in the
+# tenant's accounts (-1); beyond it, nothing is written and the bytes in use come back. A file is
+# charged at least MIN_FILE_CHARGE (its keys and accounts cost that much), and an account key's
+# expiry is only ever lengthened.
+SAVE_UPLOAD = """
+local now, ttl, quota, charge = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+for _, id in ipairs(gone) do
+  redis.call('DECRBY', KEYS[5], tonumber(redis.call('HGET', KEYS[2], id) or '0'))
+  redis.call('HDEL', KEYS[2], id)
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local used = tonumber(redis.call('GET', KEYS[5]) or '0')
+if used + charge > quota then return used end
+redis.call('SET', KEYS[3], ARGV[6], 'EX', ttl)
+redis.call('SET', KEYS[4], ARGV[7], 'EX', ttl)
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[5])
+redis.call('HSET', KEYS[2], ARGV[5], charge)
+redis.call('INCRBY', KEYS[5], charge)
+for k = 1, 5 do
+  if k ~= 3 and k ~= 4 and redis.call('TTL', KEYS[k]) < ttl then redis.call('EXPIRE', KEYS[k], ttl) end
+end
+return -1
+"""
+MIN_FILE_CHARGE = 1024  # bytes an upload counts against its tenant's quota at the least
+
+
+class StorageQuotaError(Exception):
+    """An upload that would take its tenant past ``queue.tenant_quota_bytes``."""
+
+    def __init__(self, used: int, quota: int) -> None:
+        super().__init__(f"{used} bytes stored, quota {quota}")
+        self.used, self.quota = used, quota
+
+
 # A job's final state once: the marker (SET NX) and the job in one step, so a fault between them
 # never leaves a marked job that no later try can complete.
 COMPLETE_JOB = """
@@ -109,6 +149,7 @@ class BatchStore:
 
     redis_url: str
     socket_timeout_s: float = SOCKET_TIMEOUT_S
+    retention_s: int = RETENTION_S
 
     def __post_init__(self) -> None:
         # Any: redis-py's stubs mix sync and async
@@ -116,6 +157,7 @@ class BatchStore:
         self._finish_chunk = self.client.register_script(FINISH_CHUNK)
         self._activate_batch = self.client.register_script(ACTIVATE_BATCH)
         self._complete_job = self.client.register_script(COMPLETE_JOB)
+        self._save_upload = self.client.register_script(SAVE_UPLOAD)
 
     def ping(self) -> bool:
         return bool(self.client.ping())
@@ -123,23 +165,32 @@ class BatchStore:
     def _key(self, *parts: str) -> str:
         return ":".join((PREFIX, *parts))
 
-    def save_file(self, tenant: str, filename: str, purpose: str, content: bytes,
-                  file_id: str | None = None) -> dict[str, Any]:
-        """Store a file under a new id, or under ``file_id`` (a batch's output file, rewritten alike by a
-        repeated finalization)."""
-        pipe = self.client.pipeline()
-        meta = self._write_file(pipe, tenant, filename, purpose, content, file_id or new_id("file"))
-        pipe.execute()
-        return meta
+    def _file_meta(self, tenant: str, filename: str, purpose: str, content: bytes, file_id: str) -> dict[str, Any]:
+        now = int(time.time())
+        return {"id": file_id, "object": "file", "bytes": len(content), "created_at": now,
+                "expires_at": now + self.retention_s, "filename": filename, "purpose": purpose,
+                "status": "processed", "tenant": tenant}
 
     def _write_file(self, pipe: Any, tenant: str, filename: str, purpose: str, content: bytes,
                     file_id: str) -> dict[str, Any]:
-        """Queue a file's writes on ``pipe``; its metadata."""
-        meta: dict[str, Any] = {
-            "id": file_id, "object": "file", "bytes": len(content), "created_at": int(time.time()),
-            "filename": filename, "purpose": purpose, "status": "processed", "tenant": tenant}
-        pipe.set(self._key("file", file_id), orjson.dumps(meta))
-        pipe.set(self._key("file", file_id, "content"), content)
+        """Queue a file's writes on ``pipe``, to expire after ``retention_s``; its metadata."""
+        meta = self._file_meta(tenant, filename, purpose, content, file_id)
+        pipe.set(self._key("file", file_id), orjson.dumps(meta), ex=self.retention_s)
+        pipe.set(self._key("file", file_id, "content"), content, ex=self.retention_s)
+        return meta
+
+    def save_upload(self, tenant: str, filename: str, purpose: str, content: bytes, quota: int) -> dict[str, Any]:
+        """Store a tenant's upload for ``retention_s`` if its files still stored stay within ``quota``
+        bytes with it (each charged at least ``MIN_FILE_CHARGE``); else ``StorageQuotaError``, nothing
+        written."""
+        meta = self._file_meta(tenant, filename, purpose, content, new_id("file"))
+        keys = [self._key("stored", tenant), self._key("stored-bytes", tenant), self._key("file", meta["id"]),
+                self._key("file", meta["id"], "content"), self._key("stored-total", tenant)]
+        charge = max(len(content), MIN_FILE_CHARGE)
+        used = int(self._save_upload(keys=keys, args=[int(time.time()), self.retention_s, quota, charge,
+                                                      meta["id"], orjson.dumps(meta), content]))
+        if used >= 0:
+            raise StorageQuotaError(used, quota)
         return meta
 
     def file(self, file_id: str) -> dict[str, Any] | None:
@@ -245,7 +296,7 @@ class BatchStore:
         return int(written), bool(last)
 
     def cancel(self, batch_id: str) -> None:
-        self.client.set(self._key("batch", batch_id, "cancel"), 1)
+        self.client.set(self._key("batch", batch_id, "cancel"), 1, ex=self.retention_s)
 
     def cancelled(self, batch_id: str) -> bool:
         return bool(self.client.exists(self._key("batch", batch_id, "cancel")))
@@ -256,13 +307,18 @@ class BatchStore:
         return ({k.decode(): bytes(v) for k, v in results.items()}, {k.decode(): bytes(v) for k, v in errors.items()})
 
     def dead_letter(self, batch_id: str, custom_id: str, reason: str) -> None:
-        self.client.rpush(self._key("dead-letters"), orjson.dumps(
+        """Log a line that kept failing on the dead-letter list, which keeps the latest ``DEAD_LETTERS_KEPT``."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.rpush(self._key("dead-letters"), orjson.dumps(
             {"batch_id": batch_id, "custom_id": custom_id, "reason": reason, "at": time.time()}))
+        pipe.ltrim(self._key("dead-letters"), -DEAD_LETTERS_KEPT, -1)
+        pipe.execute()
 
     def finalize(self, batch_id: str) -> bool:
         """Write a finished batch's output and error files in input order and give it its final status,
-        in one transaction that a finalization finishing first aborts (its files are never overwritten);
-        False if the batch had a final status already. The files' ids derive from the batch's, and the
+        keep both for ``retention_s`` and drop its copy of the lines, in one transaction that a
+        finalization finishing first aborts (its files are never overwritten); False if the batch had a
+        final status already. The files' ids derive from the batch's, and the
         batch stays active until then: a fault or a crash part-way leaves it to the stalled-batch sweep,
         which runs this again."""
         key = self._key("batch", batch_id)
@@ -290,7 +346,10 @@ class BatchStore:
                     file_id = "file-" + hashlib.sha256(f"{batch_id}:{kind}".encode()).hexdigest()[:24]
                     update["output_file_id" if kind == "output" else "error_file_id"] = self._write_file(
                         pipe, batch["tenant"], f"{batch_id}_{kind}.jsonl", "batch_output", content, file_id)["id"]
-            pipe.set(key, orjson.dumps({**stored, **update}))
+            pipe.set(key, orjson.dumps({**stored, **update}), ex=self.retention_s)
+            pipe.delete(*(self._key("batch", batch_id, name) for name in SPENT_BATCH_KEYS))
+            for name in KEPT_BATCH_KEYS:  # the counts of a batch kept as long as its files
+                pipe.expire(self._key("batch", batch_id, name), self.retention_s)
             return True
 
         written = bool(self.client.transaction(write, key, value_from_callable=True))

@@ -400,6 +400,12 @@ async def test_a_restarted_controller_reads_what_it_was_given_and_never_acknowle
     await restarted.step()
     await restarted.step()
     assert len(restarted.windows["acme"].confidences) == 35
+    client.xadd(restarted.config.stream, {"other": b"x"})  # not a feedback record: skipped, acknowledged
+    client.xadd(restarted.config.stream, {"data": b"{not json"})
+    await synthetic_decisions(log, 1, seed=23)
+    await restarted.step()
+    assert len(restarted.windows["acme"].confidences) == 36
+    assert client.xpending(restarted.config.stream, restarted.config.group)["pending"] == 0
     await asyncio.gather(log.close(), restarted.close())
 
 

@@ -498,6 +498,39 @@ def test_a_batch_and_its_count_of_queued_lines_are_stored_in_one_step(tmp_path: 
         server.stop()
 
 
+async def test_a_tenants_stored_files_are_bounded_and_expire_and_a_final_batch_expires_with_them(
+        redis_url: str) -> None:
+    """One tenant uploading without end would fill Redis (``noeviction``: then every tenant's writes fail):
+    its files count against ``queue.tenant_quota_bytes`` until they expire after ``queue.retention_s``,
+    and a batch once final expires with its output files; another tenant's quota is its own."""
+    settings = load_service_settings(redis_url=redis_url, queue={"tenant_quota_bytes": 2500, "retention_s": 3600})
+    api = BatchApi(settings, redis_url)
+    first = await api.create_file("heavy", "a.jsonl", "batch", b"x" * 1500)
+    assert first["expires_at"] - first["created_at"] == 3600
+    for size in (1500, 10):  # a small file counts 1 KiB: its keys and accounts cost about that
+        with pytest.raises(ApiError) as full:
+            await api.create_file("heavy", "b.jsonl", "batch", b"x" * size)
+        assert full.value.status == 413 and full.value.code == "storage_quota_exceeded"
+        assert "has 1500 bytes of files stored; this server keeps at most 2500 per tenant" in full.value.message
+    with pytest.raises(ApiError, match="the file is empty"):
+        await api.create_file("heavy", "e.jsonl", "batch", b"\n")
+    assert await api.create_file("light", "c.jsonl", "batch", b"x" * 1500), "a quota per tenant"
+    store = api.store
+    assert 3590 < store.client.ttl(f"cascade:batchapi:file:{first['id']}:content") <= 3600
+    store.client.zadd("cascade:batchapi:stored:heavy", {first["id"]: time.time() - 1})  # as if it had expired
+    assert await api.create_file("heavy", "d.jsonl", "batch", b"x" * 1500), "an expired file no longer counts"
+    assert int(store.client.get("cascade:batchapi:stored-total:heavy")) == 1500
+    batch = {"id": new_id("batch"), "tenant": "heavy", "status": "in_progress", "request_counts": {"total": 1}}
+    assert store.create_batch(batch, [b"a"], ["a"], chunks=1, quota=10)
+    assert store.finish_chunk(batch["id"], 0, "heavy", 1, {"a": b"{}"}, {}) == (1, True) and store.finalize(batch["id"])
+    output = store.batch(batch["id"])
+    assert output is not None and store.client.ttl(f"cascade:batchapi:batch:{batch['id']}") > 3590
+    assert store.client.ttl(f"cascade:batchapi:batch:{batch['id']}:results") > 3590
+    assert store.client.ttl(f"cascade:batchapi:file:{output['output_file_id']}") > 3590
+    assert not store.client.exists(f"cascade:batchapi:batch:{batch['id']}:lines"), "its copy of the lines is dropped"
+    store.close()
+
+
 async def test_job_polls_while_redis_is_frozen_fail_fast_and_leave_the_shared_threads_free(tmp_path: Path) -> None:
     """Redis accepts and never answers (SIGSTOP; a partitioned network). Polls of a job hold the Batch
     API's own threads, never ``asyncio.to_thread``'s, which the ingress embeds questions on for every
