@@ -143,14 +143,15 @@ class FeedbackLog:
 
     def _hold(self, numbered: Iterable[Numbered]) -> None:
         """Buffer records with their numbers. A full buffer drops its oldest decision record (counted per
-        tenant), and keeps its labels, which their senders were told were accepted: a label is dropped
-        only for another label, when nothing but labels is held."""
+        tenant), and keeps its labels, which their senders were told were accepted; with nothing but
+        labels held, a newcomer that is not a user's label is dropped, and a user's label (one the
+        feedback endpoint let through at the edge) takes the oldest label's place."""
         held = self._buffer
         for item in numbered:
             if len(held) >= self.config.buffer_size:
                 if held.decisions:
                     self._drop([held.decisions.popleft()[1]], "buffer_full")
-                elif not _is_label(item[1]):
+                elif item[1].get("source") != "user":  # a decision, or a shadow check's label: the newcomer goes
                     self._drop([item[1]], "buffer_full")
                     continue
                 else:
@@ -159,8 +160,10 @@ class FeedbackLog:
 
     @property
     def full_of_labels(self) -> bool:
-        """Whether the buffer is full and holds nothing but labels: a new label would drop an accepted one."""
-        return len(self._buffer) >= self.config.buffer_size and not self._buffer.decisions
+        """Whether labels alone, buffered or in a write under way (put back if it fails), fill the buffer:
+        a new label would drop an accepted one."""
+        writing = sum(_is_label(record) for taken in self._writing.values() for _, record in taken)
+        return len(self._buffer.labels) + writing >= self.config.buffer_size
 
     def _drop(self, records: Sequence[Record], reason: str) -> None:
         self.dropped += len(records)

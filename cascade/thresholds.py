@@ -71,7 +71,7 @@ class ControllerConfig(BaseModel):
     hysteresis: float = Field(default=0.01, ge=0.0)
     window: int = Field(default=2000, ge=10)
     decisions_kept: int = Field(default=100_000, ge=1, description=(
-        "per tenant: the controlled tier's latest decisions remembered (about 100 bytes each), so that a "
+        "per tenant: the controlled tier's latest decisions remembered (about 200 bytes each), so that a "
         "label arriving later finds its answer's confidence; as many labels that came before their "
         "decision are kept for it"))
 

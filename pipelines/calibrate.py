@@ -67,8 +67,8 @@ def query_for(record: QARecord, params: GenerationParams) -> Query:
 
 def read_records(path: Path) -> list[CalibrationRecord]:
     """Records already written to a calibration file, plain or gzipped (none if it does not exist). A
-    last line without its newline is a record cut off mid-write (a killed run): left out, to be redone.
-    Raises ``DatasetError`` naming the file, line and field of a record that is not one."""
+    last line that is not a record is one cut off mid-write (a killed run): left out, to be redone.
+    Raises ``DatasetError`` naming the file, line and field of any other line that is not a record."""
     if not path.exists():
         return []
     raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()

@@ -196,6 +196,9 @@ def load_routerbench(paths: Sequence[str | Path]) -> OutcomeTable:
         models = tuple(c.removesuffix("|total_cost") for c in header if c.endswith("|total_cost"))
         if not models or "prompt" not in header:
             raise DatasetError(f"{path} is not a RouterBench table: no 'prompt' or '<model>|total_cost' columns")
+        unscored = [m for m in models if m not in header]
+        if unscored:
+            raise DatasetError(f"{path}: no score column for {unscored} (their '|total_cost' columns are there)")
         tables.append((path, models, rows))
     models = tables[0][1]
     for path, other, _ in tables[1:]:

@@ -59,11 +59,11 @@ class BatchApi:
         if purpose != "batch":
             raise ApiError(400, f"purpose {purpose!r} is not supported; use 'batch'", param="purpose")
         limit, max_lines = self.settings.server.max_upload_bytes, self.settings.queue.max_lines
-        if not content.strip():
-            raise ApiError(400, "the file is empty", param="file")
         if len(content) > limit:
             raise ApiError(413, f"the file has {len(content)} bytes; this server's limit is {limit}", param="file",
                            code="file_too_large")
+        if not content or content.isspace():
+            raise ApiError(400, "the file is empty", param="file")
         # before splitting: 64 MB of blank lines would be 64 M objects
         breaks = content.count(b"\n") + content.count(b"\r") - content.count(b"\r\n")
         if breaks > 2 * max_lines:

@@ -2,7 +2,8 @@
 
 Writes that a retried task may repeat are idempotent: a line's result is written with ``HSETNX``
 keyed by ``custom_id`` (exactly once, however often its chunk runs), a chunk counts as done with
-``SADD`` of its index, and a tenant's queued-work counter moves only when that ``SADD`` is new.
+``SADD`` of its index, and a tenant's queued-work counter moves only when that ``SADD`` is new and
+the batch is not final yet.
 A batch's ``custom_id`` list is stored beside its lines at creation, so no later step parses a line
 for it; a chunk reads what it needs in two round trips and writes its outcome in one script.
 """
@@ -27,8 +28,8 @@ SOCKET_TIMEOUT_S = 10.0  # the longest a store call waits for Redis to read or a
 JOB_TTL_S = 7 * 24 * 3600  # how long a progressive job and its final answer are kept
 RETENTION_S = 30 * 24 * 3600  # how long a file, and a batch once final, are kept (queue.retention_s)
 DEAD_LETTERS_KEPT = 100_000  # the dead-letter list's latest entries; older ones are in the error files
-SPENT_BATCH_KEYS = ("lines", "ids", "chunks", "progress_at", "done", "requeue")  # no use once a batch is final
-KEPT_BATCH_KEYS = ("results", "errors", "cancel")  # its request counts and how it ended
+# no use once a batch is final: its counts are in its record, its outcomes in its files
+SPENT_BATCH_KEYS = ("lines", "ids", "chunks", "progress_at", "done", "requeue", "results", "errors", "cancel")
 
 
 def new_id(kind: str) -> str:
@@ -45,8 +46,10 @@ def is_id(kind: str, value: str) -> bool:
 # A chunk's outcome, atomically: each line's result or error once (HSETNX; a line with an outcome in
 # the other hash, from another run of the chunk, keeps it), the chunk counted done once (SADD), the
 # tenant's queued lines and the batch's progress time moved only then; returns how many outcomes were
-# new and whether every chunk of the batch is done.
+# new and whether every chunk of the batch is done. A batch already final (its chunk count dropped)
+# takes nothing: a late run of one of its chunks counts nowhere.
 FINISH_CHUNK = """
+if redis.call('EXISTS', KEYS[6]) == 0 then return {0, 1} end
 local written, i, results = 0, 5, tonumber(ARGV[4])
 local function once(into, other)
   if redis.call('HEXISTS', other, ARGV[i]) == 0 then
@@ -87,19 +90,19 @@ LINES_PER_PUSH = 1000  # a batch's lines and ids are written this many per comma
 UNCLAIMED_LIST_TTL_S = 3600  # lines whose batch was never made live (refused, or a fault) expire
 
 
-# An upload within its tenant's quota, atomically: the tenant's files past their expiry are taken off
-# its running total, then, within the quota, the file is stored to expire with its entry in the
+# An upload within its tenant's quota, atomically: the tenant's files past their expiry (up to 1,000 a
+# call) are taken off its running total, then, within the quota, the file is stored to expire with its entry in the
 # tenant's accounts (-1); beyond it, nothing is written and the bytes in use come back. A file is
 # charged at least MIN_FILE_CHARGE (its keys and accounts cost that much), and an account key's
 # expiry is only ever lengthened.
 SAVE_UPLOAD = """
 local now, ttl, quota, charge = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 1000)
 for _, id in ipairs(gone) do
   redis.call('DECRBY', KEYS[5], tonumber(redis.call('HGET', KEYS[2], id) or '0'))
   redis.call('HDEL', KEYS[2], id)
+  redis.call('ZREM', KEYS[1], id)
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local used = tonumber(redis.call('GET', KEYS[5]) or '0')
 if used + charge > quota then return used end
 redis.call('SET', KEYS[3], ARGV[6], 'EX', ttl)
@@ -184,7 +187,7 @@ class BatchStore:
         bytes with it (each charged at least ``MIN_FILE_CHARGE``); else ``StorageQuotaError``, nothing
         written."""
         meta = self._file_meta(tenant, filename, purpose, content, new_id("file"))
-        keys = [self._key("stored", tenant), self._key("stored-bytes", tenant), self._key("file", meta["id"]),
+        keys = [self._key("stored-expiry", tenant), self._key("stored-charge", tenant), self._key("file", meta["id"]),
                 self._key("file", meta["id"], "content"), self._key("stored-total", tenant)]
         charge = max(len(content), MIN_FILE_CHARGE)
         used = int(self._save_upload(keys=keys, args=[int(time.time()), self.retention_s, quota, charge,
@@ -230,6 +233,9 @@ class BatchStore:
         if not raw:
             return None
         batch = orjson.loads(raw)
+        counts = batch["request_counts"]
+        if batch.get("status") in TERMINAL and counts.get("completed", 0) + counts.get("failed", 0) > 0:
+            return dict(batch)  # its counts written when it became final, its outcomes dropped
         results, errors = self.client.hlen(self._key("batch", batch_id, "results")), self.client.hlen(
             self._key("batch", batch_id, "errors"))
         batch["request_counts"] = {"total": batch["request_counts"]["total"], "completed": int(results),
@@ -315,12 +321,12 @@ class BatchStore:
         pipe.execute()
 
     def finalize(self, batch_id: str) -> bool:
-        """Write a finished batch's output and error files in input order and give it its final status,
-        keep both for ``retention_s`` and drop its copy of the lines, in one transaction that a
-        finalization finishing first aborts (its files are never overwritten); False if the batch had a
-        final status already. The files' ids derive from the batch's, and the
-        batch stays active until then: a fault or a crash part-way leaves it to the stalled-batch sweep,
-        which runs this again."""
+        """Write a finished batch's output and error files in input order and give it its final status and
+        counts, keep both for ``retention_s`` and drop the rest (its copy of the lines, its outcomes,
+        its chunk state), in one transaction that a finalization finishing first aborts (its files are
+        never overwritten); False if the batch had a final status already. The files' ids derive from
+        the batch's, and the batch stays active until then: a fault or a crash part-way leaves it to the
+        stalled-batch sweep, which runs this again."""
         key = self._key("batch", batch_id)
         batch = self.batch(batch_id)
         if batch is None or batch.get("status") in TERMINAL:
@@ -346,10 +352,9 @@ class BatchStore:
                     file_id = "file-" + hashlib.sha256(f"{batch_id}:{kind}".encode()).hexdigest()[:24]
                     update["output_file_id" if kind == "output" else "error_file_id"] = self._write_file(
                         pipe, batch["tenant"], f"{batch_id}_{kind}.jsonl", "batch_output", content, file_id)["id"]
-            pipe.set(key, orjson.dumps({**stored, **update}), ex=self.retention_s)
+            counts = {"total": batch["request_counts"]["total"], "completed": len(results), "failed": len(errors)}
+            pipe.set(key, orjson.dumps({**stored, **update, "request_counts": counts}), ex=self.retention_s)
             pipe.delete(*(self._key("batch", batch_id, name) for name in SPENT_BATCH_KEYS))
-            for name in KEPT_BATCH_KEYS:  # the counts of a batch kept as long as its files
-                pipe.expire(self._key("batch", batch_id, name), self.retention_s)
             return True
 
         written = bool(self.client.transaction(write, key, value_from_callable=True))

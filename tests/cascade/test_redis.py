@@ -808,4 +808,21 @@ async def test_a_full_feedback_buffer_drops_decisions_before_the_labels_it_accep
     assert log.full_of_labels and log.dropped == 3
     await log.append([decision_record(answer)])
     assert [r["request_id"] for _, r in log._buffer] == ["r-0", "r-1", "r-2", "r-3"] and log.dropped == 4
+    await log.append([outcome_record("r-4", "t", correct=True, source="shadow")])  # a shadow check's label
+    assert [r["request_id"] for _, r in log._buffer] == ["r-0", "r-1", "r-2", "r-3"] and log.dropped == 5
     await log.close()
+
+
+async def test_labels_in_a_write_under_way_count_as_held() -> None:
+    """A write that Redis does not answer (a socket that accepts and never replies) holds its labels out
+    of the buffer; they are put back if it fails, so they count towards a buffer full of labels."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        breaker = RedisBreaker(BreakerConfig(background_timeout_ms=300, cooldown_s=3600))
+        log = FeedbackLog(f"redis://127.0.0.1:{silent.getsockname()[1]}",
+                          FeedbackConfig(stream="test:writing", buffer_size=2), breaker=breaker)
+        writing = asyncio.create_task(log.append([outcome_record(f"w-{i}", "t", correct=True) for i in range(2)]))
+        await asyncio.sleep(0.1)
+        assert log.buffered == 0 and log.full_of_labels, "taken by the write under way, still held"
+        assert not await writing
+        assert log.buffered == 2 and log.full_of_labels and log.dropped == 0
+        await log.close()

@@ -159,6 +159,10 @@ def test_routerbench_faults_name_their_file_line_and_column(tmp_path: Path) -> N
         load_routerbench([good, bad])
     with pytest.raises(DatasetError, match=r"no columns for the train files' models \['c'\]"):
         _aligned(table, ["a", "c"])
+    unscored = tmp_path / "unscored.csv"
+    unscored.write_text("prompt,a|total_cost\nq,0.1\n")
+    with pytest.raises(DatasetError, match=r"no score column for \['a'\]"):
+        load_routerbench([unscored])
 
 
 def test_fit_deferral_fits_on_the_label_it_is_given() -> None:

@@ -416,7 +416,11 @@ def test_a_batch_whose_finalization_was_cut_short_is_finalized_by_the_sweep_once
     assert store.file_content(first["output_file_id"]) == b'{"a": 1}\n'
     assert store.file_content(first["error_file_id"]) == b'{"b": 0}\n'
     assert not store.finalize("batch-cut"), "final already"
-    assert store.batch("batch-cut") == first
+    assert store.batch("batch-cut") == first and first["request_counts"] == {"total": 2, "completed": 1, "failed": 1}
+    queued = store.client.get("cascade:batchapi:queued:t")
+    assert store.finish_chunk("batch-cut", 0, "t", 2, {"a": b"late"}, {}) == (0, True), "a late run counts nowhere"
+    assert store.client.get("cascade:batchapi:queued:t") == queued
+    assert not store.client.exists("cascade:batchapi:batch:batch-cut:done", "cascade:batchapi:batch:batch-cut:results")
     store.close()
 
 
@@ -517,7 +521,7 @@ async def test_a_tenants_stored_files_are_bounded_and_expire_and_a_final_batch_e
     assert await api.create_file("light", "c.jsonl", "batch", b"x" * 1500), "a quota per tenant"
     store = api.store
     assert 3590 < store.client.ttl(f"cascade:batchapi:file:{first['id']}:content") <= 3600
-    store.client.zadd("cascade:batchapi:stored:heavy", {first["id"]: time.time() - 1})  # as if it had expired
+    store.client.zadd("cascade:batchapi:stored-expiry:heavy", {first["id"]: time.time() - 1})  # as if expired
     assert await api.create_file("heavy", "d.jsonl", "batch", b"x" * 1500), "an expired file no longer counts"
     assert int(store.client.get("cascade:batchapi:stored-total:heavy")) == 1500
     batch = {"id": new_id("batch"), "tenant": "heavy", "status": "in_progress", "request_counts": {"total": 1}}
@@ -525,9 +529,10 @@ async def test_a_tenants_stored_files_are_bounded_and_expire_and_a_final_batch_e
     assert store.finish_chunk(batch["id"], 0, "heavy", 1, {"a": b"{}"}, {}) == (1, True) and store.finalize(batch["id"])
     output = store.batch(batch["id"])
     assert output is not None and store.client.ttl(f"cascade:batchapi:batch:{batch['id']}") > 3590
-    assert store.client.ttl(f"cascade:batchapi:batch:{batch['id']}:results") > 3590
     assert store.client.ttl(f"cascade:batchapi:file:{output['output_file_id']}") > 3590
-    assert not store.client.exists(f"cascade:batchapi:batch:{batch['id']}:lines"), "its copy of the lines is dropped"
+    assert output["request_counts"] == {"total": 1, "completed": 1, "failed": 0}
+    spent = [f"cascade:batchapi:batch:{batch['id']}:{name}" for name in ("lines", "results")]
+    assert not store.client.exists(*spent), "its copy of the lines and its outcomes are dropped: the files hold them"
     store.close()
 
 
