@@ -57,8 +57,8 @@ def decision_record(answer: RoutedAnswer, *, provisional: bool = False, resumed:
     final one, the implicit label a shadow check would give it (the threshold controller's only
     evidence below the threshold: user labels and shadow checks see accepted answers alone)."""
     first = answer.attempts[0] if answer.attempts else None
-    escalated = (first is not None and first_text is not None and answer.tier != first.tier and not provisional
-                 and not answer.degraded)
+    agreement = (token_f1(first_text, [answer.answer]) if first is not None and first_text is not None
+                 and answer.tier != first.tier and not provisional and not answer.degraded else None)
     return {
         "kind": "decision", "request_id": answer.request_id, "tenant": answer.tenant, "tier": answer.tier,
         "model": answer.model, "decision": "escalate" if len(answer.attempts) > 1 or provisional else "accept",
@@ -68,7 +68,7 @@ def decision_record(answer: RoutedAnswer, *, provisional: bool = False, resumed:
         "confidence": answer.confidence, "signals": answer.signals.model_dump() if answer.signals else None,
         "cost": answer.cost, "latency_ms": sum(s.ms for s in answer.latency), "cache_hit": answer.cache_hit,
         "degraded": answer.degraded,
-        "first_agreement": token_f1(first_text, [answer.answer]) if escalated and first_text is not None else None,
+        "first_agreement": agreement,
     }
 
 

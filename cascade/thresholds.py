@@ -192,15 +192,14 @@ class ThresholdController:
             confidence = record.get("first_confidence")
             if confidence is None:
                 return
-            window = self._window(record["tenant"])
+            tenant, request_id = str(record["tenant"]), str(record["request_id"])
+            window = self._window(tenant)
             if not record.get("resumed"):
                 window.confidences.append(float(confidence))
             agreement = record.get("first_agreement")
             if record.get("tier") != tier and agreement is not None:  # escalated: its answer against the final one
-                self._label(str(record["tenant"]), str(record["request_id"]), float(confidence),
-                            float(agreement >= 0.5))
+                self._label(tenant, request_id, float(confidence), float(agreement >= 0.5))
             if record.get("tier") == tier and not record.get("provisional"):
-                tenant, request_id = str(record["tenant"]), str(record["request_id"])
                 _keep(self._decisions.setdefault(tenant, {}), request_id, float(confidence),
                       self.config.decisions_kept)
                 early = self._early.get(tenant, {}).pop(request_id, None)

@@ -58,7 +58,8 @@ class BatchApi:
     async def create_file(self, tenant: str, filename: str, purpose: str, content: bytes) -> dict[str, Any]:
         if purpose != "batch":
             raise ApiError(400, f"purpose {purpose!r} is not supported; use 'batch'", param="purpose")
-        limit, max_lines = self.settings.server.max_upload_bytes, self.settings.queue.max_lines
+        queue = self.settings.queue
+        limit, max_lines = self.settings.server.max_upload_bytes, queue.max_lines
         if len(content) > limit:
             raise ApiError(413, f"the file has {len(content)} bytes; this server's limit is {limit}", param="file",
                            code="file_too_large")
@@ -73,7 +74,6 @@ class BatchApi:
         if lines > max_lines:
             raise ApiError(413, f"the file has {lines} lines; this server's limit is {max_lines} lines per file",
                            param="file", code="file_too_large")
-        queue = self.settings.queue
         try:
             return public(await self._run_long(self.store.save_upload, tenant, filename, purpose, content,
                                                queue.tenant_quota_bytes))

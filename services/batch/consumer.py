@@ -72,8 +72,8 @@ class RoutingConsumer:
         self._deliveries: set[concurrent.futures.Future[None]] = set()
         task_failure.connect(self._task_failed, dispatch_uid=f"cascade-consumer-{id(self)}")
 
-    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+    def _run(self, coroutine: Coroutine[Any, Any, T], timeout_s: float | None = None) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=timeout_s)
 
     async def _route(self, queries: Sequence[Query]) -> list[RoutedAnswer | Exception]:
         """Route a chunk in throughput mode: the first tier and every escalation tier as one batch each;
@@ -222,8 +222,7 @@ class RoutingConsumer:
             return
         try:
             if self.router.feedback is not None:
-                flushing = asyncio.run_coroutine_threadsafe(self.router.feedback.flush(), self.loop)
-                flushing.result(timeout=CLOSE_TIMEOUT_S)
+                self._run(self.router.feedback.flush(), CLOSE_TIMEOUT_S)
         except Exception as error:
             log.error("consumer shutdown: buffered decision records not written: %r", error)
         finally:

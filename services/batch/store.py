@@ -91,10 +91,10 @@ UNCLAIMED_LIST_TTL_S = 3600  # lines whose batch was never made live (refused, o
 
 
 # An upload within its tenant's quota, atomically: the tenant's files past their expiry (up to 1,000 a
-# call) are taken off its running total, then, within the quota, the file is stored to expire with its entry in the
-# tenant's accounts (-1); beyond it, nothing is written and the bytes in use come back. A file is
-# charged at least MIN_FILE_CHARGE (its keys and accounts cost that much), and an account key's
-# expiry is only ever lengthened.
+# call) are taken off its running total, then, within the quota, the file is stored to expire with
+# its entry in the tenant's accounts (-1); beyond it, nothing is written and the bytes in use come
+# back. A file is charged at least MIN_FILE_CHARGE (its keys and accounts cost that much), and an
+# account key's expiry is only ever lengthened.
 SAVE_UPLOAD = """
 local now, ttl, quota, charge = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 1000)
@@ -110,8 +110,8 @@ redis.call('SET', KEYS[4], ARGV[7], 'EX', ttl)
 redis.call('ZADD', KEYS[1], now + ttl, ARGV[5])
 redis.call('HSET', KEYS[2], ARGV[5], charge)
 redis.call('INCRBY', KEYS[5], charge)
-for k = 1, 5 do
-  if k ~= 3 and k ~= 4 and redis.call('TTL', KEYS[k]) < ttl then redis.call('EXPIRE', KEYS[k], ttl) end
+for _, account in ipairs({KEYS[1], KEYS[2], KEYS[5]}) do
+  if redis.call('TTL', account) < ttl then redis.call('EXPIRE', account, ttl) end
 end
 return -1
 """
