@@ -119,15 +119,58 @@ def medians(trials: Trials) -> dict[str, dict[int, dict[str, float]]]:
                    for level, measured in by_level.items()} for name, by_level in trials.items()}
 
 
+def pairs(trials: Trials, name: str, baseline: str, level: int) -> tuple[list[float], list[float]]:
+    """Per repeat, ``name``'s req/s over ``baseline``'s in the same repeat, and its p50 minus the baseline's."""
+    both = list(zip(trials[name][level], trials[baseline][level], strict=True))
+    return [on["rps"] / off["rps"] for on, off in both], [on["p50"] - off["p50"] for on, off in both]
+
+
 def paired(trials: Trials, name: str, baseline: str, level: int) -> str:
-    """``name``'s req/s against ``baseline``'s in the same repeat, and its p50 minus the baseline's: the
-    median over repeats, then the lowest and highest (each trial is compared with one run minutes, not
-    rows, apart; the range is how far one run of the bench can be off)."""
-    pairs = list(zip(trials[name][level], trials[baseline][level], strict=True))
-    ratios = [on["rps"] / off["rps"] for on, off in pairs]
-    added = [on["p50"] - off["p50"] for on, off in pairs]
+    """``pairs``: the median over repeats, then the lowest and highest (each trial is compared with one
+    run minutes, not rows, apart; the range is how far one run of the bench can be off)."""
+    ratios, added = pairs(trials, name, baseline, level)
     return (f"{np.median(ratios):.2f}× req/s ({min(ratios):.2f}–{max(ratios):.2f}), "
             f"p50 {np.median(added):+.1f} ms ({min(added):+.1f} to {max(added):+.1f})")
+
+
+def targets(trials: Trials, results: dict[str, dict[int, dict[str, float]]], levels: list[int]) -> None:
+    """The issues' targets against this run's figures (paired medians), each met or not. Beside the
+    echo target, the bare forwarder's own ratio: a Serve deployment that does nothing but call the
+    backend once, so no router of a remote model can reach a ratio it does not reach on this machine."""
+    zero, full = "cascade, tiers in ingress, 0% escalated", "cascade, tiers in ingress, 100% escalated"
+    if zero not in trials:
+        return
+
+    def ratio(name: str, baseline: str, level: int) -> float:
+        return float(np.median(pairs(trials, name, baseline, level)[0]))
+
+    def verdict(met: bool) -> str:
+        return "met" if met else "NOT met"
+
+    first, loaded = levels[0], [c for c in levels if c >= 16]
+    echoed = {c: ratio(zero, "bare Serve echo", c) for c in levels}
+    ceiling = {c: ratio("bare Serve forwarder", "bare Serve echo", c) for c in levels}
+    added = float(np.median(pairs(trials, zero, "bare Serve echo", first)[1]))
+    direct = {c: results[zero][c]["rps"] / results["direct to backend"][c]["rps"] for c in loaded}
+    escalation = results[full][first]["p50"] / results[zero][first]["p50"]
+    print("\ntargets, against this run's figures (paired medians over repeats):")
+    print(f"  cascade at 0% ≥ 0.9× the bare echo's req/s: {' / '.join(f'{echoed[c]:.2f}' for c in levels)} at "
+          f"concurrency {' / '.join(map(str, levels))}: {verdict(min(echoed.values()) >= 0.9)}; the bare forwarder "
+          f"itself: {' / '.join(f'{ceiling[c]:.2f}' for c in levels)}"
+          + (f"  <- out of reach here at concurrency {', '.join(map(str, beyond))} for any router that calls the "
+             "backend" if (beyond := [c for c in levels if ceiling[c] < 0.9]) else ""))
+    print(f"  p50 within +3 ms of the echo at concurrency {first}: {added:+.1f} ms: {verdict(added <= 3)}")
+    if loaded:
+        print(f"  ≥ 0.2× direct-to-backend req/s at {' / '.join(map(str, loaded))}: "
+              f"{' / '.join(f'{direct[c]:.2f}' for c in loaded)}: {verdict(min(direct.values()) >= 0.2)}")
+    print(f"  escalating every query ≤ 1.5× the 0% p50 at concurrency {first}: {escalation:.2f}×: "
+          f"{verdict(escalation <= 1.5)}")
+    for name in [n for n in trials if n.startswith("cache on")]:
+        cached = {c: ratio(name, zero, c) for c in loaded}
+        cached_added = float(np.median(pairs(trials, name, zero, first)[1]))
+        print(f"  {name} ≥ 0.8× cache off (no Redis) at {' / '.join(map(str, loaded))}: "
+              f"{' / '.join(f'{cached[c]:.2f}' for c in loaded)}: {verdict(min(cached.values(), default=1) >= 0.8)};"
+              f" p50 within +3 ms at concurrency {first}: {cached_added:+.1f} ms: {verdict(cached_added <= 3)}")
 
 
 def cache_health(redis: Any, healthz: str, warm_requests: int) -> None:
@@ -296,6 +339,8 @@ def main() -> None:
             outage(redis, [("cache off", f"{base}/ingress-0/v1/chat/completions", CHAT),
                            ("cache on, Redis stopped", f"{base}/cached/v1/chat/completions", CHAT)],
                    levels, args.repeats, requests)
+        if "ingress" in args.placements.split(","):
+            targets(trials, results, levels)
     finally:
         if ray.is_initialized():
             serve.shutdown()
