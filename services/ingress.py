@@ -165,7 +165,8 @@ class RouterIngress:
         freeze_start_up_heap(server.gc_threshold)
 
     async def _admit(self, tenant: str) -> None:
-        """429 with ``Retry-After`` when the tenant is over its request rate (counted in Redis)."""
+        """429 with ``Retry-After`` when the tenant is over its request rate (counted in Redis): completions,
+        uploads, batch creations and cancellations, one request each."""
         if self.rate is None:
             return
         config = self.settings.server.tenants.get(tenant)
@@ -347,12 +348,13 @@ class RouterIngress:
         caller = self._caller(authorization)
         return _json(await self._batches().job(job_id, caller.tenant))
 
-    @api.post("/v1/files", responses=error_responses(400, 401, 413, 422, 503))
+    @api.post("/v1/files", responses=error_responses(400, 401, 413, 422, 429, 503))
     async def create_file(self, file: Annotated[UploadFile, File()],
                           purpose: Annotated[str, Form(json_schema_extra={"enum": ["batch"]})],
                           authorization: Annotated[str | None, Header()] = None) -> Response:
         caller = self._caller(authorization)
         batches = self._batches()
+        await self._admit(caller.tenant)
         content = await file.read()
         return _json(await batches.create_file(caller.tenant, file.filename or "input.jsonl", purpose, content))
 
@@ -372,18 +374,22 @@ class RouterIngress:
                            authorization: Annotated[str | None, Header()] = None) -> Response:
         """Split the input file into chunks and queue them; the consumer routes each chunk as a batch."""
         caller = self._caller(authorization)
-        return _json(await self._batches().create_batch(caller.tenant, request))
+        batches = self._batches()
+        await self._admit(caller.tenant)
+        return _json(await batches.create_batch(caller.tenant, request))
 
     @api.get("/v1/batches/{batch_id}", responses=STORE_ERRORS)
     async def get_batch(self, batch_id: str, authorization: Annotated[str | None, Header()] = None) -> Response:
         caller = self._caller(authorization)
         return _json(await self._batches().batch(batch_id, caller.tenant))
 
-    @api.post("/v1/batches/{batch_id}/cancel", responses=error_responses(400, 401, 404, 409, 413, 422, 503))
+    @api.post("/v1/batches/{batch_id}/cancel", responses=error_responses(400, 401, 404, 409, 413, 422, 429, 503))
     async def cancel_batch(self, batch_id: str, authorization: Annotated[str | None, Header()] = None) -> Response:
         """Stop the lines not yet routed; the batch becomes ``cancelled`` once its queued chunks drain."""
         caller = self._caller(authorization)
-        return _json(await self._batches().cancel_batch(batch_id, caller.tenant))
+        batches = self._batches()
+        await self._admit(caller.tenant)
+        return _json(await batches.cancel_batch(batch_id, caller.tenant))
 
     @api.get("/v1/models", responses=error_responses(401))
     async def models(self, authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:

@@ -147,7 +147,9 @@ class ServerConfig(BaseModel):
     max_body_bytes: int = Field(default=8 << 20, ge=1024, description="larger request bodies are refused with 413")
     max_upload_bytes: int = Field(default=64 << 20, ge=1024, description="larger /v1/files uploads → 413")
     rate_limit_per_minute: int | None = Field(
-        default=None, ge=1, description="completions per tenant per minute, shared by all replicas (Redis); over → 429")
+        default=None, ge=1, description=(
+            "requests per tenant per minute (completions, uploads, batch creations and cancellations), "
+            "shared by all replicas (Redis); over → 429"))
     use_redis: bool = Field(default=True, description="semantic cache, feedback log and live thresholds")
     request_id_secret: str | None = Field(default=None, min_length=16, repr=False, description=(
         "sign request ids with this key (HMAC) so that a feedback label's tenant is checked by the id alone, "

@@ -77,7 +77,8 @@ def queue_settings(redis_url: str, webhook: str) -> CascadeSettings:
         server={"ingress": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.05}},
                 "request_id_secret": IDS.secret.decode(),
                 "tenants": {"acme": {"api_keys": ["k-acme"], "webhook_url": webhook, "webhook_secret": SECRET},
-                            "small-co": {"api_keys": ["k-small"]}}},
+                            "small-co": {"api_keys": ["k-small"]},
+                            "throttled": {"api_keys": ["k-throttled"], "rate_limit_per_minute": 3}}},
         queue={"chunk_size": 8, "visibility_timeout_s": 5, "tenant_quota_lines": 450, "retry_backoff_s": 0.05,
                "max_lines": 500,
                "consumer": {"num_replicas": 1, "max_ongoing_requests": 2, "ray_actor_options": {"num_cpus": 0.05}}})
@@ -251,6 +252,34 @@ def test_queued_work_over_the_tenant_quota_is_429(base_url: str, data_dir: Path)
     with pytest.raises(openai.RateLimitError) as raised:
         api.batches.create(input_file_id=uploaded.id, endpoint="/v1/completions", completion_window="24h")
     assert raised.value.response.headers["retry-after"] == "60"
+
+
+def test_uploads_batch_creations_and_cancellations_count_against_the_tenants_rate_limit(
+        base_url: str, data_dir: Path) -> None:
+    api = client(base_url, "k-throttled")
+    content = batch_file(data_dir, 1)
+
+    def upload() -> Any:
+        return api.files.create(file=("one.jsonl", io.BytesIO(content)), purpose="batch")
+
+    def refused(call: Any) -> openai.RateLimitError | None:
+        try:
+            call()
+        except openai.RateLimitError as error:
+            return error
+        except openai.ConflictError:  # the batch finished before its cancellation
+            pass
+        return None
+
+    uploaded, _ = upload(), upload()
+    batch = api.batches.create(input_file_id=uploaded.id, endpoint="/v1/completions", completion_window="24h")
+    limited = refused(lambda: api.batches.cancel(batch.id))
+    for _ in range(3):  # the one-minute window turned over between two calls: counted from 0 again
+        limited = limited or refused(upload)
+    assert limited is not None, "a fourth write within a minute is refused"
+    assert 1 <= int(limited.response.headers["retry-after"]) <= 61
+    assert limited.response.json()["error"]["code"] == "rate_limit_exceeded"
+    assert client(base_url).files.create(file=("one.jsonl", io.BytesIO(content)), purpose="batch").id
 
 
 def test_batch_input_errors_are_4xx(base_url: str) -> None:
