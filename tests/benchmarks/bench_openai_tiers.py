@@ -133,44 +133,56 @@ def paired(trials: Trials, name: str, baseline: str, level: int) -> str:
             f"p50 {np.median(added):+.1f} ms ({min(added):+.1f} to {max(added):+.1f})")
 
 
+TARGET_LEVELS = (1, 16, 64)  # the concurrencies the issues' targets name
+
+
 def targets(trials: Trials, results: dict[str, dict[int, dict[str, float]]], levels: list[int]) -> None:
-    """The issues' targets against this run's figures (paired medians), each met or not. Beside the
-    echo target, the bare forwarder's own ratio: a Serve deployment that does nothing but call the
-    backend once, so no router of a remote model can reach a ratio it does not reach on this machine."""
+    """The issues' targets against this run's figures, each met, NOT met, or not measured (a level the
+    run left out). Ratios to the echo and to cache off are paired medians (``pairs``); to the direct
+    backend and the escalation cost, ratios of medians, as in the tables. Three decimals, so that a
+    figure never looks met where it is not. Beside the echo target, the bare forwarder's own ratio: a
+    Serve deployment that only calls the backend, so no router of a remote model can reach a ratio it
+    does not reach on this machine."""
     zero, full = "cascade, tiers in ingress, 0% escalated", "cascade, tiers in ingress, 100% escalated"
+    echo, forwarder = "bare Serve echo", "bare Serve forwarder"
     if zero not in trials:
         return
 
     def ratio(name: str, baseline: str, level: int) -> float:
         return float(np.median(pairs(trials, name, baseline, level)[0]))
 
-    def verdict(met: bool) -> str:
-        return "met" if met else "NOT met"
+    def added(name: str, baseline: str) -> float:
+        return float(np.median(pairs(trials, name, baseline, 1)[1]))
 
-    first, loaded = levels[0], [c for c in levels if c >= 16]
-    echoed = {c: ratio(zero, "bare Serve echo", c) for c in levels}
-    ceiling = {c: ratio("bare Serve forwarder", "bare Serve echo", c) for c in levels}
-    added = float(np.median(pairs(trials, zero, "bare Serve echo", first)[1]))
-    direct = {c: results[zero][c]["rps"] / results["direct to backend"][c]["rps"] for c in loaded}
-    escalation = results[full][first]["p50"] / results[zero][first]["p50"]
-    print("\ntargets, against this run's figures (paired medians over repeats):")
-    print(f"  cascade at 0% ≥ 0.9× the bare echo's req/s: {' / '.join(f'{echoed[c]:.2f}' for c in levels)} at "
-          f"concurrency {' / '.join(map(str, levels))}: {verdict(min(echoed.values()) >= 0.9)}; the bare forwarder "
-          f"itself: {' / '.join(f'{ceiling[c]:.2f}' for c in levels)}"
-          + (f"  <- out of reach here at concurrency {', '.join(map(str, beyond))} for any router that calls the "
-             "backend" if (beyond := [c for c in levels if ceiling[c] < 0.9]) else ""))
-    print(f"  p50 within +3 ms of the echo at concurrency {first}: {added:+.1f} ms: {verdict(added <= 3)}")
-    if loaded:
-        print(f"  ≥ 0.2× direct-to-backend req/s at {' / '.join(map(str, loaded))}: "
-              f"{' / '.join(f'{direct[c]:.2f}' for c in loaded)}: {verdict(min(direct.values()) >= 0.2)}")
-    print(f"  escalating every query ≤ 1.5× the 0% p50 at concurrency {first}: {escalation:.2f}×: "
-          f"{verdict(escalation <= 1.5)}")
+    def judged(target: str, needed: tuple[int, ...], figure: Callable[[int], float], met: Callable[[float], bool],
+               shown: str = "{:.3f}") -> str:
+        left_out = [c for c in needed if c not in levels]
+        if left_out:
+            return f"  {target}: not measured (no run at concurrency {', '.join(map(str, left_out))})"
+        values = [figure(c) for c in needed]
+        return (f"  {target}: {' / '.join(shown.format(v) for v in values)}: "
+                + ("met" if all(map(met, values)) else "NOT met"))
+
+    print("\ntargets, against this run's figures:")
+    line = judged("cascade at 0% ≥ 0.9× the bare echo's req/s at concurrency 1 / 16 / 64", TARGET_LEVELS,
+                  lambda c: ratio(zero, echo, c), lambda v: v >= 0.9)
+    measured = [c for c in TARGET_LEVELS if c in levels]
+    ceiling = {c: ratio(forwarder, echo, c) for c in measured}
+    beyond = [c for c in measured if ceiling[c] < 0.9]
+    print(line + (f"; the bare forwarder itself: {' / '.join(f'{ceiling[c]:.3f}' for c in measured)}" if measured
+                  else "") + (f"  <- out of reach here at concurrency {', '.join(map(str, beyond))} for any router "
+                              "that calls the backend" if beyond else ""))
+    print(judged("p50 within +3 ms of the echo at concurrency 1", (1,), lambda c: added(zero, echo),
+                 lambda v: v <= 3, "{:+.2f} ms"))
+    print(judged("≥ 0.2× direct-to-backend req/s at concurrency 16 / 64", (16, 64),
+                 lambda c: results[zero][c]["rps"] / results["direct to backend"][c]["rps"], lambda v: v >= 0.2))
+    print(judged("escalating every query ≤ 1.5× the 0% p50 at concurrency 1", (1,),
+                 lambda c: results[full][c]["p50"] / results[zero][c]["p50"], lambda v: v <= 1.5, "{:.3f}×"))
     for name in [n for n in trials if n.startswith("cache on")]:
-        cached = {c: ratio(name, zero, c) for c in loaded}
-        cached_added = float(np.median(pairs(trials, name, zero, first)[1]))
-        print(f"  {name} ≥ 0.8× cache off (no Redis) at {' / '.join(map(str, loaded))}: "
-              f"{' / '.join(f'{cached[c]:.2f}' for c in loaded)}: {verdict(min(cached.values(), default=1) >= 0.8)};"
-              f" p50 within +3 ms at concurrency {first}: {cached_added:+.1f} ms: {verdict(cached_added <= 3)}")
+        print(judged(f"{name} ≥ 0.8× cache off (no Redis) at concurrency 16 / 64", (16, 64),
+                     lambda c, name=name: ratio(name, zero, c), lambda v: v >= 0.8))
+        print(judged(f"{name}: p50 within +3 ms of cache off at concurrency 1", (1,),
+                     lambda c, name=name: added(name, zero), lambda v: v <= 3, "{:+.2f} ms"))
 
 
 def cache_health(redis: Any, healthz: str, warm_requests: int) -> None:
