@@ -121,7 +121,7 @@ def guaranteed_quality_threshold(confidence: np.ndarray, correct: np.ndarray, ta
 
 @dataclass
 class _TenantWindow:
-    confidences: deque[float]
+    confidences: dict[str, float]  # first-tier confidence by request id, oldest first: a request routed again once
     labelled: dict[str, tuple[float, float]]  # by request id, oldest first: (confidence, label), the latest label
 
 
@@ -152,7 +152,7 @@ class ThresholdController:
 
     def _window(self, tenant: str) -> _TenantWindow:
         if tenant not in self.windows:
-            self.windows[tenant] = _TenantWindow(deque(maxlen=self.config.window), {})
+            self.windows[tenant] = _TenantWindow({}, {})
         return self.windows[tenant]
 
     def _label(self, tenant: str, request_id: str, confidence: float, label: float) -> None:
@@ -182,7 +182,8 @@ class ThresholdController:
         """Fold one stream record into the windows (idempotent by id). A progressive answer's route has
         two records: the first tier's confidence counts from the first (``provisional``), when the
         decision was made, and not again from the final one (``resumed``: a job run twice or given up
-        on still counts once); a label is taken for a final answer of the controlled tier only, found
+        on still counts once), and a request routed again under its id (a batch chunk run twice) counts
+        once, with its latest confidence; a label is taken for a final answer of the controlled tier only, found
         by its tenant's remembered decisions, or kept until its decision is read; a request labelled
         again counts once, with its latest label."""
         if not self._remember(entry_id):
@@ -195,7 +196,7 @@ class ThresholdController:
             tenant, request_id = str(record["tenant"]), str(record["request_id"])
             window = self._window(tenant)
             if not record.get("resumed"):
-                window.confidences.append(float(confidence))
+                _keep(window.confidences, request_id, float(confidence), self.config.window)
             agreement = record.get("first_agreement")
             if record.get("tier") != tier and agreement is not None:  # escalated: its answer against the final one
                 self._label(tenant, request_id, float(confidence), float(agreement >= 0.5))
@@ -220,7 +221,7 @@ class ThresholdController:
         if target.kind == "escalation_budget":
             if len(window.confidences) < self.config.min_samples:
                 return None
-            return budget_threshold(np.array(window.confidences), target.value)
+            return budget_threshold(np.fromiter(window.confidences.values(), float), target.value)
         if len(window.labelled) < self.config.min_samples:
             return None
         labelled = np.array(list(window.labelled.values()))

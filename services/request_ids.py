@@ -49,10 +49,18 @@ class RequestIds:
         mac = hmac.new(self.secret, f"{unsigned}:{tenant}".encode(), hashlib.sha256)
         return mac.hexdigest()[:SIGNATURE_HEX].encode()
 
+    def _signed(self, tenant: str, issued_at: float, unique: str) -> str:
+        unsigned = f"{int(issued_at):0{TIME_HEX}x}{unique}"
+        return unsigned + self._signature(unsigned, tenant).decode()
+
     def new(self, tenant: str) -> str:
         """A fresh id of a request of ``tenant``."""
-        unsigned = f"{int(self.clock()):0{TIME_HEX}x}{secrets.token_hex(RANDOM_HEX // 2)}"
-        return unsigned + self._signature(unsigned, tenant).decode()
+        return self._signed(tenant, self.clock(), secrets.token_hex(RANDOM_HEX // 2))
+
+    def of_line(self, tenant: str, issued_at: float, line: str) -> str:
+        """The id of one line of a batch (``line``: the batch's id and the line's custom id, which the
+        batch keeps unique), issued when the batch was made: the same in every run of the line's chunk."""
+        return self._signed(tenant, issued_at, hashlib.sha256(line.encode()).hexdigest()[:RANDOM_HEX])
 
     @staticmethod
     def signed_shape(request_id: str) -> bool:

@@ -148,7 +148,7 @@ class ServerConfig(BaseModel):
     max_upload_bytes: int = Field(default=64 << 20, ge=1024, description="larger /v1/files uploads → 413")
     rate_limit_per_minute: int | None = Field(
         default=None, ge=1, description=(
-            "requests per tenant per minute (completions, uploads, batch creations and cancellations), "
+            "requests per tenant per minute (completions, uploads and batch creations), "
             "shared by all replicas (Redis); over → 429"))
     use_redis: bool = Field(default=True, description="semantic cache, feedback log and live thresholds")
     request_id_secret: str | None = Field(default=None, min_length=16, repr=False, description=(

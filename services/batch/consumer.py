@@ -100,6 +100,14 @@ class RoutingConsumer:
             self.store.finalize(batch_id)
         return written
 
+    def _line_id(self, batch: dict[str, Any], custom_id: str, tenant: str) -> str:
+        """A batch line's request id, the same whenever its chunk runs again (redelivered, or retried
+        after a fault), so that its decision records count once in the threshold controller."""
+        line = f"{batch['id']}:{custom_id}"
+        if self.request_ids is not None:
+            return self.request_ids.of_line(tenant, float(batch["created_at"]), line)
+        return hashlib.sha256(line.encode()).hexdigest()[:32]
+
     def _route_lines(self, batch: dict[str, Any],
                      lines: list[tuple[bytes, str]]) -> tuple[dict[str, bytes], dict[str, bytes]]:
         """Each line's output line, or its error line; lines that keep failing are dead-lettered."""
@@ -107,10 +115,9 @@ class RoutingConsumer:
         parsed = [parse_line(line, cid, batch["endpoint"], caller, self.tenants, self.settings) for line, cid in lines]
         errors = {p.custom_id: error_line(p.custom_id, p.error, p.status) for p in parsed if p.error is not None}
         pending = [p for p in parsed if p.query is not None]
-        if self.request_ids is not None:
-            for line in pending:
-                if line.query is not None:
-                    line.query.id = self.request_ids.new(line.query.tenant)
+        for line in pending:
+            if line.query is not None:
+                line.query.id = self._line_id(batch, line.custom_id, line.query.tenant)
         results: dict[str, bytes] = {}
         for attempt in range(self.queue.route_attempts):
             if not pending:

@@ -318,7 +318,10 @@ async def test_controller_ignores_redelivered_records(local_redis: LocalRedis) -
               "first_confidence": 0.4}
     controller.observe("1-0", record)
     controller.observe("1-0", record)
-    assert list(controller.windows["t"].confidences) == [0.4]
+    assert list(controller.windows["t"].confidences.values()) == [0.4]
+    controller.observe("2-0", {**record, "first_confidence": 0.5})  # the same request routed again (a chunk rerun)
+    controller.observe("3-0", {**record, "request_id": "y"})
+    assert controller.windows["t"].confidences == {"x": 0.5, "y": 0.4}, "a request routed twice counts once"
     await controller.close()
 
 
@@ -341,7 +344,7 @@ async def test_a_progressive_answer_is_one_decision_for_the_controller_and_its_l
         ("small", "escalate", True, False), ("large", "escalate", False, True)]
     assert len(large.calls) == 1, "no shadow check of a provisional answer: its escalation is under way"
     window = controller.windows["acme"]
-    assert list(window.confidences) == [first.answer.confidence], "one first-tier confidence per route"
+    assert list(window.confidences.values()) == [first.answer.confidence], "one first-tier confidence per route"
     assert not window.labelled, "the label is of the large model's answer, not of the small one's"
     [again] = await router.answer([first.rest])  # the task queue ran its job twice
     assert again.answer is not None
@@ -352,7 +355,7 @@ async def test_a_progressive_answer_is_one_decision_for_the_controller_and_its_l
     assert given_up.answer is not None  # its job never ends: no final record
     await router.drain()
     await controller.step()
-    assert list(window.confidences) == [first.answer.confidence, given_up.answer.confidence], (
+    assert list(window.confidences.values()) == [first.answer.confidence, given_up.answer.confidence], (
         "a route given up on counts too")
     await asyncio.gather(log.close(), controller.close())
 

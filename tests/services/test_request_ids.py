@@ -27,6 +27,15 @@ def test_an_id_is_labelled_for_its_max_age_only() -> None:
     assert not RequestIds(IDS.secret, WEEK, clock=lambda: NOW + WEEK + 1).made_for(made, "acme")
 
 
+def test_a_batch_lines_id_is_the_same_in_every_run_and_signed_for_its_tenant_from_the_batchs_creation() -> None:
+    made = IDS.of_line("acme", NOW - 60, "batch_1:q-1")
+    assert made == IDS.of_line("acme", NOW - 60, "batch_1:q-1"), "a chunk run again routes its lines under their ids"
+    assert len({made, IDS.of_line("acme", NOW - 60, "batch_1:q-2"), IDS.of_line("acme", NOW - 60, "batch_2:q-1")}) == 3
+    assert RequestIds.signed_shape(made) and IDS.made_for(made, "acme") and not IDS.made_for(made, "globex")
+    assert not RequestIds(IDS.secret, WEEK, clock=lambda: NOW - 60 + WEEK + 1).made_for(made, "acme"), (
+        "labelled for max_age_s from the batch's creation")
+
+
 @pytest.mark.parametrize("forged", [
     "0" * SIGNED_LENGTH,  # the right shape
     "nope", "", "0" * 32,  # other shapes (32: a uuid4's hex, as unsigned ids are)
