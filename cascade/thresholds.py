@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -121,16 +121,17 @@ def guaranteed_quality_threshold(confidence: np.ndarray, correct: np.ndarray, ta
 
 @dataclass
 class _TenantWindow:
-    confidences: dict[str, float]  # first-tier confidence by request id, oldest first: a request routed again once
-    labelled: dict[str, tuple[float, float]]  # by request id, oldest first: (confidence, label), the latest label
+    confidences: OrderedDict[str, float]  # first-tier confidence by request id, oldest first: routed again, once
+    labelled: OrderedDict[str, tuple[float, float]]  # by request id, oldest first: (confidence, label), the latest
 
 
-def _keep(kept: dict[str, Any], key: str, value: Any, size: int) -> None:
-    """Set ``key`` as the newest entry of ``kept``, dropping the oldest beyond ``size``."""
-    kept.pop(key, None)
+def _keep(kept: OrderedDict[str, Any], key: str, value: Any, size: int) -> None:
+    """Set ``key`` as the newest entry of ``kept``, dropping the oldest beyond ``size`` (in constant time:
+    a plain dict's first key is found by a scan past the slots its evictions left)."""
     kept[key] = value
+    kept.move_to_end(key)
     if len(kept) > size:
-        kept.pop(next(iter(kept)))
+        kept.popitem(last=False)
 
 
 @dataclass
@@ -145,14 +146,14 @@ class ThresholdController:
         self._client = connect(self.redis_url)
         self._seen: deque[str] = deque(maxlen=self.config.window * 4)
         self._seen_set: set[str] = set()
-        self._decisions: dict[str, dict[str, float]] = {}  # tenant → request id → first-tier confidence
-        self._early: dict[str, dict[str, float]] = {}  # tenant → request id → a label read before its decision
+        self._decisions: dict[str, OrderedDict[str, float]] = {}  # tenant → request id → first-tier confidence
+        self._early: dict[str, OrderedDict[str, float]] = {}  # tenant → request id → a label read before its decision
         self._group_ready = False
         self._backlog = True  # entries delivered to this consumer and not acknowledged (a restart): read first
 
     def _window(self, tenant: str) -> _TenantWindow:
         if tenant not in self.windows:
-            self.windows[tenant] = _TenantWindow({}, {})
+            self.windows[tenant] = _TenantWindow(OrderedDict(), OrderedDict())
         return self.windows[tenant]
 
     def _label(self, tenant: str, request_id: str, confidence: float, label: float) -> None:
@@ -201,19 +202,19 @@ class ThresholdController:
             if record.get("tier") != tier and agreement is not None:  # escalated: its answer against the final one
                 self._label(tenant, request_id, float(confidence), float(agreement >= 0.5))
             if record.get("tier") == tier and not record.get("provisional"):
-                _keep(self._decisions.setdefault(tenant, {}), request_id, float(confidence),
+                _keep(self._decisions.setdefault(tenant, OrderedDict()), request_id, float(confidence),
                       self.config.decisions_kept)
-                early = self._early.get(tenant, {}).pop(request_id, None)
+                early = self._early.get(tenant, OrderedDict()).pop(request_id, None)
                 if early is not None:
                     self._label(tenant, request_id, float(confidence), early)
         elif record.get("kind") == "outcome":
             tenant, request_id = str(record.get("tenant")), str(record.get("request_id"))
             label = float(record["correct"] if record.get("correct") is not None else (record.get("score") or 0) >= 0.5)
-            known = self._decisions.get(tenant, {}).get(request_id)
+            known = self._decisions.get(tenant, OrderedDict()).get(request_id)
             if known is not None:
                 self._label(tenant, request_id, known, label)
             else:  # its decision not read yet (buffered, another replica's), or of another tier
-                _keep(self._early.setdefault(tenant, {}), request_id, label, self.config.decisions_kept)
+                _keep(self._early.setdefault(tenant, OrderedDict()), request_id, label, self.config.decisions_kept)
 
     def proposal(self, tenant: str) -> float | None:
         """Where this tenant's threshold should go, or None without enough evidence."""

@@ -1,8 +1,10 @@
 """Request ids that say which tenant made the request, and when, for the feedback endpoint's check.
 
-With ``server.request_id_secret`` set, an id is its issue time, a random part and an HMAC-SHA256 of
-both and the tenant under the secret, which every replica of the service shares (ingress and batch
-consumer). A label is checked against the id alone, for ``feedback.owner_ttl_s`` after the request:
+With ``server.request_id_secret`` set, an id is its issue time, a random part (for a batch line, a
+hash of the batch's id and the line's custom id, so that a chunk run again routes its lines under
+the same ids; the issue time is then the batch's creation) and an HMAC-SHA256 of both and the tenant
+under the secret, which every replica of the service shares (ingress and batch consumer). A label is
+checked against the id alone, for ``feedback.owner_ttl_s`` after the id's issue time:
 no owner is stored per request (a Redis key each, about 150 bytes: 9 GB at 100 requests per second
 over the default week), and a label is taken, and buffered, while Redis is down. An id of another
 shape (made before the secret was set, or by a replica without it) is checked by its stored owner, as
@@ -16,15 +18,15 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from services.settings import CascadeSettings
 
 TIME_HEX = 8  # seconds since the epoch
-RANDOM_HEX = 16  # 64 random bits: ids of one second are distinct with near certainty at any load
+RANDOM_HEX = 16  # 64 bits: ids of one second are distinct with near certainty at any load
 SIGNATURE_HEX = 32  # the first 128 bits of the HMAC
 SIGNED_LENGTH = TIME_HEX + RANDOM_HEX + SIGNATURE_HEX
 HEX_DIGITS = frozenset("0123456789abcdef")
@@ -75,3 +77,13 @@ class RequestIds:
         if self.clock() - int(unsigned[:TIME_HEX], 16) > self.max_age_s:
             return False
         return hmac.compare_digest(signature.encode(), self._signature(unsigned, tenant))
+
+
+def batch_line_id(ids: RequestIds | None, tenant: str, batch: Mapping[str, Any], custom_id: str) -> str:
+    """A batch line's request id, the same whenever its chunk runs again (redelivered, or retried after
+    a fault), so that its decision records count once in the threshold controller: signed with ``ids``
+    (issued at the batch's creation), else the hash alone (an unsigned id, checked by its stored owner)."""
+    line = f"{batch['id']}:{custom_id}"
+    if ids is not None:
+        return ids.of_line(tenant, float(batch["created_at"]), line)
+    return hashlib.sha256(line.encode()).hexdigest()[:32]

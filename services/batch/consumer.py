@@ -37,7 +37,7 @@ from services.batch.store import TERMINAL, BatchStore
 from services.openai_api import response_of
 from services.pool_engine import tier_engines
 from services.replica import limit_threads
-from services.request_ids import RequestIds
+from services.request_ids import RequestIds, batch_line_id
 from services.settings import CascadeSettings
 from services.tenants import TenantDirectory
 
@@ -100,14 +100,6 @@ class RoutingConsumer:
             self.store.finalize(batch_id)
         return written
 
-    def _line_id(self, batch: dict[str, Any], custom_id: str, tenant: str) -> str:
-        """A batch line's request id, the same whenever its chunk runs again (redelivered, or retried
-        after a fault), so that its decision records count once in the threshold controller."""
-        line = f"{batch['id']}:{custom_id}"
-        if self.request_ids is not None:
-            return self.request_ids.of_line(tenant, float(batch["created_at"]), line)
-        return hashlib.sha256(line.encode()).hexdigest()[:32]
-
     def _route_lines(self, batch: dict[str, Any],
                      lines: list[tuple[bytes, str]]) -> tuple[dict[str, bytes], dict[str, bytes]]:
         """Each line's output line, or its error line; lines that keep failing are dead-lettered."""
@@ -117,7 +109,7 @@ class RoutingConsumer:
         pending = [p for p in parsed if p.query is not None]
         for line in pending:
             if line.query is not None:
-                line.query.id = self._line_id(batch, line.custom_id, line.query.tenant)
+                line.query.id = batch_line_id(self.request_ids, line.query.tenant, batch, line.custom_id)
         results: dict[str, bytes] = {}
         for attempt in range(self.queue.route_attempts):
             if not pending:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.request_ids import SIGNED_LENGTH, RequestIds
+from services.request_ids import SIGNED_LENGTH, RequestIds, batch_line_id
 from services.settings import load_service_settings
 
 WEEK = 7 * 24 * 3600
@@ -34,6 +34,14 @@ def test_a_batch_lines_id_is_the_same_in_every_run_and_signed_for_its_tenant_fro
     assert RequestIds.signed_shape(made) and IDS.made_for(made, "acme") and not IDS.made_for(made, "globex")
     assert not RequestIds(IDS.secret, WEEK, clock=lambda: NOW - 60 + WEEK + 1).made_for(made, "acme"), (
         "labelled for max_age_s from the batch's creation")
+
+
+def test_a_batch_lines_id_without_a_secret_is_the_same_in_every_run_and_unsigned() -> None:
+    batch = {"id": "batch_1", "created_at": int(NOW)}
+    made = batch_line_id(None, "acme", batch, "q-1")
+    assert made == batch_line_id(None, "acme", batch, "q-1") != batch_line_id(None, "acme", batch, "q-2")
+    assert len(made) == 32 and not RequestIds.signed_shape(made), "checked by its stored owner"
+    assert batch_line_id(IDS, "acme", batch, "q-1") == IDS.of_line("acme", NOW, "batch_1:q-1")
 
 
 @pytest.mark.parametrize("forged", [
