@@ -85,11 +85,14 @@ class CacheConfig(BaseModel):
 
 
 def scope_of(query: Query) -> str:
-    """Hash of everything the model saw except the user's question."""
+    """Hash of everything the model saw except the user's question (its place in the conversation kept:
+    the turns before and after it are not the same conversation), and whether it came as a prompt or
+    as chat messages."""
     messages = [m.model_dump() for m in query.messages or []]
     last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=-1)
-    conversation = [m for i, m in enumerate(messages) if i != last_user]
-    material = {"conversation": conversation, "context": query.context, "params": query.params.model_dump(mode="json")}
+    conversation = [m if i != last_user else {"role": "user", "question": True} for i, m in enumerate(messages)]
+    material = {"conversation": conversation, "prompt": query.prompt is not None, "context": query.context,
+                "params": query.params.model_dump(mode="json")}
     return hashlib.sha256(orjson.dumps(material, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
 
 
@@ -120,8 +123,9 @@ def hybrid_policy(entries: int, index_entries: int, config: CacheConfig) -> str 
 
 
 def blank_rows(vectors: np.ndarray) -> np.ndarray:
-    """Per row, whether it holds a NaN (a question not embedded, or one that cannot be)."""
-    return np.isnan(vectors).any(axis=1)
+    """Per row, whether it holds a NaN (a question not embedded, or one that cannot be) or only zeros (a
+    question of no word the embedder knows, such as emoji: a vector with no direction, near nothing)."""
+    return np.isnan(vectors).any(axis=1) | ~vectors.any(axis=1)
 
 
 class Candidate(NamedTuple):
@@ -381,7 +385,11 @@ class SemanticCache:
             return misses
         hits = list(misses)
         for (i, _), reply in zip(searchable, replies, strict=True):
-            hits[i] = self._hit(queries[i], candidates(reply))
+            try:
+                hits[i] = self._hit(queries[i], candidates(reply))
+            except Exception as error:  # a reply or entry this code cannot read: a miss for this query alone
+                self.stats.errors += 1
+                log.warning("query %s: cache reply unreadable, a miss: %s", queries[i].id, type(error).__name__)
         self.stats.hits += sum(h is not None for h in hits)
         self.stats.misses += sum(h is None for h in hits)
         return hits

@@ -327,8 +327,8 @@ class Router:
         if lookup is None:
             return await self.first_pass(queries, starts=starts)
         cache_stage = StageLatency(stage="cache", ms=(time.perf_counter() - looking) * 1000)
-        forced = [q.routing.force_tier is not None for q in queries]
-        hits = [None if f else hit for f, hit in zip(forced, lookup.hits, strict=True)]
+        hits = [hit if hit is not None and self._serves(query, hit) else None
+                for query, hit in zip(queries, lookup.hits, strict=True)]
         misses = [i for i, hit in enumerate(hits) if hit is None]
         passed = iter(await self.first_pass([queries[i] for i in misses], batch_size=len(queries),
                                             stages=[cache_stage], starts=[starts[i] for i in misses]))
@@ -343,6 +343,23 @@ class Router:
             trail.started_ns = started_ns
             trails.append(trail)
         return trails
+
+    def _serves(self, query: Query, hit: RoutedAnswer) -> bool:
+        """Whether a cached answer may answer this query: never one that forces a tier, and for one that
+        sets its own threshold, only a last-tier answer or one at least that confident."""
+        controls = query.routing
+        if controls.force_tier is not None:
+            return False
+        return controls.threshold is None or hit.tier == self.tiers[-1].name or (
+            hit.confidence is not None and hit.confidence >= controls.threshold)
+
+    def _cacheable(self, trail: Trail) -> bool:
+        """Whether a finished trail's answer may serve others: a fresh, final one, and for a query that
+        forced a tier or set its own threshold, only a last-tier answer (which any query accepts)."""
+        if trail.vector is None or trail.deferred or trail.result is None:
+            return False
+        controls = trail.query.routing
+        return (controls.force_tier is None and controls.threshold is None) or trail.result.tier == self.tiers[-1].name
 
     async def _preroute(self, queries: Sequence[Query]) -> tuple[list[int], np.ndarray | None]:
         """Each query's start tier by the pre-router (0 without one), and the embeddings the cache can
@@ -365,7 +382,7 @@ class Router:
         answers). Never raises: a record that cannot be stored is logged and counted alone (see the
         cache and the feedback log); an unexpected fault is logged with the request ids it concerned."""
         done = [t for t in trails if t.result is not None]
-        fresh = [t for t in done if t.vector is not None and not t.deferred]
+        fresh = [t for t in done if self._cacheable(t)]
         try:
             if self.cache is not None and fresh:
                 await self.cache.store([t.query for t in fresh], [t.result for t in fresh if t.result is not None],

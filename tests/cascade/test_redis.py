@@ -11,6 +11,7 @@ import time
 import tracemalloc
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -26,7 +27,7 @@ from cascade.feedback import FeedbackConfig, FeedbackLog, decision_record, outco
 from cascade.local_redis import LocalRedis, RedisSearchMissingError, has_search, server_binary
 from cascade.policies import PRESETS, AcceptAllPolicy
 from cascade.router import Router, Tier
-from cascade.schemas import Query
+from cascade.schemas import Query, RoutingControls
 from cascade.thresholds import (
     ControllerConfig,
     LiveThresholds,
@@ -192,6 +193,28 @@ async def test_same_question_with_another_context_misses(cache: SemanticCache) -
     [other_params] = await router.route([Query(prompt="hard: what is the capital?", context=[PARIS],
                                                params={"max_tokens": 5})])  # type: ignore[arg-type]
     assert not other_document.cache_hit and not other_params.cache_hit
+
+
+async def test_a_forced_or_own_threshold_query_stores_and_takes_only_what_any_query_would(
+        cache: SemanticCache) -> None:
+    router = two_tier_router(cache=cache)
+
+    def ask(text: str, **routing: Any) -> Query:
+        return Query(prompt=text, context=[PARIS], routing=RoutingControls(**routing))
+
+    river = "easy: which river flows through Paris?"
+    [forced_small] = await router.route([ask(river, force_tier="small")])
+    assert forced_small.tier == "small" and cache.stats.stores == 0, "a forced small answer serves no one"
+    [plain] = await router.route([ask(river)])
+    cache._sizes.clear()  # read the partition's new count now, not after ``marker_memo_s``
+    [hit] = await router.route([ask(river)])
+    assert not plain.cache_hit and hit.cache_hit and hit.tier == "small"
+    [strict] = await router.route([ask(river, threshold=0.9999)])
+    assert not strict.cache_hit and strict.tier == "large", "a small answer below the query's own threshold"
+    [forced_large] = await router.route([ask("hard: which sea is near Paris?", force_tier="large")])
+    cache._sizes.clear()
+    [served] = await router.route([ask("hard: which sea is near Paris?", threshold=0.9999)])
+    assert served.cache_hit and served.answer == forced_large.answer, "a last-tier answer serves any query"
 
 
 async def test_entries_expire(local_redis: LocalRedis, embedder: MiniLMEmbedder) -> None:
@@ -494,6 +517,21 @@ async def test_a_question_the_embedder_cannot_read_is_a_miss_for_it_alone(cache:
     trails = await router.begin(new)  # a warm scope, new questions: embedded, all but the unreadable one
     assert all(t.rejected is None and t.result is None for t in trails)
     assert [t.vector is None for t in trails] == [i == 2 for i in range(8)]
+
+
+async def test_an_entry_the_cache_cannot_read_is_a_miss_for_its_query_alone(cache: SemanticCache) -> None:
+    """An entry whose question is not UTF-8 (written by another release, or by hand) in one query's
+    partition: that query misses, its batch-mate in another partition still hits."""
+    router = two_tier_router(cache=cache)
+    broken, fine = (Query(prompt="hard: what is the capital?", context=[text]) for text in (PARIS, "Rome is in Italy."))
+    await router.route([broken, fine])
+    [entry] = [key async for key in cache._client.scan_iter(f"{cache.index_name}:*", _type="HASH")
+               if (await cache._client.hget(key, "partition")) == entry_tags(broken)["partition"].encode()]
+    await cache._client.hset(entry, "question", b"\xff\xfe not text")
+    cache._sizes.clear()
+    errors = cache.stats.errors
+    again = await router.route([q.model_copy(update={"id": f"again-{q.id}"}) for q in (broken, fine)])
+    assert [a.cache_hit for a in again] == [False, True] and cache.stats.errors == errors + 1
 
 
 async def test_a_record_that_cannot_be_stored_is_dropped_alone_and_counted(local_redis: LocalRedis,

@@ -1,0 +1,28 @@
+"""What the cache keys an answer by (pure functions, no Redis): everything that changes the answer
+but the question, and which vectors are no vector at all."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cascade.cache import blank_rows, scope_of
+from cascade.schemas import Message, Query
+
+
+def chat(*turns: tuple[str, str], **fields: object) -> Query:
+    return Query(messages=[Message(role=role, content=content) for role, content in turns], **fields)  # type: ignore[arg-type]
+
+
+def test_the_question_s_place_in_the_conversation_is_part_of_the_scope() -> None:
+    asked_first = chat(("user", "Is it safe?"), ("assistant", "No,"))
+    answered_first = chat(("assistant", "No,"), ("user", "Is it safe?"))
+    assert asked_first.question == answered_first.question
+    assert scope_of(asked_first) != scope_of(answered_first)
+    assert scope_of(chat(("user", "Is it safe?"))) != scope_of(Query(prompt="Is it safe?")), (
+        "a prompt and chat messages reach a base model differently")
+    assert scope_of(chat(("user", "Is it safe?"))) == scope_of(chat(("user", "Is it?"))), "only the question differs"
+
+
+def test_a_zero_vector_is_no_vector() -> None:
+    vectors = np.array([[0.0, 0.0], [0.1, 0.0], [np.nan, 1.0]], np.float32)
+    assert blank_rows(vectors).tolist() == [True, False, True]
