@@ -386,10 +386,12 @@ class SemanticCache:
         hits = list(misses)
         for (i, _), reply in zip(searchable, replies, strict=True):
             try:
-                hits[i] = self._hit(queries[i], candidates(reply))
-            except Exception as error:  # a reply or entry this code cannot read: a miss for this query alone
+                found = candidates(reply)
+            except (UnicodeDecodeError, KeyError, ValueError, TypeError, IndexError):  # an entry it cannot read
                 self.stats.errors += 1
-                log.warning("query %s: cache reply unreadable, a miss: %s", queries[i].id, type(error).__name__)
+                log.warning("query %s: cache reply unreadable, a miss", queries[i].id, exc_info=True)
+                continue
+            hits[i] = self._hit(queries[i], found)
         self.stats.hits += sum(h is not None for h in hits)
         self.stats.misses += sum(h is None for h in hits)
         return hits

@@ -72,10 +72,21 @@ CONTRACTIONS = [(re.compile(r"n['’]t\b"), " not"), (re.compile(r"['’](s|re|v
 WORD = re.compile(r"[^\W_]+")
 DIGIT = re.compile(r"\d")
 SAME_WORD = {"which": "what"}  # "Which year..." and "What year..." ask the same
-ENDINGS = frozenset(["", "s", "es", "e", "ed", "d", "ing", "er", "ers", "y", "ies", "ied", "ion", "ions", "ment",
-                     "ments", "al", "ally", "ly", "ic", "ical", "ity", "ities", "ness", "ation", "ations", "ate",
-                     "ated", "ating"])  # an inflection: the same stem of five letters or more, then these
-RELATING = frozenset(["to", "from", "than", "into", "vs", "versus"])  # the words on each side say which way
+ENDINGS = frozenset(["", "s", "es", "e", "ed", "d", "ing", "er", "ers", "y", "ies", "ied", "ion", "ions",
+                     "ly"])  # an inflection: the same stem of five letters or more, then these
+RELATING = frozenset(["to", "from", "than", "into"])  # the words on either side say which way
+ORDERED = 16  # anchors and relations per clause the order checks read
+
+
+@dataclass(frozen=True)
+class Clause:
+    """One comma-separated part of a question: its words (sorted), its anchors (names, capitalised
+    anywhere, and words with a digit; first occurrences, in order) and its relating words, each with
+    the meaning words on either side."""
+
+    words: tuple[str, ...]
+    anchors: tuple[str, ...]
+    relations: tuple[tuple[str, str, str], ...]
 
 
 @dataclass(frozen=True)
@@ -87,7 +98,7 @@ class Wording:
     words: Counter[str]
     names: frozenset[str]
     decisive: dict[str, int]
-    clauses: tuple[tuple[tuple[str, ...], tuple[tuple[str, str, str], ...]], ...]
+    clauses: tuple[Clause, ...]
 
 
 @lru_cache(maxsize=4096)
@@ -101,55 +112,71 @@ def wording(question: str) -> Wording:
     tokens = WORD.findall(text)
     names = frozenset(t.lower() for t in tokens[1:] if t[0].isupper())
     words = Counter(SAME_WORD.get(t.lower(), t.lower()) for t in tokens)
-    clauses = tuple(_clause(WORD.findall(part.lower()), names) for part in text.split(","))
+    clauses = tuple(_clause(WORD.findall(part)) for part in text.split(","))
     return Wording(words, names, {w: n for w, n in words.items() if w in DECISIVE or DIGIT.search(w)}, clauses)
 
 
-def _clause(words: list[str], names: frozenset[str]) -> tuple[tuple[str, ...], tuple[tuple[str, str, str], ...]]:
-    """A clause's names in order, and each relating word with the nearest meaning word before and after it."""
+def _clause(tokens: list[str]) -> Clause:
+    """A clause's words, anchors and relations (see ``Clause``); at most ``ORDERED`` of each are kept
+    for the order checks, which then cost the same for any length of question."""
+    words = [t.lower() for t in tokens]
+    anchors = dict.fromkeys(w for t, w in zip(tokens, words, strict=True)
+                            if (t[0].isupper() or DIGIT.search(w)) and w not in IGNORED and w not in DECISIVE)
     meaning = [(i, w) for i, w in enumerate(words) if w not in IGNORED and w not in RELATING]
-    relations = []
+    relations: list[tuple[str, str, str]] = []
     for i, word in enumerate(words):
-        if word in RELATING:
-            before = next((w for j, w in reversed(meaning) if j < i), "")
+        if word in RELATING and len(relations) < ORDERED:
+            before = [w for j, w in meaning if j < i][-2:]
+            if word == "than" and len(before) == 2 and before[1].endswith(("er", "est")):
+                before = before[:1]  # "London bigger than Paris": London is what is compared, not "bigger"
             after = next((w for j, w in meaning if j > i), "")
-            relations.append((before, word, after))
-    return tuple(w for w in words if w in names), tuple(relations)
+            relations.append((before[-1] if before else "", word, after))
+    return Clause(tuple(sorted(words)), tuple(list(anchors)[:ORDERED]), tuple(relations))
 
 
 def _alike(a: str, b: str) -> bool:
     return a == b or close(a, b)
 
 
+def _pairs(orders: list[tuple[str, ...]], shared: set[str]) -> set[tuple[str, str]]:
+    """Every two shared anchors in the order one of ``orders`` holds them."""
+    return {(a, b) for order in orders for i, a in enumerate(order) for b in order[i + 1:]
+            if a in shared and b in shared and a != b}
+
+
 def _reversed(mine: Wording, theirs: Wording) -> bool:
-    """Whether the two relate the same things the other way round: two shared names in one clause in
-    one order on one side and in the other order on the other, or a relating word between the same
-    two words, swapped."""
-    shared = mine.names & theirs.names
-
-    def name_pairs(wording: Wording) -> set[tuple[str, str]]:
-        return {(a, b) for names, _ in wording.clauses for i, a in enumerate(names) for b in names[i + 1:]
-                if a in shared and b in shared and a != b}
-
-    def relations(wording: Wording) -> list[tuple[str, str, str]]:
-        return [r for _, found in wording.clauses for r in found if r[0] and r[2]]
-
-    ours, others = name_pairs(mine), name_pairs(theirs)
-    if any((b, a) in others and (a, b) not in others for a, b in ours):
-        return True
-    theirs_relations = relations(theirs)
-    return any(any(r == word and _alike(before, after2) and _alike(after, before2)
-                   and not (_alike(before, before2) and _alike(after, after2))
-                   for before2, r, after2 in theirs_relations)
-               for before, word, after in relations(mine))
+    """Whether the two relate the same things the other way round: two shared anchors of one clause in
+    one order on one side and in the other order on the other (or of the whole question, unless its
+    clauses are the other's in another order), or a relating word between the same two words, swapped."""
+    shared = {a for c in mine.clauses for a in c.anchors} & {a for c in theirs.clauses for a in c.anchors}
+    orders: list[tuple[list[tuple[str, ...]], list[tuple[str, ...]]]] = [
+        ([c.anchors for c in mine.clauses], [c.anchors for c in theirs.clauses])]
+    if sorted(c.words for c in mine.clauses) != sorted(c.words for c in theirs.clauses):
+        orders.append(([tuple(dict.fromkeys(a for c in mine.clauses for a in c.anchors))],
+                       [tuple(dict.fromkeys(a for c in theirs.clauses for a in c.anchors))]))
+    for ours, others in orders:
+        other_pairs = _pairs(others, shared)
+        if any((b, a) in other_pairs and (a, b) not in other_pairs for a, b in _pairs(ours, shared)):
+            return True
+    around: dict[str, list[tuple[str, str]]] = {}
+    for clause in theirs.clauses:
+        for before, word, after in clause.relations:
+            around.setdefault(word, []).append((before, after))
+    swapped = (_alike(before, after2) and _alike(after, before2)
+               and not (_alike(before, before2) and _alike(after, after2))
+               for clause in mine.clauses for before, word, after in clause.relations if before and after
+               for before2, after2 in around.get(word, ()))
+    return any(swapped)
 
 
 def close(a: str, b: str) -> bool:
     """One word is the other with a typo (one edit, or two neighbours swapped) or an inflection."""
     if any(c.isdigit() for c in a + b):
         return False  # 1066 and 1067 are different questions
-    stem = next((k for k in range(min(len(a), len(b))) if a[k] != b[k]), min(len(a), len(b)))
-    if stem >= 5 and a[stem:] in ENDINGS and b[stem:] in ENDINGS:
+    if any(c >= "\u2e80" for c in a + b):
+        return False  # a script written without spaces: a "word" is a whole phrase, one character a word
+    shared = next((k for k in range(min(len(a), len(b))) if a[k] != b[k]), min(len(a), len(b)))
+    if any(a[stem:] in ENDINGS and b[stem:] in ENDINGS for stem in range(shared, 4, -1)):
         return True
     if abs(len(a) - len(b)) > 1 or min(len(a), len(b)) < 4:
         return False
@@ -184,10 +211,9 @@ def same_question(question: str, other: str) -> bool:
     mine, theirs = wording(question), wording(other)
     if mine.decisive != theirs.decisive:
         return False
-    if mine.clauses != theirs.clauses and _reversed(mine, theirs):
-        return False
-    if dict.__eq__(mine.words, theirs.words):  # as dicts: ``Counter``'s own ``==`` loops in Python
-        return True
-    left_mine, left_theirs = _left_over(mine.words, theirs.words), _left_over(theirs.words, mine.words)
-    return (_matched(left_mine, mine.names, left_theirs, theirs.names)
-            and _matched(left_theirs, theirs.names, left_mine, mine.names))
+    if not dict.__eq__(mine.words, theirs.words):  # as dicts: ``Counter``'s own ``==`` loops in Python
+        left_mine, left_theirs = _left_over(mine.words, theirs.words), _left_over(theirs.words, mine.words)
+        if not (_matched(left_mine, mine.names, left_theirs, theirs.names)
+                and _matched(left_theirs, theirs.names, left_mine, mine.names)):
+            return False
+    return mine.clauses == theirs.clauses or not _reversed(mine, theirs)
