@@ -149,11 +149,19 @@ def candidates(reply: Any) -> list[Candidate]:
 
 
 def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, str):
+        return value
+    raise TypeError(f"a reply field of type {type(value).__name__}, not text")
 
 
 def _bytes(value: bytes | str) -> bytes:
-    return value if isinstance(value, bytes) else value.encode()
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    raise TypeError(f"a reply field of type {type(value).__name__}, not text")
 
 
 @dataclass
@@ -387,7 +395,7 @@ class SemanticCache:
         for (i, _), reply in zip(searchable, replies, strict=True):
             try:
                 found = candidates(reply)
-            except (UnicodeDecodeError, KeyError, ValueError, TypeError, IndexError):  # an entry it cannot read
+            except (UnicodeDecodeError, KeyError, ValueError, TypeError, IndexError, AttributeError):  # unreadable
                 self.stats.errors += 1
                 log.warning("query %s: cache reply unreadable, a miss", queries[i].id, exc_info=True)
                 continue

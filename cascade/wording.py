@@ -8,11 +8,12 @@ The guard compares the words:
   numbers and ordinals (in words or digits: "two", "eighty", "third", "1066", "covid19"), quantities,
   order, direction and obligation, and the opposites scikit-learn's stop words hold ("not", "who",
   "most", "first", "before", "full", "empty", "should", ...);
-- what a question relates must not be the other way round: two names that share a clause (split
-  at commas, so that a clause moved to the other end is still the same question) in one order on one
-  side and in the other order on the other ("Did Germany beat Brazil?" is not "Did Brazil beat
-  Germany?"), or the words on either side of "to", "from", "than", "into" or "vs" swapped ("meters
-  to feet" is not "feet to meters");
+- what a question relates must not be the other way round: two names or numbers (capitalised on
+  either side) in one order on one side and in the other order on the other, within a clause (split
+  at commas) or across the question unless its clauses only moved, or a clause was split off and
+  moved ("Did Germany beat Brazil?" is not "Did Brazil beat Germany?"); the words on either side of
+  "to", "from", "than" or "into" swapped, or other words after "to", "from" or "into" ("meters to
+  feet" is not "feet to meters");
 - every other word that carries meaning, left over on one side, must be a typo (one edit, or two
   neighbours swapped) or an inflection (the same stem of five letters or more, then an ending such
   as "s", "ed", "ing", "ies" or "ment") of a word left over on the other side; a name (a capitalised
@@ -75,17 +76,19 @@ SAME_WORD = {"which": "what"}  # "Which year..." and "What year..." ask the same
 ENDINGS = frozenset(["", "s", "es", "e", "ed", "d", "ing", "er", "ers", "y", "ies", "ied", "ion", "ions",
                      "ly"])  # an inflection: the same stem of five letters or more, then these
 RELATING = frozenset(["to", "from", "than", "into"])  # the words on either side say which way
-ORDERED = 16  # anchors and relations per clause the order checks read
+ORDERED = 16  # meaning words and relations per clause (and per question) the order checks read
+CLAUSES = 4  # clause moves the order check tries; it reads 16 times as many clauses
 
 
 @dataclass(frozen=True)
 class Clause:
-    """One comma-separated part of a question: its words (sorted), its anchors (names, capitalised
-    anywhere, and words with a digit; first occurrences, in order) and its relating words, each with
-    the meaning words on either side."""
+    """One comma-separated part of a question: its words (sorted), its meaning words in order (first
+    occurrences), those of them that can anchor an order (capitalised anywhere, or with a digit), and
+    its relating words, each with the meaning words on either side."""
 
     words: tuple[str, ...]
-    anchors: tuple[str, ...]
+    order: tuple[str, ...]
+    anchors: frozenset[str]
     relations: tuple[tuple[str, str, str], ...]
 
 
@@ -112,17 +115,18 @@ def wording(question: str) -> Wording:
     tokens = WORD.findall(text)
     names = frozenset(t.lower() for t in tokens[1:] if t[0].isupper())
     words = Counter(SAME_WORD.get(t.lower(), t.lower()) for t in tokens)
-    clauses = tuple(_clause(WORD.findall(part)) for part in text.split(","))
+    clauses = tuple(_clause(WORD.findall(part)) for part in text.split(",", CLAUSES * 16)[:CLAUSES * 16])
     return Wording(words, names, {w: n for w, n in words.items() if w in DECISIVE or DIGIT.search(w)}, clauses)
 
 
 def _clause(tokens: list[str]) -> Clause:
-    """A clause's words, anchors and relations (see ``Clause``); at most ``ORDERED`` of each are kept
-    for the order checks, which then cost the same for any length of question."""
+    """A clause's words, order, anchors and relations (see ``Clause``); at most ``ORDERED`` meaning words
+    and relations are kept for the order checks, which then cost the same for any length of question."""
     words = [t.lower() for t in tokens]
-    anchors = dict.fromkeys(w for t, w in zip(tokens, words, strict=True)
-                            if (t[0].isupper() or DIGIT.search(w)) and w not in IGNORED and w not in DECISIVE)
     meaning = [(i, w) for i, w in enumerate(words) if w not in IGNORED and w not in RELATING]
+    order = tuple(dict.fromkeys(w for _, w in meaning if w not in DECISIVE or DIGIT.search(w)))[:ORDERED]
+    anchors = frozenset(w for t, w in zip(tokens, words, strict=True) if (t[0].isupper() or DIGIT.search(w))
+                        and w in order)
     relations: list[tuple[str, str, str]] = []
     for i, word in enumerate(words):
         if word in RELATING and len(relations) < ORDERED:
@@ -131,42 +135,59 @@ def _clause(tokens: list[str]) -> Clause:
                 before = before[:1]  # "London bigger than Paris": London is what is compared, not "bigger"
             after = next((w for j, w in meaning if j > i), "")
             relations.append((before[-1] if before else "", word, after))
-    return Clause(tuple(sorted(words)), tuple(list(anchors)[:ORDERED]), tuple(relations))
+    return Clause(tuple(sorted(words)), order, anchors, tuple(relations))
 
 
 def _alike(a: str, b: str) -> bool:
     return a == b or close(a, b)
 
 
-def _pairs(orders: list[tuple[str, ...]], shared: set[str]) -> set[tuple[str, str]]:
-    """Every two shared anchors in the order one of ``orders`` holds them."""
-    return {(a, b) for order in orders for i, a in enumerate(order) for b in order[i + 1:]
-            if a in shared and b in shared and a != b}
+def _pairs(order: tuple[str, ...], shared: frozenset[str]) -> set[tuple[str, str]]:
+    """Every two shared anchors in the order ``order`` holds them."""
+    kept = [w for w in order if w in shared]
+    return {(a, b) for i, a in enumerate(kept) for b in kept[i + 1:]}
+
+
+def _against(ours: list[tuple[str, ...]], others: list[tuple[str, ...]], shared: frozenset[str]) -> bool:
+    """Whether some two shared anchors come in one order in ``ours`` and in the other in ``others``."""
+    mine = set().union(*(_pairs(o, shared) for o in ours))
+    theirs = set().union(*(_pairs(o, shared) for o in others))
+    return any((b, a) in theirs and (a, b) not in theirs for a, b in mine)
+
+
+def _wholes(clauses: tuple[Clause, ...], moved: bool) -> list[tuple[str, ...]]:
+    """The question's meaning words in order (at most ``ORDERED``), and with ``moved``, also with its
+    first clauses moved to the end, one more at a time."""
+    turns = range(min(len(clauses), CLAUSES)) if moved else range(1)
+    return [tuple(dict.fromkeys(w for c in clauses[k:] + clauses[:k] for w in c.order))[:ORDERED] for k in turns]
 
 
 def _reversed(mine: Wording, theirs: Wording) -> bool:
-    """Whether the two relate the same things the other way round: two shared anchors of one clause in
-    one order on one side and in the other order on the other (or of the whole question, unless its
-    clauses are the other's in another order), or a relating word between the same two words, swapped."""
-    shared = {a for c in mine.clauses for a in c.anchors} & {a for c in theirs.clauses for a in c.anchors}
-    orders: list[tuple[list[tuple[str, ...]], list[tuple[str, ...]]]] = [
-        ([c.anchors for c in mine.clauses], [c.anchors for c in theirs.clauses])]
+    """Whether the two relate the same things the other way round (see the module): two shared anchors
+    of one clause in one order on one side and in the other on the other; or of the whole question,
+    unless its clauses are the other's, moved, or a clause was split off and moved; or the words on
+    either side of a relating word swapped, or different words after "to", "from" or "into"."""
+    both = frozenset(mine.words) & frozenset(theirs.words)
+    shared = frozenset(a for c in mine.clauses + theirs.clauses for a in c.anchors) & both
+    if _against([c.order for c in mine.clauses], [c.order for c in theirs.clauses], shared):
+        return True
     if sorted(c.words for c in mine.clauses) != sorted(c.words for c in theirs.clauses):
-        orders.append(([tuple(dict.fromkeys(a for c in mine.clauses for a in c.anchors))],
-                       [tuple(dict.fromkeys(a for c in theirs.clauses for a in c.anchors))]))
-    for ours, others in orders:
-        other_pairs = _pairs(others, shared)
-        if any((b, a) in other_pairs and (a, b) not in other_pairs for a, b in _pairs(ours, shared)):
+        moved = len(mine.clauses) != len(theirs.clauses)
+        wholes = _wholes(theirs.clauses, moved)
+        if all(_against([a], [b], shared) for a in _wholes(mine.clauses, moved) for b in wholes):
             return True
-    around: dict[str, list[tuple[str, str]]] = {}
-    for clause in theirs.clauses:
-        for before, word, after in clause.relations:
-            around.setdefault(word, []).append((before, after))
-    swapped = (_alike(before, after2) and _alike(after, before2)
-               and not (_alike(before, before2) and _alike(after, after2))
-               for clause in mine.clauses for before, word, after in clause.relations if before and after
-               for before2, after2 in around.get(word, ()))
-    return any(swapped)
+    ours = [r for c in mine.clauses for r in c.relations][:ORDERED]
+    others = [r for c in theirs.clauses for r in c.relations][:ORDERED]
+    if any(_alike(before, after2) and _alike(after, before2) and not (_alike(before, before2) and _alike(after, after2))
+           for before, word, after in ours if before and after for before2, word2, after2 in others if word2 == word):
+        return True
+    for word in ("to", "from", "into"):  # a relation with nothing before it is a lead-in's ("I'd like to know")
+        after_mine = [a for b, w, a in ours if w == word and a and b]
+        after_theirs = [a for b, w, a in others if w == word and a and b]
+        if after_mine and after_theirs and not (all(any(_alike(a, b) for b in after_theirs) for a in after_mine)
+                                                and all(any(_alike(a, b) for b in after_mine) for a in after_theirs)):
+            return True
+    return False
 
 
 def close(a: str, b: str) -> bool:
