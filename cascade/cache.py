@@ -16,7 +16,9 @@ together), and one more for the stores and their counts. A cold cache costs no e
 at all: each store counts its entries in a marker per partition (and one for the index) that
 outlives them, a lookup embeds only the questions whose marker is set (markers read in one round
 trip, remembered for ``marker_memo_s``), and the others are embedded when their answers are stored,
-off the request path.
+off the request path. A partition never asked before (no marker) is not embedded even then: its
+first answer is held by its exact question (``hold_new_partitions``), found again by that question
+alone, and indexed with the partition's next stored answer.
 The counts also pick each search's strategy (``hybrid_policy``): brute force over a small
 partition's entries, the HNSW graph for a partition that is most of the index. Redis faults turn the cache off
 for that call, with a warning and a counter, and open the Redis circuit breaker, which skips the
@@ -32,9 +34,10 @@ import hashlib
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import orjson
@@ -79,6 +82,12 @@ class CacheConfig(BaseModel):
     hnsw_ef_runtime: int = Field(default=40, ge=1, description=(
         "HNSW candidates per search through the graph (BATCHES); RediSearch's default 10 loses paraphrases "
         "that brute force finds (bench_cache_graph)"))
+    hold_new_partitions: bool = Field(default=True, description=(
+        "hold the first answer of a partition (tenant and scope) never asked before as an exact answer, not "
+        "embedded or indexed, until the partition is asked again: a scope asked once (a conversation's own turn, "
+        "a one-off system prompt) costs one hash write instead of an embedding and an index insert; the same "
+        "question again is a hit, a paraphrase of it a miss until the partition's next answer is stored, which "
+        "indexes the held ones too"))
     marker_memo_s: float = Field(default=1.0, ge=0.0, description=(
         "how long a replica trusts the entry counts it read for a partition (tenant and scope) and the index; "
         "an entry another replica stores in a cold partition is found after at most this long"))
@@ -128,6 +137,21 @@ def blank_rows(vectors: np.ndarray) -> np.ndarray:
     return np.isnan(vectors).any(axis=1) | ~vectors.any(axis=1)
 
 
+def question_field(question: str) -> bytes:
+    """A question as the field of its held answer (UnicodeEncodeError for a lone surrogate, which no
+    request can bring: the door refuses it)."""
+    return question.encode()
+
+
+class Hold(NamedTuple):
+    """Answers to hold in one partition's held hash: its marker's key, its entry tags, and the answers'
+    JSON by question."""
+
+    marker: str
+    tags: dict[str, str]
+    answers: dict[bytes, str]
+
+
 class Candidate(NamedTuple):
     """A near entry a search returned: its cosine distance, its question, its answer's JSON."""
 
@@ -174,6 +198,11 @@ class CacheStats:
     errors: int = 0
 
 
+NEW_PARTITION = -1  # a partition's entry count when it was never asked (no marker)
+PROMOTED_MAX = 64  # held answers of one partition indexed when it is asked again (the rest are dropped)
+Storing = Literal["hold", "index", "index_held"]  # how a query's answer is stored (``CacheLookup.storing``)
+
+
 @dataclass
 class CacheLookup:
     """Hits (or None) per query, and the question embeddings to reuse when storing: a row of NaN
@@ -184,6 +213,7 @@ class CacheLookup:
     vectors: np.ndarray
     tags: Sequence[dict[str, str] | None]  # per query, its entry tags (``tags_of``; None: none), for the store
     unreadable: frozenset[int] = frozenset()
+    storing: Sequence[Storing] | None = None  # per query, how its answer is stored (None: "index")
 
     def vector(self, i: int) -> np.ndarray | None:
         """Query ``i``'s embedding (NaN if not computed yet), or None if it cannot have one."""
@@ -192,7 +222,8 @@ class CacheLookup:
     def part(self, start: int, stop: int) -> CacheLookup:
         """The lookup of queries ``start`` to ``stop``, numbered from 0."""
         return CacheLookup(self.hits[start:stop], self.vectors[start:stop], self.tags[start:stop],
-                           frozenset(i - start for i in self.unreadable if start <= i < stop))
+                           frozenset(i - start for i in self.unreadable if start <= i < stop),
+                           None if self.storing is None else self.storing[start:stop])
 
 
 @dataclass
@@ -246,28 +277,29 @@ class SemanticCache:
         if not isinstance(cause, (TimeoutError, OSError, RedisConnectionError, RedisTimeoutError, CircuitOpenError)):
             self._ready = False
 
-    def embed(self, queries: Sequence[Query]) -> np.ndarray:
-        """One batched embedding of the questions; if the batch fails, each question alone, with a row
-        of NaN for a question that cannot be embedded (it is a miss and is not stored)."""
+    def embed(self, questions: Sequence[str], labels: Sequence[str]) -> np.ndarray:
+        """One batched embedding of the questions (named by ``labels`` in the log); if the batch fails,
+        each question alone, with a row of NaN for a question that cannot be embedded (it is a miss and
+        is not stored)."""
         try:
-            return self._embedder.embed([q.question for q in queries])
+            return self._embedder.embed(list(questions))
         except Exception as error:
             log.warning("embedding a batch of %d questions failed (%s); embedding them one by one",
-                        len(queries), type(error).__name__)
-        rows = np.full((len(queries), self.dimensions), np.nan, np.float32)
-        for i, query in enumerate(queries):
+                        len(questions), type(error).__name__)
+        rows = np.full((len(questions), self.dimensions), np.nan, np.float32)
+        for i, (question, label) in enumerate(zip(questions, labels, strict=True)):
             try:
-                rows[i] = self._embedder.embed([query.question])[0]
+                rows[i] = self._embedder.embed([question])[0]
             except Exception as error:
                 self.stats.errors += 1
-                log.warning("query %s: question not embedded, no cache for it: %s", query.id, type(error).__name__)
+                log.warning("%s: question not embedded, no cache for it: %s", label, type(error).__name__)
         return rows
 
-    async def _embed_off_loop(self, queries: Sequence[Query]) -> np.ndarray:
+    async def _embed_off_loop(self, questions: Sequence[str], labels: Sequence[str]) -> np.ndarray:
         """``embed``, in a worker thread unless the embedder is cheap enough for the event loop."""
         if self._embedder.cheap:
-            return self.embed(queries)
-        return await asyncio.to_thread(self.embed, queries)
+            return self.embed(questions, labels)
+        return await asyncio.to_thread(self.embed, questions, labels)
 
     @staticmethod
     def tags_of(queries: Sequence[Query]) -> list[dict[str, str] | None]:
@@ -283,13 +315,19 @@ class SemanticCache:
         return tags
 
     def marker_key(self, tags: dict[str, str]) -> str:
-        """The key that counts the entries stored in the partition of these entry tags."""
+        """The key that counts the entries stored in the partition of these entry tags (0: asked, none
+        indexed yet; no key: never asked)."""
         return f"{self.index_name}:warm:{tags['partition']}"
 
+    def held_key(self, tags: dict[str, str]) -> str:
+        """The hash of the answers held, by question, for the partition of these entry tags."""
+        return f"{self.index_name}:held:{tags['partition']}"
+
     async def partition_sizes(self, tags: Sequence[dict[str, str] | None]) -> tuple[list[int], int]:
-        """Per query (by its entry tags), the entries stored in its partition while they live (0: a cold
-        partition, nothing to look up), and the same count for the whole index: markers remembered for
-        ``marker_memo_s``, the others read in one round trip. A query without tags is cold."""
+        """Per query (by its entry tags), the entries stored in its partition while they live (0: none
+        indexed, nothing to search; ``NEW_PARTITION``: never asked), and the same count for the whole
+        index: markers remembered for ``marker_memo_s``, the others read in one round trip. A query
+        without tags has 0."""
         keys = [None if t is None else self.marker_key(t) for t in tags]
         now = time.monotonic()
         unknown = sorted({k for k in [*keys, self.size_key]
@@ -297,10 +335,11 @@ class SemanticCache:
         if unknown:
             found = await self.breaker.call(lambda: self._client.mget(unknown))
             until = now + self.config.marker_memo_s
-            self._sizes.update({k: (int(v or 0), until) for k, v in zip(unknown, found, strict=True)})
+            self._sizes.update({k: (NEW_PARTITION if v is None else int(v), until)
+                                for k, v in zip(unknown, found, strict=True)})
             if len(self._sizes) > 100_000:
                 self._sizes = {k: v for k, v in self._sizes.items() if v[1] > now}
-        return [0 if k is None else self._sizes[k][0] for k in keys], self._sizes[self.size_key][0]
+        return [0 if k is None else self._sizes[k][0] for k in keys], max(self._sizes[self.size_key][0], 0)
 
     @property
     def embedder_name(self) -> str:
@@ -340,18 +379,79 @@ class SemanticCache:
             self.stats.errors += 1
             log.warning("semantic cache markers unreadable, serving without the cache: %s", error)
             return CacheLookup([None] * len(queries), vectors, tags)
+        held, (found, unreadable) = await asyncio.gather(self._held_hits(queries, tags, sizes),
+                                                         self._near_hits(queries, vectors, tags, sizes, index_size))
+        hits = [exact if exact is not None else near for exact, near in zip(held, found, strict=True)]
+        self._count(hits)
+        return CacheLookup(hits, vectors, tags, unreadable, self._storing(sizes, tags))
+
+    async def _near_hits(self, queries: Sequence[Query], vectors: np.ndarray, tags: Sequence[dict[str, str] | None],
+                         sizes: Sequence[int], index_size: int) -> tuple[list[RoutedAnswer | None], frozenset[int]]:
+        """The hits of the queries whose partition has entries, embedding those not embedded yet (into
+        ``vectors``), and those whose question could not be embedded; no call when there are none."""
         warm = [i for i, size in enumerate(sizes) if size > 0]
         if not warm:
-            self.stats.misses += len(queries)
-            return CacheLookup([None] * len(queries), vectors, tags)
+            return [None] * len(queries), frozenset()
         blank = blank_rows(vectors)
         pending = [i for i in warm if blank[i]]
         if pending:
-            vectors[pending] = await self._embed_off_loop([queries[i] for i in pending])
+            vectors[pending] = await self._embed_off_loop([queries[i].question for i in pending],
+                                                          [f"query {queries[i].id}" for i in pending])
             blank = blank_rows(vectors)
-        unreadable = frozenset(i for i in warm if blank[i])
         policies = [hybrid_policy(size, index_size, self.config) for size in sizes]
-        return CacheLookup(await self.search(queries, vectors, tags, policies), vectors, tags, unreadable)
+        warm_tags = [t if size > 0 else None for t, size in zip(tags, sizes, strict=True)]
+        return (await self.search(queries, vectors, warm_tags, policies, count=False),
+                frozenset(i for i in warm if blank[i]))
+
+    def _count(self, hits: Sequence[RoutedAnswer | None]) -> None:
+        """Count the hits and misses of one lookup in ``stats``."""
+        self.stats.hits += sum(h is not None for h in hits)
+        self.stats.misses += sum(h is None for h in hits)
+
+    def _storing(self, sizes: Sequence[int], tags: Sequence[dict[str, str] | None]) -> list[Storing]:
+        """How each answer will be stored, by its partition's entries: held in a partition never asked
+        (unless two queries of this lookup ask it), indexed with the held answers in one asked but with
+        nothing indexed, else indexed (all of them if holding is off)."""
+        if not self.config.hold_new_partitions:
+            return ["index"] * len(sizes)
+        asked = Counter(t["partition"] for t, size in zip(tags, sizes, strict=True)
+                        if t is not None and size == NEW_PARTITION)
+        return ["hold" if t is not None and size == NEW_PARTITION and asked[t["partition"]] == 1
+                else "index_held" if size == 0 else "index" for t, size in zip(tags, sizes, strict=True)]
+
+    async def _held_hits(self, queries: Sequence[Query], tags: Sequence[dict[str, str] | None],
+                         sizes: Sequence[int]) -> list[RoutedAnswer | None]:
+        """The held answers of the queries whose partition was asked but has nothing indexed, by their
+        exact question, in one round trip (no call when there are none); misses if Redis fails."""
+        hits: list[RoutedAnswer | None] = [None] * len(queries)
+        if not self.config.hold_new_partitions:
+            return hits
+        held: list[tuple[int, str, bytes]] = []
+        for i, t in enumerate(tags):
+            if t is not None and sizes[i] == 0:
+                try:
+                    held.append((i, self.held_key(t), question_field(queries[i].question)))
+                except UnicodeEncodeError:  # not a question any answer is held for
+                    continue
+        if not held:
+            return hits
+
+        async def run() -> list[Any]:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for _, key, question in held:
+                    pipe.hget(key, question)  # type: ignore[arg-type]
+                return list(await pipe.execute())
+
+        try:
+            replies = await self.breaker.call(run)
+        except Exception as error:
+            self.stats.errors += 1
+            log.warning("semantic cache: held answers unreadable, misses: %s", error)
+            return hits
+        for (i, _, _), reply in zip(held, replies, strict=True):
+            if reply is not None:
+                hits[i] = self._answer(queries[i], reply, "held, the same question")
+        return hits
 
     def search_command(self, vector: np.ndarray, partition: str, policy: str | None) -> list[str | int | bytes]:
         """The FT.SEARCH of one question's nearest entries in its partition (the query RedisVL's
@@ -366,9 +466,10 @@ class SemanticCache:
 
     async def search(self, queries: Sequence[Query], vectors: np.ndarray,
                      tags: Sequence[dict[str, str] | None] | None = None,
-                     policies: Sequence[str | None] | None = None) -> list[RoutedAnswer | None]:
+                     policies: Sequence[str | None] | None = None, count: bool = True) -> list[RoutedAnswer | None]:
         """Look up already-embedded questions in one pipeline round trip (``tags``: ``tags_of(queries)``,
-        if the caller has them already; ``policies``: each search's ``hybrid_policy``)."""
+        if the caller has them already; ``policies``: each search's ``hybrid_policy``; ``count``: in
+        ``stats``)."""
         tags = self.tags_of(queries) if tags is None else tags
         misses: list[RoutedAnswer | None] = [None] * len(queries)
         blank = blank_rows(vectors)
@@ -400,24 +501,27 @@ class SemanticCache:
                 log.warning("query %s: cache reply unreadable, a miss", queries[i].id, exc_info=True)
                 continue
             hits[i] = self._hit(queries[i], found)
-        self.stats.hits += sum(h is not None for h in hits)
-        self.stats.misses += sum(h is None for h in hits)
+        if count:
+            self._count(hits)
         return hits
 
     def _hit(self, query: Query, found: Sequence[Candidate]) -> RoutedAnswer | None:
         """The nearest entry within the distance threshold whose question the wording guard accepts."""
         best = next((c for c in found if c.distance <= self.config.distance_threshold and (
             not self.config.wording_guard or same_question(query.question, c.question))), None)
-        if best is None:
-            return None
+        return None if best is None else self._answer(query, best.answer, f"distance {best.distance:.3f}")
+
+    @staticmethod
+    def _answer(query: Query, stored: bytes, found: str) -> RoutedAnswer | None:
+        """A stored answer's JSON as this query's cache hit; None (a miss) if it cannot be read."""
         try:
-            answer = RoutedAnswer.model_validate_json(best.answer)
+            answer = RoutedAnswer.model_validate_json(stored)
         except ValueError as error:
             log.warning("query %s: unreadable cache entry skipped: %s", query.id, error)
             return None
         return answer.model_copy(update={
             "request_id": query.id, "cost": 0.0, "attempts": [], "latency": [], "cache_hit": True,
-            "reason": f"cache hit (distance {best.distance:.3f}); originally: {answer.reason}",
+            "reason": f"cache hit ({found}); originally: {answer.reason}",
         })
 
     def storable(self, answer: RoutedAnswer, last_tier: str) -> bool:
@@ -427,61 +531,171 @@ class SemanticCache:
         return answer.tier == last_tier or (answer.confidence or 0.0) >= self.config.min_small_confidence
 
     async def store(self, queries: Sequence[Query], answers: Sequence[RoutedAnswer], vectors: np.ndarray,
-                    last_tier: str, tags: Sequence[dict[str, str] | None] | None = None) -> int:
-        """Store the storable answers in one pipeline, embedding the questions the lookup did not (rows
-        of NaN), and count them in their partitions; returns how many were stored. ``tags``: the
-        lookup's entry tags per query (None where it has none: computed here). An entry that cannot be
-        built is logged and counted (``cascade.records.dropped``) and never stops the others."""
-        chosen = [i for i, a in enumerate(answers) if self.storable(a, last_tier)]
-        blank = blank_rows(vectors)
-        pending = [i for i in chosen if blank[i]]
-        if pending and not self.breaker.allow():  # Redis is down: no embedding for a store that cannot happen
+                    last_tier: str, tags: Sequence[dict[str, str] | None] | None = None,
+                    storing: Sequence[Storing | None] | None = None) -> int:
+        """Store the storable answers in one pipeline and count them in their partitions; returns how
+        many were stored. ``tags``: the lookup's entry tags per query (None where it has none: computed
+        here); ``storing``: the lookup's ``CacheLookup.storing`` per query (None: "index"). An indexed
+        answer's question is embedded here if the lookup did not (a row of NaN in ``vectors``); a held
+        one's is not; the held answers of a partition indexed now are taken and indexed with it. An
+        entry that cannot be built is logged and counted (``cascade.records.dropped``) and never stops
+        the others."""
+        chosen = self._chosen(queries, answers, last_tier, tags)
+        how = {i: (storing[i] if storing is not None else None) or "index" for i in chosen}
+        indexed_partitions = {t["partition"] for i, t in chosen.items() if how[i] != "hold"}
+        held = {i: t for i, t in chosen.items() if how[i] == "hold" and t["partition"] not in indexed_partitions}
+        indexed = {i: t for i, t in chosen.items() if i not in held}
+        if not chosen or not self.breaker.allow():  # Redis is down: no embedding for a store that cannot happen
             return 0
-        if pending:
-            vectors = np.array(vectors, np.float32)
-            vectors[pending] = await self._embed_off_loop([queries[i] for i in pending])
-            blank = blank_rows(vectors)
-            chosen = [i for i in chosen if not blank[i]]
-        if not chosen:
-            return 0
-        now = time.time()
-        entries: dict[str, dict[str, Any]] = {}
-        markers: dict[str, int] = {}
-        for i in chosen:
-            try:
-                known = tags[i] if tags is not None else None
-                entry = known if known is not None else entry_tags(queries[i])
-                entries[self._index.key(os.urandom(16).hex())] = {
-                    **entry, "question": queries[i].question, "answer": answers[i].model_dump_json(),
-                    "created": now, "embedding": np.asarray(vectors[i], np.float32).tobytes()}
-                key = self.marker_key(entry)
-                markers[key] = markers.get(key, 0) + 1
-            except Exception as error:
-                self.stats.errors += 1
-                count_dropped("cache", answers[i].tenant, type(error).__name__)
-                log.warning("request %s: answer not cached, its entry cannot be built: %s: %s",
-                            answers[i].request_id, type(error).__name__, error)
-        if not entries:
+        taken = await self._take_held([t for i, t in indexed.items() if how[i] == "index_held"],
+                                      {(t["partition"], queries[i].question) for i, t in indexed.items()})
+        fresh: list[tuple[str, RoutedAnswer | bytes, dict[str, str]]] = [
+            (queries[i].question, answers[i], t) for i, t in indexed.items()]
+        known = np.asarray(vectors, np.float32)[list(indexed)] if indexed else None
+        documents, markers, answered = await self._documents([*fresh, *taken], known)
+        holds = self._holds({i: (queries[i].question, answers[i], t) for i, t in held.items()})
+        if not documents and not holds:
             return 0
         try:
             await self.ensure_index()
-            await self.breaker.call(lambda: self._write(entries, markers), background=True)
+            late = await self.breaker.call(lambda: self._write(documents, markers, holds), background=True)
         except Exception as error:
             self.stats.errors += 1
             self._forget_index(error)
             log.warning("semantic cache store failed, answers not cached: %s", error)
             return 0
-        self.stats.stores += len(entries)
-        return len(entries)
+        if late:
+            try:
+                await self._index_held(late)
+            except Exception as error:
+                self.stats.errors += 1
+                log.warning("semantic cache: answers held after their partition had entries not indexed: %s", error)
+        stored = answered + sum(len(hold.answers) for hold in holds.values())
+        self.stats.stores += stored
+        return stored
 
-    async def _write(self, entries: dict[str, dict[str, Any]], markers: dict[str, int]) -> None:
+    async def _index_held(self, holds: Sequence[Hold]) -> None:
+        """Take and index the answers held in partitions that have entries already (their hold came after
+        another store indexed some: no lookup reads their held hash any more)."""
+        documents, markers, _ = await self._documents(await self._take_held([h.tags for h in holds], set()), None)
+        if documents:
+            await self.breaker.call(lambda: self._write(documents, markers, {}), background=True)
+
+    def _chosen(self, queries: Sequence[Query], answers: Sequence[RoutedAnswer], last_tier: str,
+                tags: Sequence[dict[str, str] | None] | None) -> dict[int, dict[str, str]]:
+        """The storable answers, by their query's position, with their entry tags (the lookup's, or
+        computed here); an answer whose tags cannot be computed is dropped and counted."""
+        chosen: dict[int, dict[str, str]] = {}
+        for i, answer in enumerate(answers):
+            if self.storable(answer, last_tier):
+                try:
+                    known = tags[i] if tags is not None else None
+                    chosen[i] = known if known is not None else entry_tags(queries[i])
+                except Exception as error:
+                    self._drop(answer, error)
+        return chosen
+
+    def _drop(self, answer: RoutedAnswer, error: Exception) -> None:
+        """Log and count an answer whose cache entry cannot be built."""
+        self.stats.errors += 1
+        count_dropped("cache", answer.tenant, type(error).__name__)
+        log.warning("request %s: answer not cached, its entry cannot be built: %s: %s",
+                    answer.request_id, type(error).__name__, error)
+
+    async def _documents(self, stored: Sequence[tuple[str, RoutedAnswer | bytes, dict[str, str]]],
+                         known: np.ndarray | None) -> tuple[dict[str, dict[str, Any]], dict[str, int], int]:
+        """The index entries of (question, answer or its JSON, tags), by key, how many each partition's
+        marker gains, and how many of them are of answers (not of JSON taken from a held hash);
+        ``known``: the first rows' embeddings (NaN where not computed: embedded here). An entry is left
+        out if its question cannot be embedded or its entry cannot be built."""
+        rows = np.full((len(stored), self.dimensions), np.nan, np.float32)
+        if known is not None:
+            rows[:len(known)] = known
+        pending = np.flatnonzero(blank_rows(rows)).tolist()
+        if pending:
+            rows[pending] = await self._embed_off_loop(
+                [stored[n][0] for n in pending],
+                [f"request {a.request_id}" if isinstance(a, RoutedAnswer) else "a held answer"
+                 for a in (stored[n][1] for n in pending)])
+        blank = blank_rows(rows)
+        now = time.time()
+        documents: dict[str, dict[str, Any]] = {}
+        markers: dict[str, int] = {}
+        answered = 0
+        for n, (question, answer, t) in enumerate(stored):
+            if blank[n]:
+                continue
+            try:
+                documents[self._index.key(os.urandom(16).hex())] = {
+                    **t, "question": question, "created": now, "embedding": rows[n].tobytes(),
+                    "answer": answer if isinstance(answer, bytes) else answer.model_dump_json()}
+                markers[self.marker_key(t)] = markers.get(self.marker_key(t), 0) + 1
+                answered += isinstance(answer, RoutedAnswer)
+            except Exception as error:
+                if isinstance(answer, RoutedAnswer):
+                    self._drop(answer, error)
+        return documents, markers, answered
+
+    def _holds(self, held: dict[int, tuple[str, RoutedAnswer, dict[str, str]]]) -> dict[str, Hold]:
+        """The answers to hold, per held hash: its partition's marker and the answers by question."""
+        holds: dict[str, Hold] = {}
+        for question, answer, t in held.values():
+            try:
+                hold = holds.setdefault(self.held_key(t), Hold(self.marker_key(t), t, {}))
+                hold.answers[question_field(question)] = answer.model_dump_json()
+            except Exception as error:
+                self._drop(answer, error)
+        return {key: hold for key, hold in holds.items() if hold.answers}
+
+    async def _take_held(self, partitions: Sequence[dict[str, str]],
+                         stored: set[tuple[str, str]]) -> list[tuple[str, bytes, dict[str, str]]]:
+        """Take (read and delete, at once: another replica taking them too gets none) the answers held in
+        these partitions (by their entry tags), at most ``PROMOTED_MAX`` each, as (question, answer JSON,
+        tags), but those whose question is stored now. If Redis fails, none: they stay in the hash, read
+        only while their partition has nothing indexed, until it expires; answers taken are lost if the
+        store then fails (misses later). A field that is not a question (not UTF-8) is dropped and counted."""
+        unique = list({t["partition"]: t for t in partitions}.values())
+        if not unique:
+            return []
+
+        async def run() -> list[Any]:
+            async with self._client.pipeline(transaction=True) as pipe:
+                for t in unique:
+                    pipe.hgetall(self.held_key(t))
+                    pipe.delete(self.held_key(t))
+                return list(await pipe.execute())
+
+        try:
+            replies = await self.breaker.call(run, background=True)
+        except Exception as error:
+            self.stats.errors += 1
+            log.warning("semantic cache: held answers not read, left held: %s", error)
+            return []
+        taken: list[tuple[str, bytes, dict[str, str]]] = []
+        for t, held in zip(unique, replies[::2], strict=True):
+            for held_question, answer in list((held or {}).items())[:PROMOTED_MAX]:
+                try:
+                    question, answer_json = _bytes(held_question).decode(), _bytes(answer)
+                except (UnicodeDecodeError, TypeError):
+                    self.stats.errors += 1
+                    log.warning("semantic cache: an unreadable held answer dropped", exc_info=True)
+                    continue
+                if (t["partition"], question) not in stored:
+                    taken.append((question, answer_json, t))
+        return taken
+
+    async def _write(self, entries: dict[str, dict[str, Any]], markers: dict[str, int],
+                     holds: dict[str, Hold]) -> list[Hold]:
         """Write the entries (hashes the index picks up by their key prefix, as RedisVL's ``load``
         writes them) and count them in each partition's marker and in the index's, in one round trip:
         the pipeline runs in order, so a marker never announces entries that are not there yet. The
         markers live as long as the entries. A count is of entries stored while its key lived: it
-        overstates a partition whose older entries expired, as much as it overstates the index."""
+        overstates a partition whose older entries expired, as much as it overstates the index.
+        ``holds``: per held hash, its answers by question, and its partition's marker, set to 0 unless
+        it exists; a held hash expires ``ttl_s`` after its first answer, with its marker. Returns the
+        holds whose partition has entries already (SET NX GET and EXPIRE NX: Redis 7 or later)."""
         ttl = self.config.ttl_s
-        counted = [*markers.items(), (self.size_key, sum(markers.values()))]
+        counted = [*markers.items(), (self.size_key, sum(markers.values()))] if markers else []
         async with self._client.pipeline(transaction=False) as pipe:
             for key, entry in entries.items():
                 pipe.hset(key, mapping=entry)
@@ -489,10 +703,22 @@ class SemanticCache:
             for key, stored in counted:
                 pipe.incrby(key, stored)
                 pipe.expire(key, ttl)
+            for key, hold in holds.items():
+                pipe.hset(key, mapping=hold.answers)
+                pipe.expire(key, ttl, nx=True)
+                pipe.set(hold.marker, 0, nx=True, ex=ttl, get=True)
             replies = await pipe.execute()
-        counts = replies[2 * len(entries)::2]
+        held_from = 2 * len(entries) + 2 * len(counted)
+        counts = replies[2 * len(entries):held_from:2]
         until = time.monotonic() + self.config.marker_memo_s
         self._sizes.update({key: (int(count), until) for (key, _), count in zip(counted, counts, strict=True)})
+        late: list[Hold] = []
+        for hold, before in zip(holds.values(), replies[held_from + 2::3], strict=True):
+            if before is None or int(before) == 0:  # asked, nothing indexed
+                self._sizes[hold.marker] = (0, until)
+            else:
+                late.append(hold)
+        return late
 
     async def close(self) -> None:
         await self._index.disconnect()

@@ -27,7 +27,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from cascade.answers import token_f1
-from cascade.cache import SemanticCache
+from cascade.cache import SemanticCache, Storing
 from cascade.costs import ModelPrice, total_cost
 from cascade.engines.base import (
     Deadline,
@@ -135,6 +135,7 @@ class Trail:
     batch_size: int = 1
     vector: np.ndarray | None = None  # the question's cache embedding (NaN: not computed yet); None: never cached
     cache_tags: dict[str, str] | None = None  # its cache entry tags, from the lookup
+    cache_storing: Storing | None = None  # how the cache stores its answer, from the lookup
     rejected: Exception | None = None
     started_ns: int = field(default_factory=time.time_ns)
     links: dict[str, Any] = field(default_factory=dict)
@@ -337,6 +338,7 @@ class Router:
             if hit is None:
                 trail = next(passed)
                 trail.vector, trail.cache_tags = lookup.vector(i), lookup.tags[i]
+                trail.cache_storing = None if lookup.storing is None else lookup.storing[i]
             else:
                 trail = Trail(query, len(self.tiers), result=hit.model_copy(
                     update={"batch_size": len(queries), "latency": [cache_stage]}))
@@ -387,7 +389,8 @@ class Router:
             if self.cache is not None and fresh:
                 await self.cache.store([t.query for t in fresh], [t.result for t in fresh if t.result is not None],
                                        np.stack([t.vector for t in fresh if t.vector is not None]),
-                                       self.tiers[-1].name, [t.cache_tags for t in fresh])
+                                       self.tiers[-1].name, [t.cache_tags for t in fresh],
+                                       [t.cache_storing for t in fresh])
         except Exception:
             log.exception("cache store failed for requests %s", [t.query.id for t in fresh])
         try:

@@ -70,7 +70,8 @@ LEAD_INS = frozenset(["please", "tell", "know", "like", "question", "quick", "wo
                       "curious"])
 IGNORED = (english_stop_words() | LEAD_INS) - DECISIVE
 CONTRACTIONS = [(re.compile(r"n['’]t\b"), " not"), (re.compile(r"['’](s|re|ve|ll|d|m)\b"), "")]
-WORD = re.compile(r"[^\W_]+")
+WORD = re.compile(r"(?:(?<![^\W_])(?<!\d\s)-(?=\d))?[^\W_]+")  # a word; a number keeps a minus sign ("-3", not "5 -3")
+MINUS = str.maketrans(dict.fromkeys("−–－﹣", "-"))  # minus signs and dashes read as "-"
 DIGIT = re.compile(r"\d")
 SAME_WORD = {"which": "what"}  # "Which year..." and "What year..." ask the same
 ENDINGS = frozenset(["", "s", "es", "e", "ed", "d", "ing", "er", "ers", "y", "ies", "ied", "ion", "ions",
@@ -109,7 +110,8 @@ def wording(question: str) -> Wording:
     """The words of ``question``; kept for the questions guarded most recently (the entries a lookup finds
     again and again), not for every question ever asked: each kept wording is a few hundred objects'
     worth of heap that every full garbage collection walks."""
-    text = question.replace("can't", "can not").replace("won't", "will not").replace("Can't", "Can not")
+    text = question.translate(MINUS).replace("can't", "can not").replace("won't", "will not")
+    text = text.replace("Can't", "Can not")
     for pattern, replacement in CONTRACTIONS:
         text = pattern.sub(replacement, text)
     tokens = WORD.findall(text)

@@ -58,7 +58,9 @@ def embedder() -> MiniLMEmbedder:
 @pytest.fixture
 async def cache(local_redis: LocalRedis, embedder: MiniLMEmbedder, request: pytest.FixtureRequest,
                 ) -> AsyncIterator[SemanticCache]:
-    config = CacheConfig(index_name=f"test-{request.node.name[:40]}", ttl_s=60)
+    # every answer indexed from a partition's first request on: these tests are of the index (holding a new
+    # partition's first answer: test_a_partition_asked_once_holds_its_answer_unembedded_until_asked_again)
+    config = CacheConfig(index_name=f"test-{request.node.name[:40]}", ttl_s=60, hold_new_partitions=False)
     semantic = SemanticCache(local_redis.url, config, embedder)
     yield semantic
     await semantic.close()
@@ -134,12 +136,14 @@ async def test_paraphrase_hits_and_unrelated_question_misses(cache: SemanticCach
 
 async def test_the_default_cache_keeps_opposite_and_cross_context_questions_apart(local_redis: LocalRedis) -> None:
     """The default embedder and threshold (the static embedding, the wording guard): a paraphrase
-    hits; the opposite question, a question about another document and another tenant's miss."""
+    hits; the opposite question, a question about another document and another tenant's miss. (Two
+    questions of a new partition asked together are both indexed at once, not held.)"""
     cache = SemanticCache(local_redis.url, CacheConfig(index_name="test-default", ttl_s=60))
     assert cache.config.embedder.kind == "static" and cache.index_name == "test-default-static-minilm-256-v3"
     router = two_tier_router(cache=cache)
     asked = "hard: what is the largest city in France?"
-    [first] = await router.route([Query(prompt=asked, context=[PARIS])])
+    [first, _] = await router.route([Query(prompt=asked, context=[PARIS]),
+                                     Query(prompt="hard: what is the capital of France?", context=[PARIS])])
     paraphrase, opposite, negated, elsewhere, foreign = await router.route([
         Query(prompt="hard: what's the largset city in France", context=[PARIS]),
         Query(prompt="hard: what is the smallest city in France?", context=[PARIS]),
@@ -154,7 +158,8 @@ async def test_the_default_cache_keeps_opposite_and_cross_context_questions_apar
 @pytest.mark.parametrize("protocol", [2, 3])
 async def test_a_lookup_reads_the_search_reply_of_either_protocol(local_redis: LocalRedis, protocol: int) -> None:
     """The cache's own FT.SEARCH reply parsing, over RESP2 and RESP3 (a ``protocol=3`` Redis URL)."""
-    cache = SemanticCache(f"{local_redis.url}?protocol={protocol}", CacheConfig(index_name=f"test-resp{protocol}"))
+    cache = SemanticCache(f"{local_redis.url}?protocol={protocol}",
+                          CacheConfig(index_name=f"test-resp{protocol}", hold_new_partitions=False))
     router = two_tier_router(cache=cache)
     [first] = await router.route([Query(prompt="hard: which river flows through Paris?", context=[PARIS])])
     cache._sizes.clear()  # read the partition's new count now, not after ``marker_memo_s``
@@ -716,8 +721,11 @@ class CountingEmbedder(MiniLMEmbedder):
         return self.inner.embed(texts)
 
 
-async def test_a_cold_scope_costs_no_embedding_and_a_warm_one_is_found(local_redis: LocalRedis,
-                                                                       embedder: MiniLMEmbedder) -> None:
+async def test_a_partition_asked_once_holds_its_answer_unembedded_until_asked_again(local_redis: LocalRedis,
+                                                                                   embedder: MiniLMEmbedder) -> None:
+    """A partition never asked costs no embedding, on the request path or after: its first answer is
+    held by its question. The same question then hits; a paraphrase misses, and its store indexes
+    the held answer with its own, so that paraphrases of either hit from then on."""
     counting = CountingEmbedder(embedder)
     config = CacheConfig(index_name="test-cold", ttl_s=60, marker_memo_s=0.0)
     cache = SemanticCache(local_redis.url, config, counting)
@@ -726,17 +734,87 @@ async def test_a_cold_scope_costs_no_embedding_and_a_warm_one_is_found(local_red
     trails = await router.begin([Query(tenant="a", **question)])  # type: ignore[arg-type]
     assert counting.texts == [] and np.isnan(trails[0].vector).all(), "a cold scope: no embedding on the request path"
     assert trails[0].cache_tags == entry_tags(trails[0].query), "the lookup's tags travel to the store"
-    await router.route([Query(tenant="a", **question)])  # type: ignore[arg-type]
-    assert counting.texts == [question["prompt"]], "embedded once, when its answer was stored"
-    [hit] = await router.route([Query(tenant="a", prompt="hard: what's the capital of France", context=[PARIS])])
-    [other_tenant] = await router.route([Query(tenant="b", **question)])  # type: ignore[arg-type]
-    assert hit.cache_hit and not other_tenant.cache_hit
-    assert counting.texts.count(question["prompt"]) == 2, "tenant b's lookup embedded nothing; its store did"
+    assert trails[0].cache_storing == "hold"
+    [first] = await router.route([Query(tenant="a", **question)])  # type: ignore[arg-type]
+    assert not first.cache_hit and counting.texts == [], "held: not embedded, not indexed"
+    [forced] = await router.route([Query(tenant="a", routing=RoutingControls(force_tier="small"), **question)])  # type: ignore[arg-type]
+    [again] = await router.route([Query(tenant="a", **question)])  # type: ignore[arg-type]
+    assert not forced.cache_hit, "a query that forces a tier takes no held answer either"
+    assert again.cache_hit and again.answer == first.answer and counting.texts == [], "the same question hits"
+    assert "held" in again.reason
+    reworded = "hard: what's the capital of France"
+    [paraphrase] = await router.route([Query(tenant="a", prompt=reworded, context=[PARIS])])
+    assert not paraphrase.cache_hit and sorted(counting.texts) == sorted([reworded, question["prompt"]]), (
+        "the paraphrase's store embedded it and the held question, to index both")
+    held = cache.held_key(entry_tags(Query(tenant="a", **question)))  # type: ignore[arg-type]
+    assert not await cache._client.exists(held), "the held answers are indexed now, not held"
+    [near, other_tenant] = await router.route([Query(tenant="a", prompt="hard: what is the capital of France ?",
+                                                     context=[PARIS]), Query(tenant="b", **question)])  # type: ignore[arg-type]
+    assert near.cache_hit and near.answer == first.answer, "the formerly held answer is found by its vector"
+    assert not other_tenant.cache_hit
     second = SemanticCache(local_redis.url, config, counting)  # another replica finds the markers in Redis
-    [from_redis] = await two_tier_router(cache=second).route([Query(tenant="a", **question)])  # type: ignore[arg-type]
-    assert from_redis.cache_hit
+    [from_redis] = await two_tier_router(cache=second).route([Query(tenant="b", **question)])  # type: ignore[arg-type]
+    assert from_redis.cache_hit, "tenant b's held answer, by its question"
     await cache.close()
     await second.close()
+
+
+async def test_one_store_holds_indexes_and_takes_held_answers_and_remembers_each_partitions_count(
+        local_redis: LocalRedis, embedder: MiniLMEmbedder) -> None:
+    """One store call with every way of storing: an answer held (its partition never asked), one
+    indexed in a partition with entries, one indexed with the answers held in its partition (one of
+    them not a question: dropped, counted, and the rest still indexed), and two of one partition, one
+    to hold and one to index, which are both indexed (nothing left held that no lookup would read).
+    The markers and this replica's memo of them agree."""
+    cache = SemanticCache(local_redis.url, CacheConfig(index_name="test-ways", ttl_s=60, marker_memo_s=60.0),
+                          embedder)
+    queries = [Query(tenant=t, prompt=f"hard: what is the capital of country {n}?", context=[PARIS])
+               for t, n in [("new", 1), ("warm", 2), ("asked", 3), ("mixed", 4), ("mixed", 5)]]
+    answers = await two_tier_router().route(queries)
+    tags = cache.tags_of(queries)
+    client = cache._client
+    await client.set(cache.marker_key(tags[1]), 5)
+    await client.set(cache.marker_key(tags[2]), 0)
+    await client.hset(cache.held_key(tags[2]), mapping={b"hard: what is the capital of country 0?": answers[0]
+                                                        .model_dump_json(), b"\xff not text": b"{}"})
+    errors = cache.stats.errors
+    stored = await cache.store(queries, answers, np.full((5, cache.dimensions), np.nan, np.float32), "large", tags,
+                               ["hold", "index", "index_held", "hold", "index_held"])
+    assert stored == 5 and cache.stats.errors == errors + 1, "the five answers; the unreadable held field counted"
+    assert await client.hkeys(cache.held_key(tags[0])) == [queries[0].question.encode()]
+    assert not await client.exists(cache.held_key(tags[2]), cache.held_key(tags[3])), "taken, or never held"
+    counts = [await client.get(cache.marker_key(t)) for t in tags[:4]]  # type: ignore[index]
+    assert counts == [b"0", b"6", b"2", b"2"], "held: 0; indexed: each entry, the taken one too"
+    assert [cache._sizes[cache.marker_key(t)][0] for t in tags[:4]] == [0, 6, 2, 2]  # type: ignore[index]
+    cache._sizes.clear()
+    hits = (await cache.lookup([q.model_copy(update={"id": f"again-{n}"}) for n, q in enumerate(queries)]
+                               + [Query(tenant="asked", prompt="hard: what is the capital of country 0?",
+                                        context=[PARIS])]))
+    assert hits is not None and all(h is not None for h in hits.hits), "every answer found again, the taken one too"
+    await cache.close()
+
+
+async def test_an_answer_held_after_its_partition_got_entries_is_indexed_and_a_bad_question_misses_alone(
+        local_redis: LocalRedis, embedder: MiniLMEmbedder) -> None:
+    """A lookup saw a partition never asked, but before its answer was stored another replica indexed
+    entries there: the answer is indexed, not left in a hash no lookup reads. And a question that cannot
+    be a held answer's field (a lone surrogate, built here without the door's validation) misses alone."""
+    cache = SemanticCache(local_redis.url, CacheConfig(index_name="test-late", ttl_s=60), embedder)
+    late, other = (Query(tenant=t, prompt="hard: what is the capital of France?", context=[PARIS]) for t in "ab")
+    [answer] = await two_tier_router().route([late])
+    [tags] = cache.tags_of([late])
+    assert tags is not None
+    await cache._client.set(cache.marker_key(tags), 3)  # another replica's entries, after this one's lookup
+    assert await cache.store([late], [answer], np.full((1, cache.dimensions), np.nan, np.float32), "large",
+                             [tags], ["hold"]) == 1
+    assert not await cache._client.exists(cache.held_key(tags))
+    assert await cache._client.get(cache.marker_key(tags)) == b"4", "indexed: counted with the other replica's"
+    await two_tier_router(cache=cache).route([other])  # tenant b's answer held
+    cache._sizes.clear()
+    bad = other.model_copy(update={"id": "bad", "prompt": "hard \ud800"})
+    lookup = await cache.lookup([late.model_copy(update={"id": "again"}), bad, other.model_copy(update={"id": "b2"})])
+    assert lookup is not None and [h is not None for h in lookup.hits] == [True, False, True]
+    await cache.close()
 
 
 async def test_partitions_count_their_entries_and_a_large_one_is_searched_in_batches(
@@ -744,7 +822,7 @@ async def test_partitions_count_their_entries_and_a_large_one_is_searched_in_bat
     """Stores count entries per partition and for the index; a partition that is most of the index is
     searched through the HNSW graph (``BATCHES``) and its paraphrases still hit; a small one is not."""
     config = CacheConfig(index_name="test-sizes", ttl_s=60, marker_memo_s=0.0, batches_min_entries=3,
-                         batches_min_share=0.5, hnsw_m=12, hnsw_ef_construction=48)
+                         batches_min_share=0.5, hnsw_m=12, hnsw_ef_construction=48, hold_new_partitions=False)
     cache = SemanticCache(local_redis.url, config, embedder)
     router = two_tier_router(cache=cache)
     asked = [f"hard: what is the capital of country number {n}?" for n in range(4)]
@@ -804,7 +882,8 @@ async def test_concurrent_lookups_share_one_run_and_keep_their_tenants_and_rows(
     round trip) and each gets back its own rows: a tenant's hit, another's miss, an unreadable question's
     miss, a known vector used as given."""
     counting = CountingEmbedder(embedder)
-    cache = SemanticCache(local_redis.url, CacheConfig(index_name="test-together", ttl_s=60), counting)
+    cache = SemanticCache(local_redis.url, CacheConfig(index_name="test-together", ttl_s=60, hold_new_partitions=False),
+                          counting)
     router = two_tier_router(cache=cache)
     asked = "hard: which river flows through Paris?"
     [first] = await router.route([Query(tenant="a", prompt=asked, context=[PARIS])])

@@ -25,6 +25,10 @@ from cascade.wording import close, english_stop_words, same_question
     ("What river flows through Paris?", "what river flows through paris"),
     ("How do I convert meters to feet?", "How do I convert metres to feet?"),
     ("Who governed the city in 1900?", "Who governs the city in 1900?"),
+    ("What is 7-3?", "what is 7 - 3"),
+    ("What is 10 - 3?", "What is 10 -3?"),
+    ("What is −3 squared?", "What is -3 squared?"),
+    ("Who ruled France in 1914–1918?", "Who ruled France in 1914-1918?"),
 ])
 def test_another_wording_of_the_same_question_passes(question: str, other: str) -> None:
     assert same_question(question, other) and same_question(other, question)
@@ -38,6 +42,9 @@ def test_another_wording_of_the_same_question_passes(question: str, other: str) 
     ("Who founded the Ming dynasty?", "Who founded the Ding dynasty?"),
     ("What happened in 1066?", "What happened in 1067?"),
     ("What is the population of district 12?", "What is the population of district 13?"),
+    ("What is -3 squared?", "What is 3 squared?"),
+    ("Is the temperature above −5 degrees?", "Is the temperature above 5 degrees?"),
+    ("What is –3 squared?", "What is 3 squared?"),
     ("Who builds the a320?", "Who builds the a321?"),
     ("What are the two primary resources?", "What are the three primary resources?"),
     ("Who founded the Office of Western Medicine?", "When was the Office of Western Medicine founded?"),
