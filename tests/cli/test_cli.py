@@ -31,11 +31,12 @@ def redis_port(tmp_path: Path) -> Iterator[dict[str, str]]:
     LocalRedis(port=port).stop()
 
 
-def test_ask_prints_the_answer_with_its_routing_and_the_cache_answers_a_paraphrase(
+def test_ask_prints_the_answer_with_its_routing_and_the_cache_answers_the_same_question_again(
         redis_port: dict[str, str], tmp_path: Path) -> None:
     """Whatever tier answers and whatever it says: every answer is stored (min_small_confidence 0, and
-    last-tier answers always are), so the paraphrase (same words, another order; "which" for "what")
-    is a cache hit."""
+    last-tier answers always are), so the same question asked again, from another process, is a cache
+    hit (the first answer of a scope is held by its question: a paraphrase hits once the scope has been
+    asked twice, tests/cascade/test_redis.py)."""
     config = str(write_config(tmp_path / "cascade.yaml", cache={"min_small_confidence": 0.0}))
     result = cascade("ask", "In what country is Normandy located?", "--context", CONTEXT, "--json", "--config",
                      config, env=redis_port)
@@ -44,10 +45,10 @@ def test_ask_prints_the_answer_with_its_routing_and_the_cache_answers_a_paraphra
     assert answer["tier"] in {"small", "large"} and isinstance(answer["answer"], str) and not answer["cache_hit"]
     assert set(answer["signals"]) >= {"n_words", "mean_entropy", "mean_logprob", "first_token_margin"}
     assert answer["cost"] == pytest.approx(sum(a["cost"] for a in answer["attempts"]))
-    human = cascade("ask", "Which country is Normandy located in?", "--context", CONTEXT, "--config", config,
+    human = cascade("ask", "In what country is Normandy located?", "--context", CONTEXT, "--config", config,
                     env=redis_port)
     assert human.returncode == 0 and "confidence" in human.stdout and "reason" in human.stdout
-    assert "cache hit" in human.stdout, "the paraphrase is answered from the semantic cache"
+    assert "cache hit" in human.stdout, "the same question is answered from the semantic cache"
 
 
 def test_demo_json_summary(data_dir: Path, redis_port: dict[str, str], tmp_path: Path) -> None:
