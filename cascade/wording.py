@@ -30,7 +30,7 @@ import importlib.util
 import re
 from collections import Counter
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 
@@ -96,13 +96,19 @@ class Clause:
 @dataclass(frozen=True)
 class Wording:
     """A question's words (lower case, contractions opened), which of them are names, the counts of its
-    decisive words and of its words with a digit (those two wordings of one question must share), and
-    per clause, its names in order and its relating words with the meaning words on either side."""
+    decisive words and of its words with a digit (those two wordings of one question must share), its
+    text with contractions opened, and per clause, its names in order and its relating words with the
+    meaning words on either side (read on first use: a pair whose decisive words differ, such as two
+    questions about different numbers, never needs them)."""
 
     words: Counter[str]
     names: frozenset[str]
     decisive: dict[str, int]
-    clauses: tuple[Clause, ...]
+    text: str
+
+    @cached_property
+    def clauses(self) -> tuple[Clause, ...]:
+        return tuple(_clause(WORD.findall(part)) for part in self.text.split(",", CLAUSES * 16)[:CLAUSES * 16])
 
 
 @lru_cache(maxsize=4096)
@@ -117,8 +123,7 @@ def wording(question: str) -> Wording:
     tokens = WORD.findall(text)
     names = frozenset(t.lower() for t in tokens[1:] if t[0].isupper())
     words = Counter(SAME_WORD.get(t.lower(), t.lower()) for t in tokens)
-    clauses = tuple(_clause(WORD.findall(part)) for part in text.split(",", CLAUSES * 16)[:CLAUSES * 16])
-    return Wording(words, names, {w: n for w, n in words.items() if w in DECISIVE or DIGIT.search(w)}, clauses)
+    return Wording(words, names, {w: n for w, n in words.items() if w in DECISIVE or DIGIT.search(w)}, text)
 
 
 def _clause(tokens: list[str]) -> Clause:
