@@ -43,6 +43,7 @@ import numpy as np
 import orjson
 from pydantic import BaseModel, Field
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from cascade.breaker import CircuitOpenError, RedisBreaker, RedisFaultError
@@ -129,6 +130,13 @@ def hybrid_policy(entries: int, index_entries: int, config: CacheConfig) -> str 
     if entries >= config.batches_min_entries and entries >= config.batches_min_share * max(index_entries, 1):
         return "BATCHES"
     return None
+
+
+def holds_answers(server_info: dict[str, Any]) -> bool:
+    """Whether a server (by its ``INFO server``) runs what holding an answer takes: ``SET … NX GET`` and
+    ``EXPIRE … NX``, Redis 7 or later. A server that does not say (INFO refused) is taken to."""
+    major = str(server_info.get("redis_version", "")).split(".", 1)[0]
+    return not major.isdigit() or int(major) >= 7
 
 
 def blank_rows(vectors: np.ndarray) -> np.ndarray:
@@ -260,15 +268,28 @@ class SemanticCache:
         self._client = connect(self.redis_url)  # the index's searches and stores, and the markers
         self._index = AsyncSearchIndex(IndexSchema.from_dict(self.schema), redis_client=self._client)
         self._ready = False
+        self._holding = self.config.hold_new_partitions  # and the server can (``ensure_index`` reads it)
         self._sizes: dict[str, tuple[int, float]] = {}  # marker key -> (entries stored, trusted until)
         self._lookups = Coalescer(self._lookup_together)
         self.size_key = f"{self.index_name}:entries"
 
     async def ensure_index(self) -> None:
-        """Create the index if it does not exist."""
+        """Create the index if it does not exist and, with holding on, read whether the server can hold
+        answers (``holds_answers``; if not, a new partition's first answer is indexed, as with holding off)."""
         if not self._ready:
             await self.breaker.call(lambda: self._index.create(overwrite=False), background=True)
+            if self._holding and not holds_answers(await self.breaker.call(self._server_info, background=True)):
+                self._holding = False
+                log.warning("Redis before 7 cannot hold answers (SET NX GET, EXPIRE NX): a new partition's "
+                            "first answer is indexed")
             self._ready = True
+
+    async def _server_info(self) -> dict[str, Any]:
+        """``INFO server``, or nothing where the server refuses INFO."""
+        try:
+            return dict(await self._client.info("server"))
+        except ResponseError:
+            return {}
 
     def _forget_index(self, error: BaseException) -> None:
         """After an error Redis answered (a restarted Redis may have lost the index), create it again
@@ -415,7 +436,7 @@ class SemanticCache:
         """How each answer will be stored, by its partition's entries: held in a partition never asked
         (unless two queries of this lookup ask it), indexed with the held answers in one asked but with
         nothing indexed, else indexed (all of them if holding is off)."""
-        if not self.config.hold_new_partitions:
+        if not self._holding:
             return ["index"] * len(sizes)
         asked = Counter(t["partition"] for t, size in zip(tags, sizes, strict=True)
                         if t is not None and size == NEW_PARTITION)
@@ -427,7 +448,7 @@ class SemanticCache:
         """The held answers of the queries whose partition was asked but has nothing indexed, by their
         exact question, in one round trip (no call when there are none); misses if Redis fails."""
         hits: list[RoutedAnswer | None] = [None] * len(queries)
-        if not self.config.hold_new_partitions:
+        if not self._holding:
             return hits
         held: list[tuple[int, str, bytes]] = []
         for i, t in enumerate(tags):
@@ -544,12 +565,16 @@ class SemanticCache:
         entry that cannot be built is logged and counted (``cascade.records.dropped``) and never stops
         the others."""
         chosen = self._chosen(queries, answers, last_tier, tags)
-        how = {i: (storing[i] if storing is not None else None) or "index" for i in chosen}
+        if not chosen or not self.breaker.allow():  # Redis is down: no embedding for a store that cannot happen
+            return 0
+        try:
+            await self.ensure_index()
+        except Exception as error:
+            return self._failed(error)
+        how = {i: self._how(storing[i] if storing is not None else None) for i in chosen}
         indexed_partitions = {t["partition"] for i, t in chosen.items() if how[i] != "hold"}
         held = {i: t for i, t in chosen.items() if how[i] == "hold" and t["partition"] not in indexed_partitions}
         indexed = {i: t for i, t in chosen.items() if i not in held}
-        if not chosen or not self.breaker.allow():  # Redis is down: no embedding for a store that cannot happen
-            return 0
         taken = await self._take_held([t for i, t in indexed.items() if how[i] == "index_held"],
                                       {(t["partition"], queries[i].question) for i, t in indexed.items()})
         fresh: list[tuple[str, RoutedAnswer | bytes, dict[str, str]]] = [
@@ -560,13 +585,9 @@ class SemanticCache:
         if not documents and not holds:
             return 0
         try:
-            await self.ensure_index()
             late = await self.breaker.call(lambda: self._write(documents, markers, holds), background=True)
         except Exception as error:
-            self.stats.errors += 1
-            self._forget_index(error)
-            log.warning("semantic cache store failed, answers not cached: %s", error)
-            return 0
+            return self._failed(error)
         if late:
             try:
                 await self._index_held(late)
@@ -576,6 +597,18 @@ class SemanticCache:
         stored = answered + sum(len(hold.answers) for hold in holds.values())
         self.stats.stores += stored
         return stored
+
+    def _how(self, storing: Storing | None) -> Storing:
+        """How an answer is stored: as its lookup said ("index" if it said nothing), but indexed where the
+        server cannot hold it."""
+        return "index" if storing is None or (storing == "hold" and not self._holding) else storing
+
+    def _failed(self, error: Exception) -> int:
+        """Log and count a store that failed (nothing stored)."""
+        self.stats.errors += 1
+        self._forget_index(error)
+        log.warning("semantic cache store failed, answers not cached: %s", error)
+        return 0
 
     async def _index_held(self, holds: Sequence[Hold]) -> None:
         """Take and index the answers held in partitions that have entries already (their hold came after

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cascade.cache import blank_rows, scope_of
+from cascade.cache import blank_rows, holds_answers, scope_of
 from cascade.schemas import Message, Query
 
 
@@ -26,3 +26,10 @@ def test_the_question_s_place_in_the_conversation_is_part_of_the_scope() -> None
 def test_a_zero_vector_is_no_vector() -> None:
     vectors = np.array([[0.0, 0.0], [0.1, 0.0], [np.nan, 1.0]], np.float32)
     assert blank_rows(vectors).tolist() == [True, False, True]
+
+
+def test_only_redis_7_or_later_holds_answers() -> None:
+    """Holding takes SET NX GET and EXPIRE NX (Redis 7); a server that does not say is taken to have them."""
+    assert not holds_answers({"redis_version": "6.2.14"})
+    assert holds_answers({"redis_version": "7.0.0"}) and holds_answers({"redis_version": "8.2.1"})
+    assert holds_answers({}) and holds_answers({"redis_version": "unknown"})

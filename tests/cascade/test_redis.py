@@ -759,6 +759,23 @@ async def test_a_partition_asked_once_holds_its_answer_unembedded_until_asked_ag
     await second.close()
 
 
+async def test_a_server_that_cannot_hold_answers_gets_a_new_partitions_first_answer_indexed(
+        local_redis: LocalRedis, embedder: MiniLMEmbedder) -> None:
+    """This Redis holds answers (7 or later); where ``ensure_index`` finds one that cannot, a partition's
+    first answer is indexed as with holding off, so that a paraphrase of it hits."""
+    cache = SemanticCache(local_redis.url, CacheConfig(index_name="test-unheld", ttl_s=60, marker_memo_s=0.0), embedder)
+    await cache.ensure_index()
+    assert cache._holding, "Redis 8 holds"
+    cache._holding = False  # what ensure_index leaves on a Redis 6
+    router = two_tier_router(cache=cache)
+    [first] = await router.route([Query(tenant="a", prompt="hard: what is the capital of France?", context=[PARIS])])
+    [paraphrase] = await router.route([Query(tenant="a", prompt="hard: what's the capital of France", context=[PARIS])])
+    assert not first.cache_hit and paraphrase.cache_hit and paraphrase.answer == first.answer
+    held = cache.held_key(entry_tags(Query(tenant="a", prompt="x", context=[PARIS])))
+    assert not await cache._client.exists(held), "nothing held"
+    await cache.close()
+
+
 async def test_one_store_holds_indexes_and_takes_held_answers_and_remembers_each_partitions_count(
         local_redis: LocalRedis, embedder: MiniLMEmbedder) -> None:
     """One store call with every way of storing: an answer held (its partition never asked), one
