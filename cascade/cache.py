@@ -88,7 +88,7 @@ class CacheConfig(BaseModel):
         "embedded or indexed, until the partition is asked again: a scope asked once (a conversation's own turn, "
         "a one-off system prompt) costs one hash write instead of an embedding and an index insert; the same "
         "question again is a hit, a paraphrase of it a miss until the partition's next answer is stored, which "
-        "indexes the held ones too"))
+        "indexes the held ones too (Redis 7 or later: on an older server the first answer is indexed)"))
     marker_memo_s: float = Field(default=1.0, ge=0.0, description=(
         "how long a replica trusts the entry counts it read for a partition (tenant and scope) and the index; "
         "an entry another replica stores in a cold partition is found after at most this long"))
@@ -136,7 +136,7 @@ def holds_answers(server_info: dict[str, Any]) -> bool:
     """Whether a server (by its ``INFO server``) runs what holding an answer takes: ``SET … NX GET`` and
     ``EXPIRE … NX``, Redis 7 or later. A server that does not say (INFO refused) is taken to."""
     major = str(server_info.get("redis_version", "")).split(".", 1)[0]
-    return not major.isdigit() or int(major) >= 7
+    return not major.isdecimal() or int(major) >= 7
 
 
 def blank_rows(vectors: np.ndarray) -> np.ndarray:

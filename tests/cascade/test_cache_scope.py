@@ -32,4 +32,5 @@ def test_only_redis_7_or_later_holds_answers() -> None:
     """Holding takes SET NX GET and EXPIRE NX (Redis 7); a server that does not say is taken to have them."""
     assert not holds_answers({"redis_version": "6.2.14"})
     assert holds_answers({"redis_version": "7.0.0"}) and holds_answers({"redis_version": "8.2.1"})
+    assert not holds_answers({"redis_version": 6.2}) and holds_answers({"redis_version": 7}), "INFO reads numbers"
     assert holds_answers({}) and holds_answers({"redis_version": "unknown"})

@@ -19,7 +19,7 @@ import pytest
 import redis
 
 from cascade.breaker import BreakerConfig, RedisBreaker
-from cascade.cache import CacheConfig, SemanticCache, entry_tags, hybrid_policy
+from cascade.cache import CacheConfig, SemanticCache, entry_tags, holds_answers, hybrid_policy
 from cascade.embeddings import MiniLMEmbedder
 from cascade.engines.scripted import ScriptedEngine, ScriptedReply
 from cascade.factory import build_router
@@ -761,14 +761,25 @@ async def test_a_partition_asked_once_holds_its_answer_unembedded_until_asked_ag
 
 async def test_a_server_that_cannot_hold_answers_gets_a_new_partitions_first_answer_indexed(
         local_redis: LocalRedis, embedder: MiniLMEmbedder) -> None:
-    """This Redis holds answers (7 or later); where ``ensure_index`` finds one that cannot, a partition's
-    first answer is indexed as with holding off, so that a paraphrase of it hits."""
-    cache = SemanticCache(local_redis.url, CacheConfig(index_name="test-unheld", ttl_s=60, marker_memo_s=0.0), embedder)
-    await cache.ensure_index()
-    assert cache._holding, "Redis 8 holds"
-    cache._holding = False  # what ensure_index leaves on a Redis 6
+    """This Redis says it holds answers (7 or later). Where the server says it is older, the first
+    answer of a new partition, which its lookup (no search, so no INFO read yet) marked to hold, is
+    indexed by the store, so that a paraphrase of it hits."""
+    config = CacheConfig(index_name="test-unheld", ttl_s=60, marker_memo_s=0.0)
+    this = SemanticCache(local_redis.url, config, embedder)
+    version = (await this._server_info())["redis_version"]
+    assert isinstance(version, str) and holds_answers(await this._server_info()), version
+    await this.close()
+    cache = SemanticCache(local_redis.url, config, embedder)
+
+    async def redis_6() -> dict[str, Any]:
+        return {**await SemanticCache._server_info(cache), "redis_version": "6.2.14"}
+
+    cache._server_info = redis_6  # type: ignore[method-assign]
     router = two_tier_router(cache=cache)
+    trails = await router.begin([Query(tenant="a", prompt="hard: what is the capital of France?", context=[PARIS])])
+    assert trails[0].cache_storing == "hold", "the lookup did not know yet"
     [first] = await router.route([Query(tenant="a", prompt="hard: what is the capital of France?", context=[PARIS])])
+    assert not cache._holding, "the store read INFO before deciding"
     [paraphrase] = await router.route([Query(tenant="a", prompt="hard: what's the capital of France", context=[PARIS])])
     assert not first.cache_hit and paraphrase.cache_hit and paraphrase.answer == first.answer
     held = cache.held_key(entry_tags(Query(tenant="a", prompt="x", context=[PARIS])))
