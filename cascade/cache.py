@@ -35,7 +35,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
@@ -200,7 +200,7 @@ def _bytes(value: bytes | str) -> bytes:
 class CacheStats:
     """Counters a metrics exporter reads."""
 
-    hits: int = 0
+    hits: int = 0  # answers found and served (one the caller refused, such as a forced tier's, is a miss)
     misses: int = 0
     stores: int = 0
     errors: int = 0
@@ -366,15 +366,22 @@ class SemanticCache:
     def embedder_name(self) -> str:
         return self._embedder.name
 
-    async def lookup(self, queries: Sequence[Query], known: np.ndarray | None = None) -> CacheLookup | None:
+    async def lookup(self, queries: Sequence[Query], known: np.ndarray | None = None,
+                     serves: Callable[[Query, RoutedAnswer], bool] | None = None) -> CacheLookup | None:
         """The cached answer for each query, or None; all misses if Redis fails; None (no embedding,
         no call) while the Redis circuit is open. Only questions whose scope has entries are embedded,
-        and not those with a row in ``known`` (embeddings computed already, NaN where not). Lookups that
-        come while another is under way are made together (``cascade/coalesce.py``): one embedder call
-        and one Redis round trip for all of them."""
+        and not those with a row in ``known`` (embeddings computed already, NaN where not). ``serves``:
+        whether a found answer may answer its query (one it refuses is a miss, and counted as one).
+        Lookups that come while another is under way are made together (``cascade/coalesce.py``): one
+        embedder call and one Redis round trip for all of them."""
         if not self.breaker.allow():
             return None
-        return await self._lookups((queries, known))
+        found = await self._lookups((queries, known))
+        if serves is not None:
+            found.hits = [hit if hit is None or serves(query, hit) else None
+                          for query, hit in zip(queries, found.hits, strict=True)]
+        self._count(found.hits)
+        return found
 
     async def _lookup_together(self, requests: list[tuple[Sequence[Query], np.ndarray | None]]) -> list[CacheLookup]:
         """One lookup of the requests' queries, split back per request."""
@@ -406,7 +413,6 @@ class SemanticCache:
         else:  # at most one does (a task each would cost 13 µs per lookup for nothing)
             held, (found, unreadable) = await exact, await near
         hits = [one if one is not None else other for one, other in zip(held, found, strict=True)]
-        self._count(hits)
         return CacheLookup(hits, vectors, tags, unreadable, self._storing(sizes, tags))
 
     async def _near_hits(self, queries: Sequence[Query], vectors: np.ndarray, tags: Sequence[dict[str, str] | None],

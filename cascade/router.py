@@ -324,12 +324,11 @@ class Router:
         """``_begin`` for queries whose routing controls passed ``check_controls``."""
         started_ns, looking = time.time_ns(), time.perf_counter()
         starts, shared = await self._preroute(queries)
-        lookup = await self.cache.lookup(queries, shared) if self.cache is not None and queries else None
+        lookup = await self.cache.lookup(queries, shared, self._serves) if self.cache is not None and queries else None
         if lookup is None:
             return await self.first_pass(queries, starts=starts)
         cache_stage = StageLatency(stage="cache", ms=(time.perf_counter() - looking) * 1000)
-        hits = [hit if hit is not None and self._serves(query, hit) else None
-                for query, hit in zip(queries, lookup.hits, strict=True)]
+        hits = lookup.hits
         misses = [i for i, hit in enumerate(hits) if hit is None]
         passed = iter(await self.first_pass([queries[i] for i in misses], batch_size=len(queries),
                                             stages=[cache_stage], starts=[starts[i] for i in misses]))

@@ -214,8 +214,12 @@ async def test_a_forced_or_own_threshold_query_stores_and_takes_only_what_any_qu
     cache._sizes.clear()  # read the partition's new count now, not after ``marker_memo_s``
     [hit] = await router.route([ask(river)])
     assert not plain.cache_hit and hit.cache_hit and hit.tier == "small"
+    hits, misses = cache.stats.hits, cache.stats.misses
     [strict] = await router.route([ask(river, threshold=0.9999)])
     assert not strict.cache_hit and strict.tier == "large", "a small answer below the query's own threshold"
+    [forced] = await router.route([ask(river, force_tier="small")])
+    assert not forced.cache_hit and forced.tier == "small", "a forced tier answers itself"
+    assert (cache.stats.hits, cache.stats.misses) == (hits, misses + 2), "an answer found but refused is a miss"
     [forced_large] = await router.route([ask("hard: which sea is near Paris?", force_tier="large")])
     cache._sizes.clear()
     [served] = await router.route([ask("hard: which sea is near Paris?", threshold=0.9999)])
