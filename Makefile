@@ -68,6 +68,7 @@ bench: setup
 	$(BIN)/python -m tests.benchmarks.bench_signals
 	$(BIN)/python -m tests.benchmarks.bench_cache
 	$(BIN)/python -m tests.benchmarks.bench_cache_graph
+	$(BIN)/python -m tests.benchmarks.bench_cache_miss
 	$(BIN)/python -m tests.benchmarks.bench_embedders
 	$(BIN)/python -m tests.benchmarks.bench_serve
 	$(BIN)/python -m tests.benchmarks.bench_openai_tiers --cache
