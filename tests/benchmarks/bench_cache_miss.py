@@ -6,7 +6,8 @@ of microseconds shows.
 
 Per request, for batches of new queries (``SemanticCache.lookup`` then ``store``, as the router calls
 them): the replica's CPU in the lookup and in the store (``time.process_time``); where the miss embeds,
-the embedder's share of it (the same questions embedded once more, alone); and Redis's CPU (``/proc``).
+the embedder's share of it (the same questions embedded once more, alone); and Redis's CPU (``/proc``,
+in clock ticks: steps of 0.01 ms per request in a block of 1,024 requests).
 The kinds are the serving benchmark's: every query in a scope of its own (a cold cache: held, or
 indexed with ``hold_new_partitions: false``), and every query a new question in one scope that has
 entries (a warm scope: embedded, searched, its answer indexed). The questions of the warm scope differ
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cascade.cache import CacheConfig, SemanticCache
+from cascade.cache import CacheConfig, SemanticCache, blank_rows
 from cascade.local_redis import LocalRedis
 from cascade.schemas import Query, RoutedAnswer
 from tests.benchmarks.cpu_accounting import cpu_seconds
@@ -63,9 +64,19 @@ def answer_to(query: Query) -> RoutedAnswer:
 class Kind:
     """One kind of miss: its cache and the queries it is asked."""
 
-    def __init__(self, name: str, cache: SemanticCache, make: Callable[[], Query], embeds: bool) -> None:
-        self.name, self.cache, self.make, self.embeds = name, cache, make, embeds
+    def __init__(self, name: str, cache: SemanticCache, make: Callable[[], Query], embeds: bool,
+                 searches: bool = False) -> None:
+        self.name, self.cache, self.make, self.embeds, self.searches = name, cache, make, embeds, searches
         self.blocks: dict[int, list[dict[str, float]]] = {}
+
+    async def fill(self, entries: int) -> None:
+        """Store ``entries`` answers in batches of 64, untimed."""
+        for _ in range(0, entries, 64):
+            queries = [self.make() for _ in range(64)]
+            found = await self.cache.lookup(queries)
+            assert found is not None
+            await self.cache.store(queries, [answer_to(q) for q in queries], found.vectors, "large", found.tags,
+                                   found.storing)
 
     async def block(self, batch: int, rounds: int, redis_pid: int) -> dict[str, float]:
         """CPU ms per request over ``rounds`` batches: lookup, store, embedding, Redis."""
@@ -78,6 +89,7 @@ class Kind:
             found = await self.cache.lookup(queries)
             between = time.process_time()
             assert found is not None and not any(found.hits), "a miss benchmark found a hit"
+            assert not self.searches or not blank_rows(found.vectors).any(), "a warm lookup did not search"
             await self.cache.store(queries, answers, found.vectors, "large", found.tags, found.storing)
             stored += time.process_time() - between
             looked += between - started
@@ -85,9 +97,9 @@ class Kind:
                 before = time.process_time()
                 self.cache.embed([q.question for q in queries], [q.id for q in queries])
                 embedded += time.process_time() - before
-        requests = batch * rounds / 1000
-        return {"lookup": looked / requests, "store": stored / requests, "embedding": embedded / requests,
-                "redis": (cpu_seconds(redis_pid) - redis_before) / requests}
+        thousands = batch * rounds / 1000  # requests, so that seconds per thousand are ms per request
+        return {"lookup": looked / thousands, "store": stored / thousands, "embedding": embedded / thousands,
+                "redis": (cpu_seconds(redis_pid) - redis_before) / thousands}
 
 
 async def main_async(batches: list[int], requests: int, repeats: int, entries: int) -> None:
@@ -102,10 +114,9 @@ async def main_async(batches: list[int], requests: int, repeats: int, entries: i
                      Kind("cold scopes, indexed", SemanticCache(url, CacheConfig(
                          index_name="miss-indexed", hold_new_partitions=False)), new_scope, embeds=True),
                      Kind("warm scope", SemanticCache(url, CacheConfig(index_name="miss-warm")), new_question,
-                          embeds=True)]
+                          embeds=True, searches=True)]
             warm = kinds[-1]
-            for _ in range(0, entries, 64):
-                await warm.block(64, 1, redis_pid)
+            await warm.fill(entries)
             print(f"cache misses in process, local Redis, {os.cpu_count()} CPUs, {warm.cache.embedder_name} "
                   f"embedder; warm scope from {entries:,} entries; median of {repeats} interleaved blocks of "
                   f"{requests} requests; CPU ms per request")
