@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
 import os
 import tempfile
 import time
@@ -33,22 +32,22 @@ import numpy as np
 from cascade.cache import CacheConfig, SemanticCache, blank_rows
 from cascade.local_redis import LocalRedis
 from cascade.schemas import Query, RoutedAnswer
+from tests.benchmarks.bench_openai_tiers import new_question as question_body
+from tests.benchmarks.bench_openai_tiers import new_scope as scope_body
 from tests.benchmarks.cpu_accounting import cpu_seconds
 from tests.conftest import free_port
 
-NUMBERS = itertools.count()
 ANSWER = "About twelve thousand people live there."
 
 
 def new_scope() -> Query:
-    """The same question under a system prompt of its own: a scope with no entries."""
-    return Query(messages=[{"role": "system", "content": f"Session {next(NUMBERS)}."},
-                           {"role": "user", "content": "Which river flows through Paris?"}])
+    """The serving benchmark's cold-scope request: the same question under a system prompt of its own."""
+    return Query(messages=scope_body(0)["messages"])
 
 
 def new_question() -> Query:
-    """A question never asked before, in the one scope all of them share."""
-    return Query(messages=[{"role": "user", "content": f"What is the population of district {next(NUMBERS)}?"}])
+    """The serving benchmark's warm-scope request: a question never asked before, in one shared scope."""
+    return Query(messages=question_body(0)["messages"])
 
 
 def answer_to(query: Query) -> RoutedAnswer:
