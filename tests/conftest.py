@@ -152,15 +152,16 @@ async def vllm_engine(tiny_llama_dir: Path) -> AsyncIterator[object]:
 @pytest.fixture(scope="session")
 def openai_server() -> Iterator[str]:
     """llama-cpp-python's OpenAI-compatible server on SmolLM2, on a free loopback port, loading the
-    model with the same llama.cpp options as the in-process engines (tests/llama_server.py)."""
-    from cascade.engines.llamacpp import resolve_model_path
+    model with the same llama.cpp options as the in-process engines (tests/llama_server.py) and
+    evaluating a prompt in the engine's blocks (``PREFILL_BLOCK`` positions per call)."""
+    from cascade.engines.llamacpp import PREFILL_BLOCK, resolve_model_path
 
     port = free_port()
     options = llama_options()
     command = [sys.executable, "-m", "tests.llama_server", str(options["extra_buffer_types"]).lower(),
                "--model", str(resolve_model_path("smollm2")), "--model_alias", "smollm2", "--logits_all", "true",
                "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "1024", "--n_threads", "1",
-               "--flash_attn", str(options["flash_attention"]).lower()]
+               "--n_batch", str(PREFILL_BLOCK), "--flash_attn", str(options["flash_attention"]).lower()]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_http(f"http://127.0.0.1:{port}/v1/models", process)
