@@ -408,7 +408,7 @@ class SemanticCache:
             log.warning("semantic cache markers unreadable, serving without the cache: %s", error)
             return CacheLookup([None] * len(queries), vectors, tags)
         exact, near = self._held_hits(queries, tags, sizes), self._near_hits(queries, vectors, tags, sizes, index_size)
-        if 0 in sizes and any(size > 0 for size in sizes):  # both make a call: side by side
+        if self._holding and 0 in sizes and any(size > 0 for size in sizes):  # both make a call: side by side
             held, (found, unreadable) = await asyncio.gather(exact, near)
         else:  # at most one does (a task each would cost 13 µs per lookup for nothing)
             held, (found, unreadable) = await exact, await near
