@@ -295,6 +295,22 @@ class ThresholdController:
         await self._client.aclose()
 
 
+def readable_thresholds(raw: dict[bytes, bytes]) -> tuple[dict[str, float], frozenset[bytes]]:
+    """The thresholds hash's fields that are confidences (numbers from 0 to 1), by field name, and the
+    names of the others (written by hand, say), left out: one bad field never stops the rest."""
+    values: dict[str, float] = {}
+    bad: set[bytes] = set()
+    for name, value in raw.items():
+        try:
+            threshold = float(value)
+            if not 0.0 <= threshold <= 1.0:
+                raise ValueError(threshold)
+            values[name.decode()] = threshold
+        except ValueError:  # UnicodeDecodeError too
+            bad.add(name)
+    return values, frozenset(bad)
+
+
 @dataclass
 class LiveThresholds:
     """The router's view of the thresholds, re-read at most every ``refresh_s`` seconds."""
@@ -305,6 +321,7 @@ class LiveThresholds:
     values: dict[str, float] = field(default_factory=dict)
     breaker: RedisBreaker = field(default_factory=RedisBreaker)
     _read_at: float = float("-inf")
+    _ignored: frozenset[bytes] = frozenset()  # fields that are not confidences, logged when they change
 
     def __post_init__(self) -> None:
         self._client = connect(self.redis_url, socket_connect_timeout=1, socket_timeout=1)
@@ -321,7 +338,11 @@ class LiveThresholds:
         except (RedisError, OSError) as error:
             log.warning("live thresholds unreachable, keeping the last values: %s", error)
             return
-        self.values = {k.decode(): float(v) for k, v in raw.items()}
+        self.values, ignored = readable_thresholds(raw)
+        if ignored != self._ignored:
+            if ignored:
+                log.warning("live thresholds %s are not numbers from 0 to 1: ignored", sorted(ignored))
+            self._ignored = ignored
 
     def for_tier(self, tenants: Sequence[str], tier: str) -> np.ndarray:
         """(len(tenants),) threshold per query; NaN where none is set."""

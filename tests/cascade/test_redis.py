@@ -478,11 +478,14 @@ async def test_routers_apply_live_thresholds_within_seconds(local_redis: LocalRe
     router = two_tier_router(thresholds=live)
     easy = [Query(tenant=t, prompt="easy: what is it?") for t in ("strict", "relaxed")]
     assert [a.tier for a in await router.route(easy)] == ["small", "small"]
-    redis.Redis.from_url(local_redis.url).hset(key, field_name("strict", "small"), 0.999)
+    # A field that is not a confidence (written by hand) is ignored; the others still apply.
+    redis.Redis.from_url(local_redis.url).hset(key, mapping={field_name("strict", "small"): 0.999,
+                                                             field_name("relaxed", "small"): "off",
+                                                             field_name("other", "small"): 1.5})
     await asyncio.sleep(0.3)
     strict, relaxed = await router.route(easy)
     assert strict.tier == "large" and "live threshold 0.999" in strict.reason
-    assert relaxed.tier == "small"
+    assert relaxed.tier == "small" and live.values == {field_name("strict", "small"): 0.999}
     await live.close()
 
 
