@@ -19,6 +19,7 @@ from pydantic import (
 
 MAX_SEED = 2**63 - 1
 MAX_TOKENS_BOUND = 4096  # the most a query may ask for; a server's max_tokens_limit stays within it
+TOKEN_COUNT_BOUND = 2**31 - 1  # beyond any context window: a generation's counts, priced in int64, stay exact
 
 
 def valid_text(value: str) -> str:
@@ -156,8 +157,8 @@ class Generation(BaseModel):
     top_logprobs: FloatArray
     entropy: FloatArray | None = None
     finish_reason: FinishReason
-    prompt_tokens: int = Field(ge=0)
-    completion_tokens: int = Field(ge=0)
+    prompt_tokens: int = Field(ge=0, le=TOKEN_COUNT_BOUND)
+    completion_tokens: int = Field(ge=0, le=TOKEN_COUNT_BOUND)
     prompt_ms: float = 0.0
     decode_ms: float = 0.0
 

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Literal
 import aiohttp
 import numpy as np
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cascade.engines.base import Deadline, EngineError, PromptTooLongError, each_alone
 from cascade.prompts import chat_messages
@@ -150,29 +150,37 @@ def _retry_after_seconds(headers: Mapping[str, str]) -> float | None:
 
 def _parse_chat_completion(body: dict[str, Any], model: str, k: int, elapsed_ms: float) -> Generation:
     """A Generation from a chat completion; alternatives beyond the requested k are dropped (some
-    servers append the sampled token to the top-k when it falls outside it)."""
+    servers append the sampled token to the top-k when it falls outside it). A reply that does not
+    make one (a missing field, a logprob that is not a number, a token count out of bounds) is an
+    ``EngineError`` of this query alone."""
     try:
         choice = body["choices"][0]
         text = (choice["message"].get("content") or "").strip()
         content = (choice.get("logprobs") or {}).get("content") or []
-    except (KeyError, IndexError, TypeError) as error:
+        top = np.full((len(content), k), -np.inf, np.float32)
+        for row, token in enumerate(content):
+            values = sorted((alt["logprob"] for alt in token.get("top_logprobs") or []), reverse=True)[:k]
+            top[row, : len(values)] = values
+        usage = body.get("usage") or {}
+        return Generation(
+            model=str(body.get("model") or model),
+            text=text,
+            token_ids=np.full(len(content), -1, np.int64),
+            token_logprobs=np.array([t["logprob"] for t in content], np.float32),
+            top_logprobs=top,
+            finish_reason=_FINISH.get(str(choice.get("finish_reason")), "stop"),
+            prompt_tokens=int(usage.get("prompt_tokens", 0)),
+            completion_tokens=int(usage.get("completion_tokens", len(content))),
+            decode_ms=elapsed_ms,
+        )
+    except KeyError as error:
         raise EngineError(f"malformed chat completion from {model}: missing {error}") from None
-    top = np.full((len(content), k), -np.inf, np.float32)
-    for row, token in enumerate(content):
-        values = sorted((alt["logprob"] for alt in token.get("top_logprobs") or []), reverse=True)[:k]
-        top[row, : len(values)] = values
-    usage = body.get("usage") or {}
-    return Generation(
-        model=str(body.get("model") or model),
-        text=text,
-        token_ids=np.full(len(content), -1, np.int64),
-        token_logprobs=np.array([t["logprob"] for t in content], np.float32),
-        top_logprobs=top,
-        finish_reason=_FINISH.get(str(choice.get("finish_reason")), "stop"),
-        prompt_tokens=int(usage.get("prompt_tokens", 0)),
-        completion_tokens=int(usage.get("completion_tokens", len(content))),
-        decode_ms=elapsed_ms,
-    )
+    except ValidationError as error:
+        fields = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'generation'}: {e['msg']}" for e in error.errors())
+        raise EngineError(f"malformed chat completion from {model}: {fields}") from None
+    except (IndexError, TypeError, AttributeError, ValueError, OverflowError) as error:
+        raise EngineError(f"malformed chat completion from {model}: a field of the wrong type or size "
+                          f"({type(error).__name__})") from None
 
 
 class OpenAIConfig(BaseModel):

@@ -9,8 +9,8 @@ every answer take D ms (a model's generation time, spent asleep: no CPU).
 
 For the tests of one query failing among others, a last message containing ``[refuse]`` gets HTTP
 400, ``[fail]`` HTTP 500, and ``[too long]`` the 400 a server gives a prompt over its context
-window, and ``[slow]`` is answered after two seconds; ``GET /v1/calls`` counts the chat requests per model
-name.
+window, ``[slow]`` is answered after two seconds, and ``[garbled]`` gets a completion whose usage no
+model gives (2**64 - 1 prompt tokens); ``GET /v1/calls`` counts the chat requests per model name.
 """
 
 from __future__ import annotations
@@ -76,7 +76,10 @@ async def chat_completions(request: Request) -> Response:
     delay_s = SLOW_S if "[slow]" in last else DELAY_S
     if delay_s:
         await asyncio.sleep(delay_s)
-    return Response(completion(str(body.get("model", "echo")), max(1, top)), media_type="application/json")
+    answer = completion(str(body.get("model", "echo")), max(1, top))
+    if "[garbled]" in last:
+        answer = answer.replace(b'"prompt_tokens":12', b'"prompt_tokens":18446744073709551615')
+    return Response(answer, media_type="application/json")
 
 
 async def models(request: Request) -> Response:

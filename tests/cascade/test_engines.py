@@ -260,6 +260,22 @@ async def test_one_query_failing_at_a_remote_tier_leaves_its_batch_mates_answere
     assert isinstance(outcomes[3].error, PromptTooLongError)
 
 
+async def test_a_garbled_completion_fails_its_query_alone_and_names_what_is_wrong(echo: str) -> None:
+    """A completion that makes no generation (here a usage count no model gives, which would overflow the
+    batch's pricing) fails its own query at each tier, named; its batch-mate keeps the small answer."""
+    router = Router([Tier("small", OpenAIEngine(echo, "garbled-small", max_retries=0), PRESETS["v1"]),
+                     Tier("large", OpenAIEngine(echo, "garbled-large", max_retries=0), AcceptAllPolicy())])
+    await router.start()
+    try:
+        fine, garbled = await router.answer([Query(prompt="Which city?"), Query(prompt="[garbled] Which city?")])
+    finally:
+        await router.close()
+    assert fine.answer is not None and fine.answer.tier == "small" and not fine.answer.degraded
+    assert isinstance(garbled.error, AllTiersFailedError)
+    assert ("malformed chat completion from garbled-small: prompt_tokens: Input should be less than or equal to "
+            "2147483647") in str(garbled.error)
+
+
 async def test_a_query_late_at_a_remote_tier_goes_on_alone_and_its_batch_mates_keep_their_answers(echo: str) -> None:
     """The tier's ``timeout_s`` bounds each query's own call: the one the model answers late goes on to
     the large model alone, at the deadline; its batch-mates keep the small model's answers."""
