@@ -81,6 +81,14 @@ class DeadlineExceededError(EngineError, TimeoutError):
         return type(self), (self.model, self.timeout_s, self.query_id)
 
 
+def template_refusal(query_id: str, error: Exception) -> InvalidInputError:
+    """A chat template's refusal of one query's messages (its ``raise_exception``, e.g. roles that do not
+    alternate: llama-cpp-python raises a plain ValueError, transformers a plain TemplateError): that
+    query's input error, never its batch's failure. A template that is itself broken (a syntax error,
+    an undefined name: subclasses of those) stays an engine fault."""
+    return InvalidInputError(query_id, f"the model's chat template refuses these messages: {public_message(error)}")
+
+
 def input_error(error: BaseException) -> bool:
     """Whether an engine error is caused by a query's content (not by the engine being down)."""
     return isinstance(error, (PromptTooLongError, InvalidInputError, UnicodeError))

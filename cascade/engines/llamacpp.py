@@ -35,7 +35,14 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from cascade.engines.base import Deadline, EngineError, ModelNotFoundError, PromptTooLongError, bounded
+from cascade.engines.base import (
+    Deadline,
+    EngineError,
+    ModelNotFoundError,
+    PromptTooLongError,
+    bounded,
+    template_refusal,
+)
 from cascade.prompts import chat_messages, plain_prompt
 from cascade.schemas import Generation, Query
 
@@ -200,7 +207,12 @@ class LlamaCppEngine:
     def _tokenize(self, query: Query) -> tuple[list[int], list[str]]:
         llama = self._llama
         if self.prompt_format == "chat":
-            rendered = self._formatter(messages=chat_messages(query))
+            try:
+                rendered = self._formatter(messages=chat_messages(query))
+            except ValueError as error:
+                if type(error) is not ValueError:  # only the template's raise_exception, not a broken template
+                    raise
+                raise template_refusal(query.id, error) from None
             prompt, extra_stop = rendered.prompt, list(rendered.stop or [])
             if isinstance(rendered.stop, str):
                 extra_stop = [rendered.stop]

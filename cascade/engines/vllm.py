@@ -25,6 +25,7 @@ from cascade.engines.base import (
     ModelNotFoundError,
     PromptTooLongError,
     each_alone,
+    template_refusal,
 )
 from cascade.errors import public_message
 from cascade.prompts import chat_messages, plain_prompt
@@ -115,8 +116,15 @@ class VLLMEngine:
 
     def _prompt_ids(self, query: Query) -> list[int]:
         if self.prompt_format == "chat" and getattr(self._tokenizer, "chat_template", None):
-            text = self._tokenizer.apply_chat_template(chat_messages(query), tokenize=False,
-                                                       add_generation_prompt=True)
+            from jinja2 import TemplateError
+
+            try:
+                text = self._tokenizer.apply_chat_template(chat_messages(query), tokenize=False,
+                                                           add_generation_prompt=True)
+            except TemplateError as error:
+                if type(error) is not TemplateError:  # only the template's raise_exception, not a broken template
+                    raise
+                raise template_refusal(query.id, error) from None
             return list(self._tokenizer.encode(text, add_special_tokens=False))
         return list(self._tokenizer.encode(plain_prompt(query)))
 

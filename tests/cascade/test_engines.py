@@ -17,7 +17,7 @@ from cascade.engines.openai import OpenAIEngine
 from cascade.engines.vllm import VLLMEngine
 from cascade.policies import PRESETS, AcceptAllPolicy
 from cascade.router import AllTiersFailedError, Router, Tier
-from cascade.schemas import Generation, GenerationParams, Query
+from cascade.schemas import Generation, GenerationParams, Message, Query
 from cascade.signals import signals_of
 from tests.conftest import echo_backend
 
@@ -190,6 +190,36 @@ async def test_vllm_engine_refuses_one_querys_generation_parameters_alone(vllm_e
     with pytest.raises(InvalidInputError, match="stop cannot contain an empty string") as refused:
         await vllm_engine.generate([good, bad])
     assert refused.value.query_id == bad.id and vllm_engine.sampling(good).stop == []
+
+
+ALTERNATING = ("{% for m in messages %}{% if (m.role == 'user') != (loop.index0 % 2 == 0) %}"
+               "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+               "{% endif %}{{ m.role }}: {{ m.content }}\n{% endfor %}")  # as Mistral's and Gemma's templates do
+
+
+def test_a_chat_template_refusing_a_querys_messages_is_that_querys_input_error(tiny_llama_dir: Path) -> None:
+    """A template's ``raise_exception`` (llama-cpp-python raises ValueError, transformers TemplateError)
+    names its query as an input error, which the router rejects alone (400 on ``messages``), instead of
+    failing the batch and sending every batch-mate on to the next tier."""
+    from jinja2 import TemplateSyntaxError
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+    from transformers import AutoTokenizer
+
+    turns = [Message(role="user", content="Hello"), Message(role="user", content="Which city?")]
+    query = Query(messages=turns)
+    vllm = VLLMEngine(str(tiny_llama_dir), prompt_format="chat")
+    vllm._tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    vllm._tokenizer.chat_template = ALTERNATING
+    llama = LlamaCppEngine("smollm2", prompt_format="chat")
+    llama._formatter = Jinja2ChatFormatter(ALTERNATING, eos_token="</s>", bos_token="<s>")
+    for refuse in (vllm._checked_prompt, llama._tokenize):
+        with pytest.raises(InvalidInputError, match=r"chat template refuses these messages: .*roles must alternate") \
+                as refused:
+            refuse(query)
+        assert refused.value.query_id == query.id
+    vllm._tokenizer.chat_template = "{% if %}"  # a broken template is the engine's fault, not the query's
+    with pytest.raises(TemplateSyntaxError):
+        vllm._checked_prompt(query)
 
 
 async def test_vllm_engine_names_a_missing_model_directory(tmp_path: Path) -> None:
