@@ -48,7 +48,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from cascade.breaker import CircuitOpenError, RedisBreaker, RedisFaultError
 from cascade.coalesce import Coalescer
-from cascade.embeddings import Embedder, EmbedderConfig, StaticConfig
+from cascade.embeddings import Embedder, EmbedderConfig, StaticConfig, embed_each
 from cascade.redis_clients import connect
 from cascade.schemas import Query, RoutedAnswer
 from cascade.telemetry import count_dropped
@@ -299,21 +299,10 @@ class SemanticCache:
             self._ready = False
 
     def embed(self, questions: Sequence[str], labels: Sequence[str]) -> np.ndarray:
-        """One batched embedding of the questions (named by ``labels`` in the log); if the batch fails,
-        each question alone, with a row of NaN for a question that cannot be embedded (it is a miss and
-        is not stored)."""
-        try:
-            return self._embedder.embed(list(questions))
-        except Exception as error:
-            log.warning("embedding a batch of %d questions failed (%s); embedding them one by one",
-                        len(questions), type(error).__name__)
-        rows = np.full((len(questions), self.dimensions), np.nan, np.float32)
-        for i, (question, label) in enumerate(zip(questions, labels, strict=True)):
-            try:
-                rows[i] = self._embedder.embed([question])[0]
-            except Exception as error:
-                self.stats.errors += 1
-                log.warning("%s: question not embedded, no cache for it: %s", label, type(error).__name__)
+        """One batched embedding of the questions (``embed_each``: a question that cannot be embedded
+        gets a row of NaN, is a miss and is not stored; named by its label in the log)."""
+        rows, failed = embed_each(self._embedder, questions, labels, "no cache for it")
+        self.stats.errors += failed
         return rows
 
     async def _embed_off_loop(self, questions: Sequence[str], labels: Sequence[str]) -> np.ndarray:

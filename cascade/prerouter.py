@@ -12,6 +12,7 @@ request is embedded once.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from pydantic import BaseModel, Field
 from cascade.embeddings import Embedder, EmbedderConfig, MiniLMConfig
 
 FORMAT = "cascade-prerouter/1"
+log = logging.getLogger(__name__)
 
 
 class PreRouterConfig(BaseModel):
@@ -150,3 +152,19 @@ class PreRouter:
 
     def start_tiers(self, vectors: np.ndarray, prompt_chars: np.ndarray | None = None) -> np.ndarray:
         return start_tiers(self.file, vectors, prompt_chars)
+
+    def starts(self, vectors: np.ndarray, query_ids: Sequence[str]) -> list[int]:
+        """The start tier of each query by its row of ``vectors``; the first tier where the row is NaN (a
+        question not embedded), and for all of them if the pre-router fails (it only saves a tier's call)."""
+        starts = [0] * len(vectors)
+        embedded = np.flatnonzero(~np.isnan(vectors).any(axis=1))
+        if not len(embedded):
+            return starts
+        try:
+            chosen = self.start_tiers(vectors[embedded])
+        except Exception:
+            log.exception("pre-router failed; queries %s start at the first tier", list(query_ids))
+            return starts
+        for i, tier in zip(embedded.tolist(), chosen.tolist(), strict=True):
+            starts[i] = int(tier)
+        return starts

@@ -29,6 +29,7 @@ from pydantic import BaseModel
 from cascade.answers import token_f1
 from cascade.cache import SemanticCache, Storing
 from cascade.costs import ModelPrice, total_cost
+from cascade.embeddings import embed_each
 from cascade.engines.base import (
     Deadline,
     Engine,
@@ -370,8 +371,9 @@ class Router:
         questions = [q.question for q in queries]
         texts = self.prerouter.texts(questions)
         embedder = self.prerouter.embedder
-        vectors = embedder.embed(texts) if embedder.cheap else await asyncio.to_thread(embedder.embed, texts)
-        starts = [int(s) for s in self.prerouter.start_tiers(vectors)]
+        embedding = (embedder, texts, [f"query {q.id}" for q in queries], "it starts at the first tier")
+        vectors, _ = embed_each(*embedding) if embedder.cheap else await asyncio.to_thread(embed_each, *embedding)
+        starts = self.prerouter.starts(vectors, [q.id for q in queries])
         if self.cache is None or self.cache.embedder_name != self.prerouter.embedder.name:
             return starts, None
         same = np.array([t == q for t, q in zip(texts, questions, strict=True)], bool)

@@ -9,7 +9,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from cascade.embeddings.base import Embedder, model_home
+from cascade.embeddings.base import Embedder, embed_each, model_home
 from cascade.embeddings.minilm import MiniLMConfig, MiniLMEmbedder
 from cascade.embeddings.onnx import OnnxConfig, OnnxEmbedder
 from cascade.embeddings.static import StaticConfig, StaticEmbedder
@@ -17,4 +17,4 @@ from cascade.embeddings.static import StaticConfig, StaticEmbedder
 EmbedderConfig = Annotated[MiniLMConfig | OnnxConfig | StaticConfig, Field(discriminator="kind")]
 
 __all__ = ["Embedder", "EmbedderConfig", "MiniLMConfig", "MiniLMEmbedder", "OnnxConfig", "OnnxEmbedder", "StaticConfig",
-           "StaticEmbedder", "model_home"]
+           "StaticEmbedder", "embed_each", "model_home"]

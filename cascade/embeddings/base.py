@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 class Embedder(Protocol):
@@ -20,6 +23,27 @@ class Embedder(Protocol):
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """(len(texts), dimensions) float32 unit vectors."""
         ...
+
+
+def embed_each(embedder: Embedder, texts: Sequence[str], labels: Sequence[str],
+               consequence: str) -> tuple[np.ndarray, int]:
+    """One batched embedding of the texts; if the batch fails, each text alone, with a row of NaN for a
+    text that cannot be embedded (logged by its label with the ``consequence``), and how many
+    could not: one text the embedder refuses never costs its batch-mates their vectors."""
+    try:
+        return embedder.embed(list(texts)), 0
+    except Exception as error:
+        log.warning("embedding a batch of %d texts failed (%s); embedding them one by one", len(texts),
+                    type(error).__name__)
+    rows = np.full((len(texts), embedder.dimensions), np.nan, np.float32)
+    failed = 0
+    for i, (text, label) in enumerate(zip(texts, labels, strict=True)):
+        try:
+            rows[i] = embedder.embed([text])[0]
+        except Exception as error:
+            failed += 1
+            log.warning("%s: not embedded, %s: %s", label, consequence, type(error).__name__)
+    return rows, failed
 
 
 def publish(folder: Path, build: Callable[[Path], None]) -> Path:

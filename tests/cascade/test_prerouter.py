@@ -3,6 +3,7 @@ embedding, within its plan, and says so; the file round-trips and refuses what d
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -60,6 +61,32 @@ async def test_the_plan_and_a_forced_tier_still_decide() -> None:
     capped_answer, forced_answer = await router.route([capped, forced])
     assert capped_answer.tier == "small" and "pre-routed" not in capped_answer.reason
     assert forced_answer.tier == "large" and "forced" in forced_answer.reason
+
+
+class RefusingEmbedder(KeywordEmbedder):
+    """Refuses any batch holding a "refused" question (as a tokenizer may refuse one text)."""
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if any("refused" in t for t in texts):
+            raise ValueError("the embedder refuses this text")
+        return super().embed(texts)
+
+
+async def test_a_question_the_embedder_refuses_starts_at_the_first_tier_and_its_batch_mates_are_pre_routed() -> None:
+    router = two_tier_router()
+    router.prerouter = PreRouter(two_model_file(), RefusingEmbedder())
+    answers = await router.route([Query(prompt=p) for p in ("hard question", "refused hard question", "easy")])
+    assert [a.attempts[0].tier for a in answers] == ["large", "small", "small"]
+    assert answers[0].reason.startswith("pre-routed to the large tier") and "pre-routed" not in answers[1].reason
+
+
+async def test_a_failing_pre_router_leaves_every_query_to_start_at_the_first_tier() -> None:
+    router = two_tier_router()
+    router.prerouter = PreRouter(two_model_file(), KeywordEmbedder())
+    router.prerouter.file = dataclasses.replace(router.prerouter.file, weights=np.zeros((1, 3, 2)))  # wrong shape
+    answers = await router.route([Query(prompt="hard question"), Query(prompt="easy question")])
+    assert [a.attempts[0].tier for a in answers] == ["small", "small"]
+    assert not any("pre-routed" in a.reason for a in answers)
 
 
 def test_shared_lines_are_stripped_before_embedding(tmp_path: Path) -> None:
