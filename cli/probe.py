@@ -84,6 +84,10 @@ def main() -> None:
     try:
         answer = asyncio.run(_generate(args.tier, args.config, args.max_tokens))
     except Exception as error:  # one line for the caller, which reports it as the failed check
+        from cascade.engines.base import PartialGenerationError
+
+        if isinstance(error, PartialGenerationError) and isinstance(error.results[0], Exception):
+            error = error.results[0]  # the probe's one query: its own error, whole
         sys.stderr.write(f"{type(error).__name__}: {error}\n")
         raise SystemExit(1) from None
     sys.stdout.write(orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY).decode() + "\n")

@@ -41,6 +41,7 @@ from cascade.engines.base import (
     ModelNotFoundError,
     PromptTooLongError,
     bounded,
+    gathered,
     template_refusal,
 )
 from cascade.prompts import chat_messages, plain_prompt
@@ -193,16 +194,21 @@ class LlamaCppEngine:
             abandoned.set()
 
     def _generate_all(self, queries: list[Query], abandoned: threading.Event) -> list[Generation]:
-        """The generations, in order; only those made before the batch was abandoned (nobody reads them)."""
-        generations: list[Generation] = []
+        """The generations, in order; only those made before the batch was abandoned (nobody reads them).
+        A query that fails (a prompt too long, messages its template refuses, a decode error) fails
+        alone: its batch-mates keep their answers (``PartialGenerationError``, as ``gathered``)."""
+        results: list[Generation | Exception] = []
         with self._lock:
             for query in queries:
                 if abandoned.is_set():
                     break
                 if self._closing.is_set() or self._llama is None:
                     raise EngineError(f"{self.model} was closed before query {query.id}")
-                generations.append(self._generate_one(query))
-        return generations
+                try:
+                    results.append(self._generate_one(query))
+                except Exception as error:
+                    results.append(error)
+        return gathered(results)
 
     def _tokenize(self, query: Query) -> tuple[list[int], list[str]]:
         llama = self._llama

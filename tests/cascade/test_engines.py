@@ -11,7 +11,13 @@ import httpx
 import numpy as np
 import pytest
 
-from cascade.engines.base import EngineError, InvalidInputError, ModelNotFoundError, PromptTooLongError
+from cascade.engines.base import (
+    EngineError,
+    InvalidInputError,
+    ModelNotFoundError,
+    PartialGenerationError,
+    PromptTooLongError,
+)
 from cascade.engines.llamacpp import LlamaCppEngine
 from cascade.engines.openai import OpenAIEngine
 from cascade.engines.vllm import VLLMEngine
@@ -153,9 +159,16 @@ def test_closing_llamacpp_during_a_batch_fails_the_batch_without_freeing_the_mod
     assert "failed: smollm2 was closed before query" in done.stdout and "ready: False" in done.stdout, done.stdout
 
 
-async def test_llamacpp_rejects_a_prompt_longer_than_its_context(smollm2: LlamaCppEngine) -> None:
-    with pytest.raises(PromptTooLongError, match="exceeds the model's context window of 2048 tokens"):
-        await smollm2.generate([Query(prompt="word " * 3000)])
+async def test_llamacpp_rejects_a_prompt_longer_than_its_context_alone(smollm2: LlamaCppEngine) -> None:
+    """The query that fails is the only one: its batch-mates keep their answers, made once."""
+    batch = [qa("Who gave their name to Normandy?", max_tokens=4), Query(prompt="word " * 3000),
+             qa("In what country is Normandy located?", max_tokens=4)]
+    with pytest.raises(PartialGenerationError) as partial:
+        await smollm2.generate(batch)
+    first, too_long, last = partial.value.results
+    assert isinstance(first, Generation) and isinstance(last, Generation) and first.text and last.text
+    assert isinstance(too_long, PromptTooLongError) and too_long.query_id == batch[1].id
+    assert "exceeds the model's context window of 2048 tokens" in str(too_long)
 
 
 async def test_llamacpp_names_a_missing_model_file(tmp_path: Path) -> None:
