@@ -167,6 +167,19 @@ Mode = Literal["interactive", "throughput", "progressive"]
 
 
 @dataclass(frozen=True)
+class Scored:
+    """A tier's answers to a batch, scored (``Router._score``): one row or entry per answer."""
+
+    signals: SignalBatch
+    confidence: np.ndarray
+    escalate: np.ndarray
+    empty: np.ndarray
+    costs: np.ndarray
+    reasons: list[str]
+    ms: float
+
+
+@dataclass(frozen=True)
 class Outcome:
     """One item's result from ``Router.answer``: its answer or the error that stopped it. In
     progressive mode an escalated query's answer is provisional and ``rest`` resumes its route."""
@@ -637,7 +650,27 @@ class Router:
         return _one_per_query(generations, queries)
 
     def _decide(self, trails: list[Trail], index: int, generations: list[Generation], generated_ms: float) -> None:
-        tier = self.tiers[index]
+        """Score the tier's answers together and settle each trail; if scoring the batch fails, each
+        answer is scored alone, and one that cannot be goes on to the next tier with that error (an
+        answer never costs its batch-mates theirs, nor their generation again)."""
+        try:
+            scored = self._score(trails, index, generations, generated_ms)
+        except Exception as error:
+            if len(trails) == 1:
+                log.exception("tier %s: the answer to query %s cannot be scored", self.tiers[index].name,
+                              trails[0].query.id)
+                self._tier_failed(trails, index, error, generated_ms)
+                return
+            log.warning("tier %s: scoring a batch of %d answers failed (%s); scoring each alone",
+                        self.tiers[index].name, len(trails), type(error).__name__)
+            for trail, generation in zip(trails, generations, strict=True):
+                self._decide([trail], index, [generation], generated_ms)
+            return
+        self._settle(trails, index, generations, generated_ms, scored)
+
+    def _score(self, trails: list[Trail], index: int, generations: list[Generation], generated_ms: float) -> Scored:
+        """The batch's signals, confidences, decisions (with the reason a control or an empty answer
+        decided, per answer), live thresholds and costs; changes no trail."""
         scoring_started = time.perf_counter()
         signals = signals_of(generations, [t.query for t in trails])
         decision = self.cascade.decide(index, signals)
@@ -645,25 +678,32 @@ class Router:
         confidence = np.where(empty, 0.0, decision.confidence)  # no token to be sure of
         escalate, live = self._live_decision(trails, index, confidence, decision.escalate)
         escalate, held = self._controlled(trails, index, confidence, escalate, empty)
-        costs = tier.price.cost_of(generations, call_seconds=generated_ms / 1000)
-        scored_ms = (time.perf_counter() - scoring_started) * 1000
+        costs = self.tiers[index].price.cost_of(generations, call_seconds=generated_ms / 1000)
+        reasons = [self._explain(index, signals, i, bool(escalate[i]), live[i], held[i]) for i in range(len(trails))]
+        return Scored(signals, confidence, escalate, empty, costs, reasons,
+                      (time.perf_counter() - scoring_started) * 1000)
+
+    def _settle(self, trails: list[Trail], index: int, generations: list[Generation], generated_ms: float,
+                scored: Scored) -> None:
+        """Record each trail's attempt at this tier and accept, keep or escalate its answer as scored."""
+        tier = self.tiers[index]
         for i, (trail, generation) in enumerate(zip(trails, generations, strict=True)):
-            answer_confidence = float(confidence[i])
+            answer_confidence = float(scored.confidence[i])
             trail.latency.append(StageLatency(stage=f"tier:{tier.name}", ms=generated_ms))
-            trail.latency.append(StageLatency(stage=f"score:{tier.name}", ms=scored_ms))
+            trail.latency.append(StageLatency(stage=f"score:{tier.name}", ms=scored.ms))
             trail.attempts.append(TierAttempt(
-                tier=tier.name, model=generation.model, decision="escalate" if escalate[i] else "accept",
+                tier=tier.name, model=generation.model, decision="escalate" if scored.escalate[i] else "accept",
                 confidence=answer_confidence, prompt_tokens=generation.prompt_tokens,
-                completion_tokens=generation.completion_tokens, cost=float(costs[i])))
-            trail.reasons.append(self._explain(index, signals, i, bool(escalate[i]), live[i], held[i]))
+                completion_tokens=generation.completion_tokens, cost=float(scored.costs[i])))
+            trail.reasons.append(scored.reasons[i])
             if len(trail.attempts) == 1 and trail.counted_attempts is None:
                 trail.first_text = generation.text
-            kept = empty[i] and trail.best is not None and bool(trail.best.text.strip())
+            kept = scored.empty[i] and trail.best is not None and bool(trail.best.text.strip())
             if not kept:  # an empty answer never replaces an earlier tier's answer
                 trail.best = BestAnswer(tier=tier.name, model=generation.model, text=generation.text,
-                                        finish_reason=generation.finish_reason, signals=signals.row(i),
+                                        finish_reason=generation.finish_reason, signals=scored.signals.row(i),
                                         confidence=answer_confidence)
-            if escalate[i]:
+            if scored.escalate[i]:
                 trail.next_tier = index + 1
             elif kept:
                 trail.result = self._fallback(trail)

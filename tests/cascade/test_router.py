@@ -23,9 +23,10 @@ from cascade.engines.base import (
 )
 from cascade.engines.scripted import ScriptedEngine, ScriptedReply
 from cascade.policies import PRESETS, AcceptAllPolicy
+from cascade.policies.base import PolicyDecision
 from cascade.router import AllTiersFailedError, Mode, Router, Tier, UnknownTierError
 from cascade.schemas import Generation, Query
-from cascade.signals import signals_of
+from cascade.signals import SignalBatch, signals_of
 
 SMALL_PRICE = ModelPrice(input_per_million=1.0, output_per_million=2.0)
 LARGE_PRICE = ModelPrice(input_per_million=10.0, output_per_million=20.0)
@@ -75,6 +76,38 @@ async def test_router_escalates_exactly_what_the_policy_rejects() -> None:
             assert [a.tier for a in answer.attempts] == ["small", "large"]
         else:
             assert answer.answer == "Paris" and answer.reason.startswith("accepted by v1")
+
+
+class FussyPolicy:
+    """v1, failing on any batch that holds an answer of exactly three tokens (a policy's features
+    failing on one answer, for the router's isolation of scoring)."""
+
+    kind = "fussy"
+
+    def decide(self, signals: SignalBatch) -> PolicyDecision:
+        if (signals.column("n_tokens") == 3).any():
+            raise ValueError("no decision on three tokens")
+        return PRESETS["v1"].decide(signals)
+
+    def explain(self, signals: SignalBatch, index: int, escalate: bool) -> str:
+        return PRESETS["v1"].explain(signals, index, escalate)
+
+
+async def test_an_answer_that_cannot_be_scored_goes_on_alone_and_its_batch_mates_are_not_generated_again() -> None:
+    def script(query: Query) -> ScriptedReply:
+        return ScriptedReply("one two three", [-0.1] * 3) if "fussy" in query.question else small_script(query)
+
+    small = ScriptedEngine("small-model", script)
+    router = Router([Tier("small", small, FussyPolicy(), SMALL_PRICE),
+                     Tier("large", ScriptedEngine("large-model", large_script), AcceptAllPolicy(), LARGE_PRICE)])
+    batch = [Query(prompt="easy one"), Query(prompt="easy fussy one"), Query(prompt="hard one")]
+    for finishing in ("each", "together"):
+        answers = await router.route(batch) if finishing == "each" else [
+            o.answer for o in await router.answer(batch, mode="throughput")]
+        assert [a.tier if a else None for a in answers] == ["small", "large", "large"], finishing
+        assert answers[1] is not None and "small tier failed (ValueError: no decision on three tokens)" in \
+            answers[1].reason
+    assert [len(call) for call in small.calls] == [3, 3], "the small model answered each batch once"
 
 
 async def test_costs_add_up_across_tiers() -> None:
