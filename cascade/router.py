@@ -176,7 +176,7 @@ class Scored:
     empty: np.ndarray
     costs: np.ndarray
     reasons: list[str]
-    ms: float
+    scoring_ms: float
 
 
 @dataclass(frozen=True)
@@ -384,8 +384,11 @@ class Router:
         questions = [q.question for q in queries]
         texts = self.prerouter.texts(questions)
         embedder = self.prerouter.embedder
-        embedding = (embedder, texts, [f"query {q.id}" for q in queries], "it starts at the first tier")
-        vectors, _ = embed_each(*embedding) if embedder.cheap else await asyncio.to_thread(embed_each, *embedding)
+        labels, consequence = [f"query {q.id}" for q in queries], "it starts at the first tier"
+        if embedder.cheap:
+            vectors, _ = embed_each(embedder, texts, labels, consequence)
+        else:
+            vectors, _ = await asyncio.to_thread(embed_each, embedder, texts, labels, consequence)
         starts = self.prerouter.starts(vectors, [q.id for q in queries])
         if self.cache is None or self.cache.embedder_name != self.prerouter.embedder.name:
             return starts, None
@@ -651,34 +654,61 @@ class Router:
 
     def _decide(self, trails: list[Trail], index: int, generations: list[Generation], generated_ms: float) -> None:
         """Score the tier's answers together and settle each trail; if scoring the batch fails, each
-        answer is scored alone, and one that cannot be goes on to the next tier with that error (an
-        answer never costs its batch-mates theirs, nor their generation again)."""
+        answer is scored alone: one that cannot be (a NaN confidence, a policy failing on it) goes on to
+        the next tier with its error, and its batch-mates keep their answers, never generated again."""
         try:
-            scored = self._score(trails, index, generations, generated_ms)
-        except Exception as error:
-            if len(trails) == 1:
-                log.exception("tier %s: the answer to query %s cannot be scored", self.tiers[index].name,
-                              trails[0].query.id)
-                self._tier_failed(trails, index, error, generated_ms)
-                return
-            log.warning("tier %s: scoring a batch of %d answers failed (%s); scoring each alone",
-                        self.tiers[index].name, len(trails), type(error).__name__)
+            scored = self._score(trails, index, generations, generated_ms / 1000)
+        except Exception:
+            log.warning("tier %s: scoring a batch of %d answers failed; scoring each alone", self.tiers[index].name,
+                        len(trails), exc_info=True)
+            share_s = generated_ms / 1000 / len(trails)  # each answer's share of the tier call's time
             for trail, generation in zip(trails, generations, strict=True):
-                self._decide([trail], index, [generation], generated_ms)
+                self._decide_alone(trail, index, generation, generated_ms, share_s)
             return
         self._settle(trails, index, generations, generated_ms, scored)
 
-    def _score(self, trails: list[Trail], index: int, generations: list[Generation], generated_ms: float) -> Scored:
-        """The batch's signals, confidences, decisions (with the reason a control or an empty answer
-        decided, per answer), live thresholds and costs; changes no trail."""
+    def _decide_alone(self, trail: Trail, index: int, generation: Generation, generated_ms: float,
+                      share_s: float) -> None:
+        """``_decide`` for one answer of a batch whose scoring failed (``share_s``: its share of the call)."""
+        try:
+            scored = self._score([trail], index, [generation], share_s)
+        except Exception as error:
+            log.warning("tier %s: the answer to query %s cannot be scored: %s", self.tiers[index].name,
+                        trail.query.id, public_message(error))
+            self._unscored(trail, index, generation, generated_ms, share_s, error)
+            return
+        self._settle([trail], index, [generation], generated_ms, scored)
+
+    def _unscored(self, trail: Trail, index: int, generation: Generation, generated_ms: float, share_s: float,
+                  error: Exception) -> None:
+        """The tier answered, but its answer cannot be scored: the query goes on to the next tier, the
+        attempt recorded with the answer's tokens and cost (it was paid for) and the error."""
+        tier = self.tiers[index]
+        message = public_message(error)
+        try:
+            cost = float(tier.price.cost_of([generation], call_seconds=share_s)[0])
+        except Exception:  # the pricing may be what failed
+            cost = 0.0
+        trail.latency.append(StageLatency(stage=f"tier:{tier.name}", ms=generated_ms))
+        trail.attempts.append(TierAttempt(tier=tier.name, model=generation.model, decision=None, confidence=None,
+                                          prompt_tokens=generation.prompt_tokens,
+                                          completion_tokens=generation.completion_tokens, cost=cost, error=message))
+        trail.reasons.append(f"{tier.name} tier's answer cannot be scored ({message})")
+        trail.next_tier = index + 1
+
+    def _score(self, trails: list[Trail], index: int, generations: list[Generation], call_seconds: float) -> Scored:
+        """The answers' signals, confidences, decisions, each answer's reason and cost (``call_seconds``:
+        the tier call's time these answers share); changes no trail."""
         scoring_started = time.perf_counter()
         signals = signals_of(generations, [t.query for t in trails])
         decision = self.cascade.decide(index, signals)
+        if np.isnan(decision.confidence).any():  # below no threshold: it would be accepted unescalated
+            raise ValueError("confidence is NaN (log-probabilities holding NaN: the model's numerics failed)")
         empty = np.fromiter((not g.text.strip() for g in generations), bool, len(generations))
         confidence = np.where(empty, 0.0, decision.confidence)  # no token to be sure of
         escalate, live = self._live_decision(trails, index, confidence, decision.escalate)
         escalate, held = self._controlled(trails, index, confidence, escalate, empty)
-        costs = self.tiers[index].price.cost_of(generations, call_seconds=generated_ms / 1000)
+        costs = self.tiers[index].price.cost_of(generations, call_seconds=call_seconds)
         reasons = [self._explain(index, signals, i, bool(escalate[i]), live[i], held[i]) for i in range(len(trails))]
         return Scored(signals, confidence, escalate, empty, costs, reasons,
                       (time.perf_counter() - scoring_started) * 1000)
@@ -690,7 +720,7 @@ class Router:
         for i, (trail, generation) in enumerate(zip(trails, generations, strict=True)):
             answer_confidence = float(scored.confidence[i])
             trail.latency.append(StageLatency(stage=f"tier:{tier.name}", ms=generated_ms))
-            trail.latency.append(StageLatency(stage=f"score:{tier.name}", ms=scored.ms))
+            trail.latency.append(StageLatency(stage=f"score:{tier.name}", ms=scored.scoring_ms))
             trail.attempts.append(TierAttempt(
                 tier=tier.name, model=generation.model, decision="escalate" if scored.escalate[i] else "accept",
                 confidence=answer_confidence, prompt_tokens=generation.prompt_tokens,

@@ -105,9 +105,23 @@ async def test_an_answer_that_cannot_be_scored_goes_on_alone_and_its_batch_mates
         answers = await router.route(batch) if finishing == "each" else [
             o.answer for o in await router.answer(batch, mode="throughput")]
         assert [a.tier if a else None for a in answers] == ["small", "large", "large"], finishing
-        assert answers[1] is not None and "small tier failed (ValueError: no decision on three tokens)" in \
-            answers[1].reason
+        assert answers[1] is not None
+        assert "small tier's answer cannot be scored (ValueError: no decision on three tokens)" in answers[1].reason
     assert [len(call) for call in small.calls] == [3, 3], "the small model answered each batch once"
+
+
+async def test_an_answer_of_nan_log_probabilities_goes_on_alone() -> None:
+    """A NaN log-probability (a model's numerics failing) gives a NaN confidence, which is below no
+    threshold: that answer is not accepted but goes on to the next tier, alone."""
+    def script(query: Query) -> ScriptedReply:
+        return ScriptedReply("Paris", [float("nan"), -0.1]) if "broken" in query.question else small_script(query)
+
+    small = ScriptedEngine("small-model", script)
+    answers = await two_tier_router(small=small).route([Query(prompt="easy one"), Query(prompt="easy broken one")])
+    assert [a.tier for a in answers] == ["small", "large"] and len(small.calls) == 1
+    assert "small tier's answer cannot be scored (ValueError: confidence is NaN" in answers[1].reason
+    paid = answers[1].attempts[0]
+    assert (paid.tier, paid.decision, paid.completion_tokens) == ("small", None, 2) and paid.cost > 0
 
 
 async def test_costs_add_up_across_tiers() -> None:
