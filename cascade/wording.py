@@ -6,22 +6,29 @@ The guard compares the words:
 
 - words that decide what is asked must occur as often on both sides: negations, question words,
   numbers and ordinals (in words or digits: "two", "eighty", "third", "1066", "covid19"), quantities,
-  order, direction and obligation, and the opposites scikit-learn's stop words hold ("not", "who",
-  "most", "first", "before", "full", "empty", "should", ...);
+  order, direction and obligation, the agent of a passive ("by": "Who was defeated by Napoleon?" is
+  not "Who defeated Napoleon?"), and the opposites scikit-learn's stop words hold ("not", "who",
+  "most", "first", "before", "full", "empty", "should", "everyone", "something", ...); so must
+  operators, currencies and other symbols ("3+3" is not "3*3", "C++" not "C#", "$100" not "€100");
 - what a question relates must not be the other way round: two names or numbers (capitalised on
   either side) in one order on one side and in the other order on the other, within a clause (split
   at commas) or across the question unless its clauses only moved, or a clause was split off and
   moved ("Did Germany beat Brazil?" is not "Did Brazil beat Germany?"); the words on either side of
   "to", "from", "than" or "into" swapped, or other words after "to", "from" or "into" ("meters to
-  feet" is not "feet to meters");
+  feet" is not "feet to meters"); a question too long for those checks (more than ``ORDERED`` meaning
+  words in a clause or in all) must hold its names and numbers in the same order as the other;
 - every other word that carries meaning, left over on one side, must be a typo (one edit, or two
   neighbours swapped) or an inflection (the same stem of five letters or more, then an ending such
   as "s", "ed", "ing", "ies" or "ment") of a word left over on the other side; a name (a capitalised
-  word after the first) must match exactly;
-- English function words and the lead-ins of a request ("please tell me") are ignored, and
-  "which" counts as "what".
+  word after the first) must match exactly; two wordings that differ in more than ``LEFT_OVER`` words
+  are not one question (this also bounds the guard's work for any length of question);
+- English function words (scikit-learn's stop words, less the verbs and nouns it holds: "find",
+  "move", "take", "show", "made", "part", "side", "system", ...) and the lead-ins of a request
+  ("please tell me") are ignored, and "which" counts as "what".
 
-A guard that refuses costs a miss; a wrong hit would cost a wrong answer.
+A guard that refuses costs a miss; a wrong hit would cost a wrong answer. Known limits: two real words
+one edit apart pass as a typo ("mouse" and "moose"), and a relation with one name reversed without a
+relating word ("Who was the father of Henry VIII?", "Who was Henry VIII the father of?") is not seen.
 """
 
 from __future__ import annotations
@@ -65,19 +72,28 @@ DECISIVE = frozenset([
     "only", "both", "either", "same", "other", "first", "last", "next", "before", "after", "above", "below",
     "under", "over", "up", "down", "into", "onto", "out", "off", "top", "bottom", "former", "latter", "since",
     "until", "during", "within", "beyond", "behind", "beside", "besides", "between", "among", "again", "always",
-    "sometimes", "seldom", "rarely", "often"])
+    "sometimes", "seldom", "rarely", "often", "by",
+    "everyone", "everybody", "everything", "everywhere", "someone", "somebody", "something", "somewhere",
+    "anyone", "anybody", "anything", "anywhere", "noone", "nowhere"])
+CONTENT = frozenset([  # scikit-learn's stop words that are verbs and nouns: "find a file" is not "move a file"
+    "alone", "amount", "became", "become", "becomes", "becoming", "bill", "call", "cry", "fill", "find", "fire",
+    "found", "get", "give", "go", "interest", "keep", "made", "mill", "mine", "move", "part", "put", "see", "seem",
+    "seemed", "seeming", "seems", "serious", "show", "side", "sincere", "system", "take", "whole"])
 LEAD_INS = frozenset(["please", "tell", "know", "like", "question", "quick", "wondering", "explain", "want", "wonder",
                       "curious"])
-IGNORED = (english_stop_words() | LEAD_INS) - DECISIVE
+IGNORED = ((english_stop_words() - CONTENT) | LEAD_INS) - DECISIVE
 CONTRACTIONS = [(re.compile(r"n['’]t\b"), " not"), (re.compile(r"['’](s|re|ve|ll|d|m)\b"), "")]
 WORD = re.compile(r"(?:(?<![^\W_])(?<!\d\s)-(?=\d))?[^\W_]+")  # a word; a number keeps a minus sign ("-3", not "5 -3")
 MINUS = str.maketrans(dict.fromkeys("−–－﹣", "-"))  # minus signs and dashes read as "-"
 DIGIT = re.compile(r"\d")
+SYMBOL = re.compile(r"!=+|[+*/=<>^%#&|~@$€£¥₹¢×÷±≤≥≠≈√∞°§]+")  # operators, currencies: "+", "++", "==", "!=", "$"
 SAME_WORD = {"which": "what"}  # "Which year..." and "What year..." ask the same
 ENDINGS = frozenset(["", "s", "es", "e", "ed", "d", "ing", "er", "ers", "y", "ies", "ied", "ion", "ions",
                      "ly"])  # an inflection: the same stem of five letters or more, then these
 RELATING = frozenset(["to", "from", "than", "into"])  # the words on either side say which way
 ORDERED = 16  # meaning words and relations per clause (and per question) the order checks read
+LEFT_OVER = 16  # words one wording may hold that the other has not (typos, inflections, lead-ins)
+WORD_MAX = 48  # letters of the longest word a typo or an inflection is looked for in
 CLAUSES = 4  # clause moves the order check tries; it reads 16 times as many clauses
 
 
@@ -110,6 +126,22 @@ class Wording:
     def clauses(self) -> tuple[Clause, ...]:
         return tuple(_clause(WORD.findall(part)) for part in self.text.split(",", CLAUSES * 16)[:CLAUSES * 16])
 
+    @cached_property
+    def meaning(self) -> tuple[tuple[str, ...], frozenset[str]]:
+        """Its meaning words in order (first occurrences, every one: a clause's ``order`` keeps ``ORDERED``),
+        and those of them that can anchor an order."""
+        tokens = WORD.findall(self.text)
+        words = [t.lower() for t in tokens]
+        order = tuple(dict.fromkeys(w for w in words if w not in IGNORED and w not in RELATING
+                                    and (w not in DECISIVE or DIGIT.search(w))))
+        anchors = frozenset(w for t, w in zip(tokens, words, strict=True) if t[0].isupper() or DIGIT.search(w))
+        return order, anchors & frozenset(order)
+
+    @property
+    def long(self) -> bool:
+        """Whether it has more meaning words than the order checks read (no more words: not read)."""
+        return len(self.words) > ORDERED and len(self.meaning[0]) > ORDERED
+
 
 @lru_cache(maxsize=4096)
 def wording(question: str) -> Wording:
@@ -123,7 +155,9 @@ def wording(question: str) -> Wording:
     tokens = WORD.findall(text)
     names = frozenset(t.lower() for t in tokens[1:] if t[0].isupper())
     words = Counter(SAME_WORD.get(t.lower(), t.lower()) for t in tokens)
-    return Wording(words, names, {w: n for w, n in words.items() if w in DECISIVE or DIGIT.search(w)}, text)
+    decisive = {w: n for w, n in words.items() if w in DECISIVE or DIGIT.search(w)}
+    decisive.update(Counter(SYMBOL.findall(text)))
+    return Wording(words, names, decisive, text)
 
 
 def _clause(tokens: list[str]) -> Clause:
@@ -197,8 +231,18 @@ def _reversed(mine: Wording, theirs: Wording) -> bool:
     return False
 
 
+def _disordered(mine: Wording, theirs: Wording) -> bool:
+    """Whether the names and numbers both share come in another order on either side (every one of
+    them, for a question too long for ``_reversed``'s checks)."""
+    (order, anchors), (other_order, other_anchors) = mine.meaning, theirs.meaning
+    shared = (anchors | other_anchors) & frozenset(order) & frozenset(other_order)
+    return [w for w in order if w in shared] != [w for w in other_order if w in shared]
+
+
 def close(a: str, b: str) -> bool:
     """One word is the other with a typo (one edit, or two neighbours swapped) or an inflection."""
+    if len(a) > WORD_MAX or len(b) > WORD_MAX:
+        return False  # not a word: a typo in it is another text
     if any(c.isdigit() for c in a + b):
         return False  # 1066 and 1067 are different questions
     if any(c >= "\u2e80" for c in a + b):
@@ -241,7 +285,11 @@ def same_question(question: str, other: str) -> bool:
         return False
     if not dict.__eq__(mine.words, theirs.words):  # as dicts: ``Counter``'s own ``==`` loops in Python
         left_mine, left_theirs = _left_over(mine.words, theirs.words), _left_over(theirs.words, mine.words)
+        if len(left_mine) > LEFT_OVER or len(left_theirs) > LEFT_OVER:
+            return False
         if not (_matched(left_mine, mine.names, left_theirs, theirs.names)
                 and _matched(left_theirs, theirs.names, left_mine, mine.names)):
             return False
+    if (mine.long or theirs.long) and _disordered(mine, theirs):
+        return False
     return mine.clauses == theirs.clauses or not _reversed(mine, theirs)

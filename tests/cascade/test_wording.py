@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from cascade.wording import close, english_stop_words, same_question
+import cascade.wording
+from cascade.wording import LEFT_OVER, ORDERED, WORD_MAX, close, english_stop_words, same_question
 
 
 @pytest.mark.parametrize(("question", "other"), [
@@ -29,6 +30,10 @@ from cascade.wording import close, english_stop_words, same_question
     ("What is 10 - 3?", "What is 10 -3?"),
     ("What is −3 squared?", "What is -3 squared?"),
     ("Who ruled France in 1914–1918?", "Who ruled France in 1914-1918?"),
+    ("What does ++i do in C?", "what does ++i do in c"),
+    ("How much is $100 in yen?", "how much is $100 in yen"),
+    ("How do I find a file in Linux?", "How do I find a fiel in Linux?"),
+    ("Was the bridge built by the Romans?", "Was the bridge built by the romans"),
 ])
 def test_another_wording_of_the_same_question_passes(question: str, other: str) -> None:
     assert same_question(question, other) and same_question(other, question)
@@ -66,6 +71,28 @@ def test_another_wording_of_the_same_question_passes(question: str, other: str) 
     ("what is the capital of austria", "what is the capital of australia"),
     ("中国的首都是哪里", "中国的首都有多少人"),
     ("东京的人口是多少", "南京的人口是多少"),
+    ("What is 3+3?", "What is 3*3?"),
+    ("What is 144/12?", "What is 144*12?"),
+    ("How do I print hello world in C++?", "How do I print hello world in C#?"),
+    ("What is the difference between == and === in JavaScript?",
+     "What is the difference between != and !== in JavaScript?"),
+    ("How much is $100 in yen?", "How much is €100 in yen?"),
+    ("How do I find a file in Linux?", "How do I move a file in Linux?"),
+    ("How do I take a screenshot on a Mac?", "How do I find a screenshot on a Mac?"),
+    ("Who found the Dead Sea Scrolls?", "Who made the Dead Sea Scrolls?"),
+    ("What part of the brain controls balance?", "What side of the brain controls balance?"),
+    ("Did Marie Curie win the Nobel Prize alone?", "Did Marie Curie win the Nobel Prize?"),
+    ("Who was defeated by Napoleon?", "Who defeated Napoleon?"),
+    ("What books were written by Stephen King?", "What books were written about Stephen King?"),
+    ("Did everyone vote for the law?", "Did someone vote for the law?"),
+    ("After the long and bitter war that ravaged the old northern provinces and destroyed many ancient farming "
+     "villages near the great river delta, did Germany beat Brazil in the final?",
+     "After the long and bitter war that ravaged the old northern provinces and destroyed many ancient farming "
+     "villages near the great river delta, did Brazil beat Germany in the final?"),
+    ("After the long and bitter war that ravaged the old northern provinces and destroyed many ancient farming "
+     "villages near the great river delta did Germany beat Brazil?",
+     "After the long and bitter war that ravaged the old northern provinces and destroyed many ancient farming "
+     "villages near the great river delta did Brazil beat Germany?"),
 ])
 def test_a_question_whose_answer_differs_is_refused(question: str, other: str) -> None:
     assert not same_question(question, other) and not same_question(other, question)
@@ -79,6 +106,32 @@ def test_close_words_are_typos_and_inflections_but_not_numbers() -> None:
     assert not close("state", "statement") and not close("class", "classic"), "another word, not an inflection"
     assert not close("东京的人口是多少", "南京的人口是多少"), "a phrase written without spaces, not a typo"
     assert not close("largest", "smallest") and not close("1066", "1067") and not close("cat", "car")
+
+
+def test_the_guard_reads_a_bounded_number_of_word_pairs_whatever_the_length_of_the_question(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prompt of a thousand words against the same words each with a typo, reversed: each word of one
+    side would be compared with each of the other's (a million comparisons, seconds on the event loop that
+    routes every tenant's requests); more than ``LEFT_OVER`` words apart, they are not one question."""
+    words = [f"{a}{b}{c}{d}word" for a in "bcdfg" for b in "hklmp" for c in "rstvw" for d in "aeiou"][:1000]
+    calls = 0
+
+    def counted(a: str, b: str) -> bool:
+        nonlocal calls
+        calls += 1
+        return close(a, b)
+
+    monkeypatch.setattr(cascade.wording, "close", counted)
+    typos = [w[:-1] + "x" for w in words]
+    assert not same_question(" ".join(words), " ".join(reversed(typos))) and calls == 0
+    few = [*typos[:LEFT_OVER], *words[LEFT_OVER:]]
+    assert same_question(" ".join(words), " ".join(few)) and 0 < calls <= 2 * LEFT_OVER * LEFT_OVER
+    assert len(words) > ORDERED, "the order of a long question is checked whole, not only its first words"
+
+
+def test_a_word_too_long_to_be_a_word_is_never_a_typo() -> None:
+    long = "x" * WORD_MAX
+    assert close(long + "a", long + "b") is False and close(long[:-1] + "a", long[:-1] + "b")
 
 
 def test_the_stop_words_are_scikit_learns() -> None:
