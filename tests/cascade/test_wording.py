@@ -9,7 +9,7 @@ import sys
 import pytest
 
 import cascade.wording
-from cascade.wording import LEFT_OVER, ORDERED, WORD_MAX, close, english_stop_words, same_question
+from cascade.wording import LEFT_OVER, WORD_MAX, close, english_stop_words, same_question
 
 
 @pytest.mark.parametrize(("question", "other"), [
@@ -36,6 +36,12 @@ from cascade.wording import LEFT_OVER, ORDERED, WORD_MAX, close, english_stop_wo
     ("Was the bridge built by the Romans?", "Was the bridge built by the romans"),
     ("What is the colour of the sky at noon?", "What is the color of the sky at noon?"),
     ("How tall is the centre of the dome in metres?", "How tall is the center of the dome in meters?"),
+    ("Is the sky grey at dawn?", "Is the sky gray at dawn?"),
+    ("How do I delete a file in Linux?", "How do I delete files in Linux?"),
+    ("What are the rules of chess?", "What is the rule of chess?"),
+    ("Show me how to reverse a list in Python", "How do I reverse a list in Python?"),
+    ("Give me an example of a metaphor", "An example of a metaphor"),
+    ("What is ３＋３?", "What is 3+3?"),
 ])
 def test_another_wording_of_the_same_question_passes(question: str, other: str) -> None:
     assert same_question(question, other) and same_question(other, question)
@@ -90,6 +96,18 @@ def test_another_wording_of_the_same_question_passes(question: str, other: str) 
     ("what is the capital of iran", "what is the capital of iraq"),
     ("What is the largest plant?", "What is the largest planet?"),
     ("How much does a mouse weigh?", "How much does a moose weigh?"),
+    ("What are the customs of mourning?", "What are the customs of morning?"),
+    ("How many tires does a truck have?", "How many tiers does a truck have?"),
+    ("How do I print hello world in C#?", "How do I print hello world in F#?"),
+    ("What is vitamin C for?", "What is vitamin D for?"),
+    ("What is 10 - 3?", "What is 10 x 3?"),
+    ("What is 5.3 squared?", "What is 5-3 squared?"),
+    ("What is ３＋３?", "What is ３＊３?"),
+    ("What is 10!/8!?", "What is 10/8?"),
+    ("Germany and Brazil met in the final after a long war that ravaged old northern provinces and many farming "
+     "villages near the river delta; did Brazil beat Germany?",
+     "Germany and Brazil met in the final after a long war that ravaged old northern provinces and many farming "
+     "villages near the river delta; did Germany beat Brazil?"),
     ("After the long and bitter war that ravaged the old northern provinces and destroyed many ancient farming "
      "villages near the great river delta, did Germany beat Brazil in the final?",
      "After the long and bitter war that ravaged the old northern provinces and destroyed many ancient farming "
@@ -116,6 +134,7 @@ def test_close_words_are_typos_and_inflections_but_not_numbers() -> None:
     assert all(close(british, american) for british, american in [
         ("colour", "color"), ("centre", "center"), ("metres", "meters"), ("organisation", "organization"),
         ("analyse", "analyze"), ("defence", "defense"), ("travelled", "traveled")]), "one word, two spellings"
+    assert not close("mourning", "morning") and not close("tires", "tiers"), "not two spellings of one word"
 
 
 def test_the_guard_reads_a_bounded_number_of_word_pairs_whatever_the_length_of_the_question(
@@ -136,7 +155,6 @@ def test_the_guard_reads_a_bounded_number_of_word_pairs_whatever_the_length_of_t
     assert not same_question(" ".join(words), " ".join(reversed(typos))) and calls == 0
     few = [*typos[:LEFT_OVER], *words[LEFT_OVER:]]
     assert same_question(" ".join(words), " ".join(few)) and 0 < calls <= 2 * LEFT_OVER * LEFT_OVER
-    assert len(words) > ORDERED, "the order of a long question is checked whole, not only its first words"
 
 
 def test_a_word_too_long_to_be_a_word_is_never_a_typo() -> None:
