@@ -7,14 +7,15 @@ static embedding distilled from MiniLM; each embedder has its own index). A near
 enough for a hit: the nearest entries within the distance threshold are checked in turn by the
 wording guard (``cascade/wording.py``), which refuses an entry whose question differs in a word
 that changes the answer ("largest" for "smallest", a "not", a number). Everything else the model saw — system
-prompt, context documents, generation parameters — is hashed into a ``scope``; tenant and scope
+prompt, context documents, generation parameters — is hashed into a ``scope``; tenant and scope,
+with what made the answers (the deployment's tiers, their models and prompts: ``deployment``),
 together make the ``partition`` tag a lookup filters on (one tag: a filter on two costs Redis half as
-much again per search), which must match exactly: the same question about another document, or from
-another tenant, never hits. A batch of queries costs one batched embedding and one pipelined round
-trip for the lookups (batches that come while a lookup is under way wait for it and are looked up
-together), and one more for the stores and their counts. A cold cache costs no embedding
-at all: each store counts its entries in a marker per partition (and one for the index) that
-outlives them, a lookup embeds only the questions whose marker is set (markers read in one round
+much again per search), which must match exactly: the same question about another document, from
+another tenant, or answered by another deployment's models, never hits. A batch of queries costs one
+batched embedding and one pipelined round trip for the lookups (batches that come while a lookup is
+under way wait for it and are looked up together), and one more for the stores and their counts. A
+cold cache costs no embedding at all: each store counts its entries in a marker per partition (and
+one for the index) that outlives them, a lookup embeds only the questions whose marker is set (markers read in one round
 trip, remembered for ``marker_memo_s``), and the others are embedded when their answers are stored,
 off the request path. A partition never asked before (no marker) is not embedded even then: its
 first answer is held by its exact question (``hold_new_partitions``), found again by that question
@@ -114,10 +115,11 @@ def tag_value(value: str) -> str:
 SCHEMA_VERSION = 3  # part of the index name: an index of an older schema is never read with this one
 
 
-def entry_tags(query: Query) -> dict[str, str]:
-    """The exact-match tags an entry carries; a lookup filters on ``partition`` (tenant and scope)."""
+def entry_tags(query: Query, deployment: str = "") -> dict[str, str]:
+    """The exact-match tags an entry carries; a lookup filters on ``partition`` (tenant and scope, in the
+    deployment whose answers these are: see ``SemanticCache.deployment``)."""
     tenant, scope = tag_value(query.tenant), tag_value(scope_of(query))
-    return {"tenant": tenant, "scope": scope, "partition": tag_value(f"{tenant}:{scope}")}
+    return {"tenant": tenant, "scope": scope, "partition": tag_value(f"{tenant}:{scope}:{deployment}")}
 
 
 def hybrid_policy(entries: int, index_entries: int, config: CacheConfig) -> str | None:
@@ -243,6 +245,7 @@ class SemanticCache:
     embedder: Embedder | None = None  # None: built from ``config.embedder``
     stats: CacheStats = field(default_factory=CacheStats)
     breaker: RedisBreaker = field(default_factory=RedisBreaker)
+    deployment: str = ""  # what makes the answers (``answer_source``): another one's are never served
 
     def __post_init__(self) -> None:
         from redisvl.index import AsyncSearchIndex
@@ -313,14 +316,13 @@ class SemanticCache:
             return self.embed(questions, labels)
         return await asyncio.to_thread(self.embed, questions, labels)
 
-    @staticmethod
-    def tags_of(queries: Sequence[Query]) -> list[dict[str, str] | None]:
+    def tags_of(self, queries: Sequence[Query]) -> list[dict[str, str] | None]:
         """Each query's entry tags, computed once per lookup; None where its scope cannot be hashed
         (e.g. a value the hash cannot encode: no lookup, for that query alone)."""
         tags: list[dict[str, str] | None] = []
         for query in queries:
             try:
-                tags.append(entry_tags(query))
+                tags.append(entry_tags(query, self.deployment))
             except Exception as error:
                 tags.append(None)
                 log.warning("query %s: no cache lookup: %s", query.id, type(error).__name__)
@@ -623,7 +625,7 @@ class SemanticCache:
             if self.storable(answer, last_tier):
                 try:
                     known = tags[i] if tags is not None else None
-                    chosen[i] = known if known is not None else entry_tags(queries[i])
+                    chosen[i] = known if known is not None else entry_tags(queries[i], self.deployment)
                 except Exception as error:
                     self._drop(answer, error)
         return chosen

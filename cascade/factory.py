@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
+import orjson
 import redis
 
-from cascade.config import CoreSettings
+from cascade.config import CoreSettings, TierConfig
 from cascade.engines.base import Engine
 from cascade.engines.registry import EngineConfig
 from cascade.policies import resolve_policy
@@ -40,6 +42,17 @@ def resolve_redis(settings: CoreSettings) -> str:
     return url
 
 
+ANSWER_FIELDS = {"kind", "model", "prompt_format", "stop"}  # of an engine's config: what decides its answers' text
+
+
+def answer_source(tiers: Sequence[TierConfig]) -> str:
+    """What makes a deployment's answers, for the cache's partitions: each tier's name and its engine's
+    kind, model, prompt format and stop strings (not its address, timeouts or concurrency). A changed
+    model or prompt starts an empty cache, instead of serving the old model's answers until they expire."""
+    return hashlib.sha256(orjson.dumps([[t.name, t.engine.model_dump(mode="json", include=ANSWER_FIELDS)]
+                                        for t in tiers], option=orjson.OPT_SORT_KEYS)).hexdigest()[:24]
+
+
 def build_router(settings: CoreSettings, *, with_redis: bool = False,
                  engines: Mapping[str, Engine] | None = None) -> Router:
     """A router with one tier per configured tier, in order, small to large; ``with_redis`` adds the
@@ -63,7 +76,8 @@ def build_router(settings: CoreSettings, *, with_redis: bool = False,
     return Router(
         tiers,
         prerouter=prerouter,
-        cache=SemanticCache(url, settings.cache, shared, breaker=breaker) if settings.cache.enabled else None,
+        cache=SemanticCache(url, settings.cache, shared, breaker=breaker, deployment=answer_source(settings.tiers))
+        if settings.cache.enabled else None,
         feedback=FeedbackLog(url, settings.feedback, breaker=breaker),
         thresholds=LiveThresholds(url, breaker=breaker) if settings.live_thresholds else None,
         shadow_fraction=settings.shadow_fraction,

@@ -137,6 +137,7 @@ class Trail:
     vector: np.ndarray | None = None  # the question's cache embedding (NaN: not computed yet); None: never cached
     cache_tags: dict[str, str] | None = None  # its cache entry tags, from the lookup
     cache_storing: Storing | None = None  # how the cache stores its answer, from the lookup
+    capped: bool = False  # its answer was kept by its plan's highest tier against the policy: never cached
     rejected: Exception | None = None
     started_ns: int = field(default_factory=time.time_ns)
     links: dict[str, Any] = field(default_factory=dict)
@@ -177,6 +178,7 @@ class Scored:
     costs: np.ndarray
     reasons: list[str]
     scoring_ms: float
+    capped: np.ndarray  # answers kept by the query's plan (its highest tier) that the policy would have escalated
 
 
 @dataclass(frozen=True)
@@ -369,9 +371,10 @@ class Router:
             hit.confidence is not None and hit.confidence >= controls.threshold)
 
     def _cacheable(self, trail: Trail) -> bool:
-        """Whether a finished trail's answer may serve others: a fresh, final one, and for a query that
-        forced a tier or set its own threshold, only a last-tier answer (which any query accepts)."""
-        if trail.vector is None or trail.deferred or trail.result is None:
+        """Whether a finished trail's answer may serve others: a fresh, final one the policy accepted (not
+        one its plan's highest tier kept from an escalation), and for a query that forced a tier or set its
+        own threshold, only a last-tier answer (which any query accepts)."""
+        if trail.vector is None or trail.deferred or trail.result is None or trail.capped:
             return False
         controls = trail.query.routing
         return (controls.force_tier is None and controls.threshold is None) or trail.result.tier == self.tiers[-1].name
@@ -707,11 +710,11 @@ class Router:
         empty = np.fromiter((not g.text.strip() for g in generations), bool, len(generations))
         confidence = np.where(empty, 0.0, decision.confidence)  # no token to be sure of
         escalate, live = self._live_decision(trails, index, confidence, decision.escalate)
-        escalate, held = self._controlled(trails, index, confidence, escalate, empty)
+        escalate, capped, held = self._controlled(trails, index, confidence, escalate, empty)
         costs = self.tiers[index].price.cost_of(generations, call_seconds=call_seconds)
         reasons = [self._explain(index, signals, i, bool(escalate[i]), live[i], held[i]) for i in range(len(trails))]
         return Scored(signals, confidence, escalate, empty, costs, reasons,
-                      (time.perf_counter() - scoring_started) * 1000)
+                      (time.perf_counter() - scoring_started) * 1000, capped)
 
     def _settle(self, trails: list[Trail], index: int, generations: list[Generation], generated_ms: float,
                 scored: Scored) -> None:
@@ -726,6 +729,7 @@ class Router:
                 confidence=answer_confidence, prompt_tokens=generation.prompt_tokens,
                 completion_tokens=generation.completion_tokens, cost=float(scored.costs[i])))
             trail.reasons.append(scored.reasons[i])
+            trail.capped = trail.capped or bool(scored.capped[i])
             if len(trail.attempts) == 1 and trail.counted_attempts is None:
                 trail.first_text = generation.text
             kept = scored.empty[i] and trail.best is not None and bool(trail.best.text.strip())
@@ -751,16 +755,17 @@ class Router:
         return np.where(controlled, confidence < np.where(controlled, live, 0.0), escalate), live
 
     def _controlled(self, trails: list[Trail], index: int, confidence: np.ndarray, escalate: np.ndarray,
-                    empty: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
+                    empty: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
         """Apply each query's routing controls: a threshold replaces the decision below the last tier; an
         empty answer is escalated below the last tier, whatever a threshold says; a forced tier or a plan's
-        highest tier holds the answer where it is. Returns the decisions and, per query, the reason a
-        control or an empty answer decided it (None where the policy did)."""
+        highest tier holds the answer where it is. Returns the decisions, which answers the plan's highest
+        tier held against an escalation, and, per query, the reason a control or an empty answer decided it
+        (None where the policy did)."""
         controls = [t.query.routing for t in trails]
         below_last = index < len(self.tiers) - 1
         if not empty.any() and all(c.threshold is None and c.force_tier is None and c.max_tier is None
                                    for c in controls):
-            return escalate, [None] * len(trails)
+            return escalate, np.zeros(len(trails), bool), [None] * len(trails)
         threshold = np.array([np.nan if c.threshold is None else c.threshold for c in controls])
         has_threshold = ~np.isnan(threshold) & below_last
         escalate = np.where(has_threshold, confidence < np.where(has_threshold, threshold, 0.0), escalate)
@@ -777,7 +782,7 @@ class Router:
                  f"threshold {t:.3f}" if h else None
             for f, c, e, m, h, conf, t in zip(forced, capped, escalate, empty, has_threshold, confidence, threshold,
                                               strict=True)]
-        return escalate & ~forced & ~capped, held
+        return escalate & ~forced & ~capped, escalate & capped & ~forced, held
 
     def _explain(self, index: int, signals: SignalBatch, i: int, escalate: bool, live: float,
                  held: str | None) -> str:

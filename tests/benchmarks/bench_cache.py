@@ -18,14 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from cascade.cache import CacheConfig, SemanticCache, scope_of, tag_value
+from cascade.cache import CacheConfig, SemanticCache, entry_tags
 from cascade.embeddings import MiniLMEmbedder
 from cascade.local_redis import LocalRedis
 from cascade.schemas import Query
 from tests.conftest import free_port
 
 TENANTS = [f"tenant-{i}" for i in range(10)]
-SCOPE = tag_value(scope_of(Query(prompt="any question")))
 
 
 def fill(client: object, prefix: str, start: int, stop: int, rng: np.random.Generator,
@@ -36,10 +35,9 @@ def fill(client: object, prefix: str, start: int, stop: int, rng: np.random.Gene
         vectors = rng.normal(size=(len(ids), MiniLMEmbedder.dimensions)).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         pipe = client.pipeline(transaction=False)  # type: ignore[attr-defined]
+        tags = [entry_tags(Query(tenant=tenant, prompt="any question")) for tenant in tenants]  # the lookups' own
         for i, vector in zip(ids, vectors, strict=True):
-            tenant = tag_value(tenants[i % len(tenants)])
-            pipe.hset(f"{prefix}{i}", mapping={"tenant": tenant, "scope": SCOPE,
-                                               "partition": tag_value(f"{tenant}:{SCOPE}"), "question": f"q{i}",
+            pipe.hset(f"{prefix}{i}", mapping={**tags[i % len(tenants)], "question": f"q{i}",
                                                "answer": "{}", "created": 0, "embedding": vector.tobytes()})
         pipe.execute()
 

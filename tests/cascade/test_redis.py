@@ -26,6 +26,7 @@ from cascade.factory import build_router
 from cascade.feedback import FeedbackConfig, FeedbackLog, decision_record, outcome_record
 from cascade.local_redis import LocalRedis, RedisSearchMissingError, has_search, server_binary
 from cascade.policies import PRESETS, AcceptAllPolicy
+from cascade.policies.threshold import ThresholdPolicy, ThresholdRule
 from cascade.router import Router, Tier
 from cascade.schemas import Query, RoutingControls
 from cascade.thresholds import (
@@ -121,6 +122,25 @@ async def test_redis_unreachable_at_start_still_serves(embedder: MiniLMEmbedder)
     answers = await router.route([Query(prompt=f"easy question {i}") for i in range(3)])
     assert len(answers) == 3 and not any(a.cache_hit for a in answers)
     assert router.feedback.buffered == 3
+
+
+async def test_a_deployment_with_another_model_never_reads_the_old_models_answers(
+        local_redis: LocalRedis, request: pytest.FixtureRequest) -> None:
+    """Two deployments on one Redis and one index, the second with another small model (as after an
+    upgrade): its queries miss the first one's answers, which the first still finds."""
+    settings = scripted_settings(local_redis.url)
+    settings.cache = CacheConfig(index_name=f"test-{request.node.name[:40]}", hold_new_partitions=False)
+    upgraded = settings.model_copy(deep=True)
+    upgraded.tiers[0].engine = upgraded.tiers[0].engine.model_copy(update={"model": "s2"})
+    routers = [build_router(s, with_redis=True) for s in (settings, upgraded, settings)]
+    question = Query(prompt="hard: which river flows through Lyon?", context=[PARIS])
+    [first] = await routers[0].route([question])
+    [other] = await routers[1].route([question.model_copy(update={"id": "b"})])
+    [same] = await routers[2].route([question.model_copy(update={"id": "c"})])
+    assert (first.cache_hit, other.cache_hit, same.cache_hit) == (False, False, True)
+    assert (first.model, other.model, same.model) == ("s", "s2", "s")
+    for router in routers:
+        await router.close()
 
 
 async def test_paraphrase_hits_and_unrelated_question_misses(cache: SemanticCache) -> None:
@@ -224,6 +244,29 @@ async def test_a_forced_or_own_threshold_query_stores_and_takes_only_what_any_qu
     cache._sizes.clear()
     [served] = await router.route([ask("hard: which sea is near Paris?", threshold=0.9999)])
     assert served.cache_hit and served.answer == forced_large.answer, "a last-tier answer serves any query"
+
+
+async def test_an_answer_kept_only_by_a_plans_highest_tier_serves_no_one(cache: SemanticCache) -> None:
+    """A plan that stops at the small tier keeps a confident small answer the policy escalates (here a
+    policy that escalates every answer, as a tenant's strict live threshold would): stored, it would
+    answer the same tenant's uncapped queries below their policy's bar. One the policy accepts is stored."""
+    strict = ThresholdPolicy(name="strict", rules=(ThresholdRule(signal="n_words", op=">=", value=0),))
+    router = Router([Tier("small", ScriptedEngine("small-model", small_script), strict),
+                     Tier("large", ScriptedEngine("large-model", large_script), AcceptAllPolicy())], cache=cache)
+    river = {"prompt": "easy: which river flows through Paris?", "context": [PARIS]}
+    [capped] = await router.route([Query(routing=RoutingControls(max_tier="small"), **river)])  # type: ignore[arg-type]
+    assert capped.tier == "small" and (capped.confidence or 0.0) >= cache.config.min_small_confidence
+    assert "highest tier this query's plan allows" in capped.reason and cache.stats.stores == 0
+    [free] = await router.route([Query(**river)])  # type: ignore[arg-type]
+    assert not free.cache_hit and free.tier == "large", "the capped small answer was not stored"
+
+    lenient = two_tier_router(cache=cache)
+    sea = {"prompt": "easy: which sea is near Paris?", "context": [PARIS]}
+    [accepted] = await lenient.route([Query(routing=RoutingControls(max_tier="small"), **sea)])  # type: ignore[arg-type]
+    assert accepted.tier == "small" and "plan allows" not in accepted.reason and cache.stats.stores == 2
+    cache._sizes.clear()
+    [served] = await lenient.route([Query(**sea)])  # type: ignore[arg-type]
+    assert served.cache_hit and served.tier == "small", "an answer the policy accepted serves the tenant's queries"
 
 
 async def test_entries_expire(local_redis: LocalRedis, embedder: MiniLMEmbedder) -> None:
