@@ -235,6 +235,20 @@ class CacheLookup:
                            frozenset(i - start for i in self.unreadable if start <= i < stop),
                            None if self.storing is None else self.storing[start:stop])
 
+    def spread(self, positions: Sequence[int], size: int) -> CacheLookup:
+        """This lookup, of some of ``size`` queries (at ``positions``), as the lookup of all of them: the
+        others were not looked up (misses, not embedded: their store embeds them and reads their tags)."""
+        hits: list[RoutedAnswer | None] = [None] * size
+        vectors = np.full((size, self.vectors.shape[1]), np.nan, np.float32)
+        tags: list[dict[str, str] | None] = [None] * size
+        storing: list[Storing] = ["index"] * size
+        for mine, position in enumerate(positions):
+            hits[position], tags[position] = self.hits[mine], self.tags[mine]
+            if self.storing is not None:
+                storing[position] = self.storing[mine]
+        vectors[list(positions)] = self.vectors
+        return CacheLookup(hits, vectors, tags, frozenset(positions[i] for i in self.unreadable), storing)
+
 
 @dataclass
 class SemanticCache:

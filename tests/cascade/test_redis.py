@@ -237,13 +237,31 @@ async def test_a_forced_or_own_threshold_query_stores_and_takes_only_what_any_qu
     hits, misses = cache.stats.hits, cache.stats.misses
     [strict] = await router.route([ask(river, threshold=0.9999)])
     assert not strict.cache_hit and strict.tier == "large", "a small answer below the query's own threshold"
+    assert (cache.stats.hits, cache.stats.misses) == (hits, misses + 1), "an answer found but refused is a miss"
+    searches = int((await cache._client.info("commandstats")).get("cmdstat_FT.SEARCH", {}).get("calls", 0))
     [forced] = await router.route([ask(river, force_tier="small")])
     assert not forced.cache_hit and forced.tier == "small", "a forced tier answers itself"
-    assert (cache.stats.hits, cache.stats.misses) == (hits, misses + 2), "an answer found but refused is a miss"
+    assert (cache.stats.hits, cache.stats.misses) == (hits, misses + 1), "and is not looked up"
+    assert int((await cache._client.info("commandstats"))["cmdstat_FT.SEARCH"]["calls"]) == searches
     [forced_large] = await router.route([ask("hard: which sea is near Paris?", force_tier="large")])
     cache._sizes.clear()
     [served] = await router.route([ask("hard: which sea is near Paris?", threshold=0.9999)])
     assert served.cache_hit and served.answer == forced_large.answer, "a last-tier answer serves any query"
+
+
+async def test_a_forced_query_beside_others_is_not_looked_up_and_its_last_tier_answer_is_stored(
+        cache: SemanticCache) -> None:
+    router = two_tier_router(cache=cache)
+    river = Query(prompt="easy: which river flows through Paris?", context=[PARIS])
+    sea = Query(prompt="hard: which sea is near Paris?", context=[PARIS], routing=RoutingControls(force_tier="large"))
+    await router.route([river])
+    cache._sizes.clear()
+    hit, forced = await router.route([river.model_copy(update={"id": "again"}), sea])
+    assert hit.cache_hit and not forced.cache_hit and forced.tier == "large"
+    assert (cache.stats.hits, cache.stats.misses, cache.stats.stores) == (1, 1, 2), "the forced query is no miss"
+    cache._sizes.clear()
+    [served] = await router.route([sea.model_copy(update={"id": "free", "routing": RoutingControls()})])
+    assert served.cache_hit and served.answer == forced.answer, "embedded when stored, it serves others"
 
 
 async def test_an_answer_kept_only_by_a_plans_highest_tier_serves_no_one(cache: SemanticCache) -> None:
