@@ -202,7 +202,7 @@ def _bytes(value: bytes | str) -> bytes:
 class CacheStats:
     """Counters a metrics exporter reads."""
 
-    hits: int = 0  # answers found and served (one the caller refused, such as a forced tier's, is a miss)
+    hits: int = 0  # answers found and served (one the caller refused, below a query's own threshold, is a miss)
     misses: int = 0
     stores: int = 0
     errors: int = 0
@@ -211,6 +211,7 @@ class CacheStats:
 NEW_PARTITION = -1  # a partition's entry count when it was never asked (no marker)
 PROMOTED_MAX = 64  # held answers of one partition indexed when it is asked again (the rest are dropped)
 Storing = Literal["hold", "index", "index_held"]  # how a query's answer is stored (``CacheLookup.storing``)
+Asked = tuple[Sequence[Query], np.ndarray | None, Sequence[bool] | None]  # a lookup's queries, known rows, asking
 
 
 @dataclass
@@ -234,20 +235,6 @@ class CacheLookup:
         return CacheLookup(self.hits[start:stop], self.vectors[start:stop], self.tags[start:stop],
                            frozenset(i - start for i in self.unreadable if start <= i < stop),
                            None if self.storing is None else self.storing[start:stop])
-
-    def spread(self, positions: Sequence[int], size: int) -> CacheLookup:
-        """This lookup, of some of ``size`` queries (at ``positions``), as the lookup of all of them: the
-        others were not looked up (misses, not embedded: their store embeds them and reads their tags)."""
-        hits: list[RoutedAnswer | None] = [None] * size
-        vectors = np.full((size, self.vectors.shape[1]), np.nan, np.float32)
-        tags: list[dict[str, str] | None] = [None] * size
-        storing: list[Storing] = ["index"] * size
-        for mine, position in enumerate(positions):
-            hits[position], tags[position] = self.hits[mine], self.tags[mine]
-            if self.storing is not None:
-                storing[position] = self.storing[mine]
-        vectors[list(positions)] = self.vectors
-        return CacheLookup(hits, vectors, tags, frozenset(positions[i] for i in self.unreadable), storing)
 
 
 @dataclass
@@ -374,36 +361,43 @@ class SemanticCache:
         return self._embedder.name
 
     async def lookup(self, queries: Sequence[Query], known: np.ndarray | None = None,
-                     serves: Callable[[Query, RoutedAnswer], bool] | None = None) -> CacheLookup | None:
+                     serves: Callable[[Query, RoutedAnswer], bool] | None = None,
+                     asking: Sequence[bool] | None = None) -> CacheLookup | None:
         """The cached answer for each query, or None; all misses if Redis fails; None (no embedding,
         no call) while the Redis circuit is open. Only questions whose scope has entries are embedded,
         and not those with a row in ``known`` (embeddings computed already, NaN where not). ``serves``:
         whether a found answer may answer its query (one it refuses is a miss, and counted as one).
-        Lookups that come while another is under way are made together (``cascade/coalesce.py``): one
-        embedder call and one Redis round trip for all of them."""
+        ``asking``: per query, whether it may take a cached answer at all (None: all); the others are
+        not embedded or searched, and not counted, but their partitions are read, so that their answers
+        are stored as any other's. Lookups that come while another is under way are made together
+        (``cascade/coalesce.py``): one embedder call and one Redis round trip for all of them."""
         if not self.breaker.allow():
             return None
-        found = await self._lookups((queries, known))
+        found = await self._lookups((queries, known, asking))
         if serves is not None:
             found.hits = [hit if hit is None or serves(query, hit) else None
                           for query, hit in zip(queries, found.hits, strict=True)]
-        self._count(found.hits)
+        self._count([hit for i, hit in enumerate(found.hits) if asking is None or asking[i]])
         return found
 
-    async def _lookup_together(self, requests: list[tuple[Sequence[Query], np.ndarray | None]]) -> list[CacheLookup]:
+    async def _lookup_together(self, requests: list[Asked]) -> list[CacheLookup]:
         """One lookup of the requests' queries, split back per request."""
         if len(requests) == 1:
             return [await self._lookup(*requests[0])]
-        queries = [q for batch, _ in requests for q in batch]
+        queries = [q for batch, _, _ in requests for q in batch]
         known = None
-        if any(k is not None for _, k in requests):
+        if any(k is not None for _, k, _ in requests):
             known = np.concatenate([np.full((len(batch), self.dimensions), np.nan, np.float32) if k is None else k
-                                    for batch, k in requests])
-        together = await self._lookup(queries, known)
-        ends = np.cumsum([len(batch) for batch, _ in requests]).tolist()
-        return [together.part(end - len(batch), end) for (batch, _), end in zip(requests, ends, strict=True)]
+                                    for batch, k, _ in requests])
+        asking = None
+        if any(a is not None for _, _, a in requests):
+            asking = [one for batch, _, a in requests for one in ([True] * len(batch) if a is None else a)]
+        together = await self._lookup(queries, known, asking)
+        ends = np.cumsum([len(batch) for batch, _, _ in requests]).tolist()
+        return [together.part(end - len(batch), end) for (batch, _, _), end in zip(requests, ends, strict=True)]
 
-    async def _lookup(self, queries: Sequence[Query], known: np.ndarray | None) -> CacheLookup:
+    async def _lookup(self, queries: Sequence[Query], known: np.ndarray | None,
+                      asking: Sequence[bool] | None = None) -> CacheLookup:
         vectors = np.full((len(queries), self.dimensions), np.nan, np.float32)
         if known is not None:
             vectors[:] = known
@@ -414,8 +408,11 @@ class SemanticCache:
             self.stats.errors += 1
             log.warning("semantic cache markers unreadable, serving without the cache: %s", error)
             return CacheLookup([None] * len(queries), vectors, tags)
-        exact, near = self._held_hits(queries, tags, sizes), self._near_hits(queries, vectors, tags, sizes, index_size)
-        if self._holding and 0 in sizes and any(size > 0 for size in sizes):  # both make a call: side by side
+        searched = sizes if asking is None else [size if a else NEW_PARTITION for size, a in zip(sizes, asking,
+                                                                                                 strict=True)]
+        exact = self._held_hits(queries, tags, searched)
+        near = self._near_hits(queries, vectors, tags, searched, index_size)
+        if self._holding and 0 in searched and any(size > 0 for size in searched):  # both make a call: side by side
             held, (found, unreadable) = await asyncio.gather(exact, near)
         else:  # at most one does (a task each would cost 13 µs per lookup for nothing)
             held, (found, unreadable) = await exact, await near

@@ -46,9 +46,11 @@ ANSWER_FIELDS = {"kind", "model", "prompt_format", "stop"}  # of an engine's con
 
 
 def answer_source(tiers: Sequence[TierConfig]) -> str:
-    """What makes a deployment's answers, for the cache's partitions: each tier's name and its engine's
-    kind, model, prompt format and stop strings (not its address, timeouts or concurrency). A changed
-    model or prompt starts an empty cache, instead of serving the old model's answers until they expire."""
+    """What makes a deployment's answers, as its configuration names it, for the cache's partitions: each
+    tier's name and its engine's kind, model, prompt format and stop strings (not its address, timeouts,
+    concurrency or vLLM ``engine_args``). Another model name or prompt starts an empty cache, instead of
+    serving the old model's answers until they expire; a new file or served model behind the same name
+    does not (``cache.index_name`` does)."""
     return hashlib.sha256(orjson.dumps([[t.name, t.engine.model_dump(mode="json", include=ANSWER_FIELDS)]
                                         for t in tiers], option=orjson.OPT_SORT_KEYS)).hexdigest()[:24]
 

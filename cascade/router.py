@@ -27,7 +27,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from cascade.answers import token_f1
-from cascade.cache import CacheLookup, SemanticCache, Storing
+from cascade.cache import SemanticCache, Storing
 from cascade.costs import ModelPrice, total_cost
 from cascade.embeddings import embed_each
 from cascade.engines.base import (
@@ -340,7 +340,9 @@ class Router:
         """``_begin`` for queries whose routing controls passed ``check_controls``."""
         started_ns, looking = time.time_ns(), time.perf_counter()
         starts, shared = await self._preroute(queries)
-        lookup = await self._look_up(queries, shared)
+        asking = [query.routing.force_tier is None for query in queries]  # a forced tier answers its query
+        lookup = (await self.cache.lookup(queries, shared, self._serves, asking)
+                  if self.cache is not None and queries else None)
         if lookup is None:
             return await self.first_pass(queries, starts=starts)
         cache_stage = StageLatency(stage="cache", ms=(time.perf_counter() - looking) * 1000)
@@ -360,22 +362,6 @@ class Router:
             trail.started_ns = started_ns
             trails.append(trail)
         return trails
-
-    async def _look_up(self, queries: Sequence[Query], shared: np.ndarray | None) -> CacheLookup | None:
-        """The cache's lookup of the queries that may take a cached answer: not those that force a tier
-        (the forced tier answers them), which are neither embedded nor searched. None without a cache, or
-        while its Redis circuit is open."""
-        if self.cache is None or not queries:
-            return None
-        asked = [i for i, query in enumerate(queries) if query.routing.force_tier is None]
-        if len(asked) == len(queries):
-            return await self.cache.lookup(queries, shared, self._serves)
-        if not asked:
-            nothing = CacheLookup([], np.empty((0, self.cache.dimensions), np.float32), [])
-            return nothing.spread([], len(queries)) if self.cache.breaker.allow() else None
-        found = await self.cache.lookup([queries[i] for i in asked], None if shared is None else shared[asked],
-                                        self._serves)
-        return None if found is None else found.spread(asked, len(queries))
 
     def _serves(self, query: Query, hit: RoutedAnswer) -> bool:
         """Whether a cached answer may answer this query (one that forces a tier is not looked up): for one

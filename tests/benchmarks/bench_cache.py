@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cascade.cache import CacheConfig, SemanticCache, entry_tags
+from cascade.cache import CacheConfig, SemanticCache
 from cascade.embeddings import MiniLMEmbedder
 from cascade.local_redis import LocalRedis
 from cascade.schemas import Query
@@ -27,7 +27,7 @@ from tests.conftest import free_port
 TENANTS = [f"tenant-{i}" for i in range(10)]
 
 
-def fill(client: object, prefix: str, start: int, stop: int, rng: np.random.Generator,
+def fill(client: object, cache: SemanticCache, start: int, stop: int, rng: np.random.Generator,
          tenants: list[str] = TENANTS) -> None:
     """Random unit vectors spread over ``tenants``, written in pipelined chunks."""
     for chunk in range(start, stop, 5000):
@@ -35,10 +35,10 @@ def fill(client: object, prefix: str, start: int, stop: int, rng: np.random.Gene
         vectors = rng.normal(size=(len(ids), MiniLMEmbedder.dimensions)).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         pipe = client.pipeline(transaction=False)  # type: ignore[attr-defined]
-        tags = [entry_tags(Query(tenant=tenant, prompt="any question")) for tenant in tenants]  # the lookups' own
+        tags = cache.tags_of([Query(tenant=tenant, prompt="any question") for tenant in tenants])  # the lookups'
         for i, vector in zip(ids, vectors, strict=True):
-            pipe.hset(f"{prefix}{i}", mapping={**tags[i % len(tenants)], "question": f"q{i}",
-                                               "answer": "{}", "created": 0, "embedding": vector.tobytes()})
+            pipe.hset(f"{cache.index_name}:{i}", mapping={**tags[i % len(tenants)], "question": f"q{i}", "answer": "{}",
+                                                          "created": 0, "embedding": vector.tobytes()})
         pipe.execute()
 
 
@@ -72,7 +72,7 @@ async def main_async(sizes: list[int], lookups: int) -> None:
                   "local Redis + RediSearch HNSW")
             for size in sizes:
                 started = time.perf_counter()
-                fill(client, f"{cache.index_name}:", filled, size, rng)
+                fill(client, cache, filled, size, rng)
                 filled = size
                 while int(client.ft(cache.index_name).info()["indexing"]):
                     time.sleep(0.2)
@@ -87,7 +87,7 @@ async def main_async(sizes: list[int], lookups: int) -> None:
             print("one partition holding every entry: brute force over it | HNSW batches")
             filled = 0
             for size in sizes:
-                fill(client, f"{one.index_name}:", filled, size, rng, TENANTS[:1])
+                fill(client, one, filled, size, rng, TENANTS[:1])
                 filled = size
                 while int(client.ft(one.index_name).info()["indexing"]):
                     time.sleep(0.2)

@@ -59,15 +59,3 @@ def test_the_models_and_prompts_that_made_the_answers_are_part_of_the_partition(
     assert entry_tags(query, source)["partition"] != entry_tags(query, changed[0])["partition"]
     assert entry_tags(query, source)["scope"] == entry_tags(query, changed[0])["scope"]
 
-
-def test_a_lookup_of_some_queries_spreads_over_the_whole_batch() -> None:
-    from cascade.cache import CacheLookup
-
-    tags = [{"partition": "p"}, {"partition": "q"}]
-    some = CacheLookup([None, None], np.array([[1.0, 0.0], [0.0, 1.0]], np.float32), tags, frozenset({1}),
-                       ["hold", "index_held"])
-    whole = some.spread([1, 3], 4)
-    assert whole.tags == [None, tags[0], None, tags[1]] and whole.storing == ["index", "hold", "index", "index_held"]
-    assert whole.unreadable == {3} and whole.vector(3) is None and whole.vector(1).tolist() == [1.0, 0.0]
-    assert blank_rows(whole.vectors).tolist() == [True, False, True, False], "the others are embedded when stored"
-    assert whole.hits == [None] * 4

@@ -249,19 +249,36 @@ async def test_a_forced_or_own_threshold_query_stores_and_takes_only_what_any_qu
     assert served.cache_hit and served.answer == forced_large.answer, "a last-tier answer serves any query"
 
 
-async def test_a_forced_query_beside_others_is_not_looked_up_and_its_last_tier_answer_is_stored(
-        cache: SemanticCache) -> None:
+async def test_a_forced_query_beside_others_is_not_looked_up_and_its_answer_is_stored_as_any(
+        local_redis: LocalRedis, embedder: MiniLMEmbedder, request: pytest.FixtureRequest) -> None:
+    """A query forcing the last tier, in a batch with another that hits: not embedded or searched, no miss;
+    its answer is stored as any other's, here with the answer held in its partition, which is indexed with
+    it (stored as a new entry alone, it would leave the held one unread: the partition has entries)."""
+    cache = SemanticCache(local_redis.url, CacheConfig(index_name=f"test-{request.node.name[:40]}", ttl_s=60),
+                          embedder)
     router = two_tier_router(cache=cache)
     river = Query(prompt="easy: which river flows through Paris?", context=[PARIS])
+    capital = Query(prompt="easy: what is the capital of France?", context=[PARIS])
     sea = Query(prompt="hard: which sea is near Paris?", context=[PARIS], routing=RoutingControls(force_tier="large"))
-    await router.route([river])
+    await router.route([river])  # the partition's first answer: held
+    await router.route([capital])  # asked again: indexed, with the held one
+    held_first = Query(prompt="easy: how long is the Seine?", context=[PARIS], tenant="third")
+    await router.route([held_first])  # a partition of its own, its answer held
     cache._sizes.clear()
-    hit, forced = await router.route([river.model_copy(update={"id": "again"}), sea])
+    searched = int((await cache._client.info("commandstats")).get("cmdstat_FT.SEARCH", {}).get("calls", 0))
+    misses = cache.stats.misses
+    hit, forced = await router.route([river.model_copy(update={"id": "again"}),
+                                      sea.model_copy(update={"tenant": "third"})])
     assert hit.cache_hit and not forced.cache_hit and forced.tier == "large"
-    assert (cache.stats.hits, cache.stats.misses, cache.stats.stores) == (1, 1, 2), "the forced query is no miss"
+    assert cache.stats.misses == misses, "the forced query is not looked up, so no miss"
+    assert int((await cache._client.info("commandstats"))["cmdstat_FT.SEARCH"]["calls"]) == searched + 1
     cache._sizes.clear()
-    [served] = await router.route([sea.model_copy(update={"id": "free", "routing": RoutingControls()})])
+    again, served = await router.route([held_first.model_copy(update={"id": "held again"}),
+                                        sea.model_copy(update={"id": "free", "tenant": "third",
+                                                               "routing": RoutingControls()})])
     assert served.cache_hit and served.answer == forced.answer, "embedded when stored, it serves others"
+    assert again.cache_hit, "the answer held in the forced query's partition was indexed with its answer"
+    await cache.close()
 
 
 async def test_an_answer_kept_only_by_a_plans_highest_tier_serves_no_one(cache: SemanticCache) -> None:
