@@ -58,4 +58,3 @@ def test_the_models_and_prompts_that_made_the_answers_are_part_of_the_partition(
     query = Query(prompt="Is it safe?")
     assert entry_tags(query, source)["partition"] != entry_tags(query, changed[0])["partition"]
     assert entry_tags(query, source)["scope"] == entry_tags(query, changed[0])["scope"]
-
