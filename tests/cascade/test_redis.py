@@ -760,13 +760,15 @@ async def test_redis_not_answering_opens_the_circuit_and_no_call_is_tried_during
         tmp_path: Path, embedder: MiniLMEmbedder) -> None:
     """Redis stopped (SIGSTOP: connections open, no answers, the worst case): the first batch waits one
     timeout, then the cache, feedback and thresholds skip Redis without a call until the cool-down ends;
-    nothing is lost and the buffered feedback reaches the stream when Redis answers again."""
+    nothing is lost and the buffered feedback reaches the stream when Redis answers again. The cool-down
+    runs on a clock the test moves, so a slow machine cannot end it early."""
     import os
     import signal
 
     server = LocalRedis(port=free_port(), state_dir=tmp_path, data_dir=tmp_path / "data")
     server.start()
-    breaker = RedisBreaker(BreakerConfig(timeout_ms=50, cooldown_s=2.0))
+    now = [0.0]
+    breaker = RedisBreaker(BreakerConfig(timeout_ms=50, cooldown_s=2.0), clock=lambda: now[0])
     cache = SemanticCache(server.url, CacheConfig(index_name="test-breaker"), embedder, breaker=breaker)
     log = FeedbackLog(server.url, FeedbackConfig(stream="test:feedback-breaker"), breaker=breaker)
     live = LiveThresholds(server.url, breaker=breaker, refresh_s=0.0)
@@ -786,10 +788,13 @@ async def test_redis_not_answering_opens_the_circuit_and_no_call_is_tried_during
         assert breaker.skipped >= 5 and log.buffered == 18
     finally:
         os.kill(pid, signal.SIGCONT)
-    await asyncio.sleep(2.1)
+    now[0] += 1.9
+    await router.route([Query(prompt="easy before the cool-down ends")])
+    assert breaker.attempts == attempts and breaker.state == "open"
+    now[0] += 0.2
     await router.route([Query(prompt="easy after the outage")])
     assert breaker.state == "closed" and log.buffered == 0
-    assert len([r for _, r in await log.read_all() if r["kind"] == "decision"]) == 1 + 3 + 15 + 1
+    assert len([r for _, r in await log.read_all() if r["kind"] == "decision"]) == 1 + 3 + 15 + 1 + 1
     await router.close()
     server.stop()
 
