@@ -67,16 +67,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def answers(url: str, timeout_s: float = 5.0) -> bool:
+    """Whether a GET of ``url`` is answered 200 (a refused or timed-out connection: not yet)."""
+    try:
+        return httpx.get(url, timeout=timeout_s).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
 def wait_for_http(url: str, process: subprocess.Popen[bytes], timeout_s: float = 120.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited with code {process.returncode} before answering {url}")
-        try:
-            if httpx.get(url, timeout=1.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
+        if answers(url, timeout_s=1.0):
+            return
         time.sleep(0.3)
     raise TimeoutError(f"{url} did not answer within {timeout_s} s")
 
@@ -214,7 +219,7 @@ def serve_apps(apps: Mapping[str, Any], timeout_s: float = 180.0) -> Iterator[st
         deadline = time.monotonic() + timeout_s
         for prefix in apps:
             health = f"{url}/{prefix}/healthz" if prefix else f"{url}/healthz"
-            while httpx.get(health, timeout=5).status_code != 200:
+            while not answers(health):
                 assert time.monotonic() < deadline, f"application {prefix or '/'} did not start"
                 time.sleep(0.5)
         yield url

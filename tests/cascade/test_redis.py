@@ -62,7 +62,8 @@ async def cache(local_redis: LocalRedis, embedder: MiniLMEmbedder, request: pyte
     # every answer indexed from a partition's first request on: these tests are of the index (holding a new
     # partition's first answer: test_a_partition_asked_once_holds_its_answer_unembedded_until_asked_again)
     config = CacheConfig(index_name=f"test-{request.node.name[:40]}", ttl_s=60, hold_new_partitions=False)
-    semantic = SemanticCache(local_redis.url, config, embedder)
+    patient = RedisBreaker(BreakerConfig(timeout_ms=2000))  # these tests are not of timeouts: a stall is no fault
+    semantic = SemanticCache(local_redis.url, config, embedder, breaker=patient)
     yield semantic
     await semantic.close()
 
@@ -305,12 +306,12 @@ async def test_an_answer_kept_only_by_a_plans_highest_tier_serves_no_one(cache: 
 
 
 async def test_entries_expire(local_redis: LocalRedis, embedder: MiniLMEmbedder) -> None:
-    cache = SemanticCache(local_redis.url, CacheConfig(index_name="test-ttl", ttl_s=1), embedder)
+    cache = SemanticCache(local_redis.url, CacheConfig(index_name="test-ttl", ttl_s=3), embedder)
     router = two_tier_router(cache=cache)
     query = Query(prompt="hard: when does this expire?", context=[PARIS])
     await router.route([query])
     assert (await router.route([query]))[0].cache_hit
-    await asyncio.sleep(2.5)
+    await asyncio.sleep(4.5)
     assert not (await router.route([query]))[0].cache_hit
     await cache.close()
 
@@ -768,12 +769,13 @@ async def test_redis_not_answering_opens_the_circuit_and_no_call_is_tried_during
     server = LocalRedis(port=free_port(), state_dir=tmp_path, data_dir=tmp_path / "data")
     server.start()
     now = [0.0]
-    breaker = RedisBreaker(BreakerConfig(timeout_ms=50, cooldown_s=2.0), clock=lambda: now[0])
+    breaker = RedisBreaker(BreakerConfig(cooldown_s=2.0), clock=lambda: now[0])
     cache = SemanticCache(server.url, CacheConfig(index_name="test-breaker"), embedder, breaker=breaker)
     log = FeedbackLog(server.url, FeedbackConfig(stream="test:feedback-breaker"), breaker=breaker)
     live = LiveThresholds(server.url, breaker=breaker, refresh_s=0.0)
     router = two_tier_router(cache=cache, feedback=log, thresholds=live)
-    await router.route([Query(prompt="easy warm-up")])
+    await router.route([Query(prompt="easy warm-up")])  # connects within the default timeout
+    breaker.config = BreakerConfig(timeout_ms=50, cooldown_s=2.0)
     pid = server.pid()
     assert pid is not None
     os.kill(pid, signal.SIGSTOP)

@@ -37,7 +37,8 @@ def test_ask_prints_the_answer_with_its_routing_and_the_cache_answers_the_same_q
     last-tier answers always are), so the same question asked again, from another process, is a cache
     hit (the first answer of a scope is held by its question: a paraphrase hits once the scope has been
     asked twice, tests/cascade/test_redis.py)."""
-    config = str(write_config(tmp_path / "cascade.yaml", cache={"min_small_confidence": 0.0}))
+    config = str(write_config(tmp_path / "cascade.yaml", cache={"min_small_confidence": 0.0},
+                              redis_breaker={"timeout_ms": 2000}))  # a loaded machine's stall is no Redis fault
     result = cascade("ask", "In what country is Normandy located?", "--context", CONTEXT, "--json", "--config",
                      config, env=redis_port)
     assert result.returncode == 0, result.stderr

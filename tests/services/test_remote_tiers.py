@@ -31,7 +31,7 @@ def app(small: dict[str, Any], large: dict[str, Any]) -> CascadeSettings:
     return CascadeSettings(tiers=[small, large], server={"use_redis": False, "ingress": ONE_REPLICA})
 
 
-SLOW_MODEL_S = 0.4  # the slow backend's time per answer
+SLOW_MODEL_S = 1.0  # the slow backend's time per answer
 
 
 @pytest.fixture(scope="module")
@@ -108,9 +108,10 @@ def test_placement_pool_keeps_a_pool_deployment_per_remote_tier(base_url: str) -
 
 
 def test_queries_arriving_one_by_one_do_not_queue_behind_a_slow_first_tier(base_url: str) -> None:
-    """24 requests 15 ms apart, each answered by a model that takes 0.4 s: every one is answered in
+    """24 requests 15 ms apart, each answered by a model that takes 1 s: every one is answered in
     about that time. A first-pass batch holds its queries until the model answers; with a cap of 4
-    batches in flight (the former default) the last ones waited for five rounds of the model."""
+    batches in flight (the former default) the last ones waited for five rounds of the model. The
+    bound leaves 1.5 s for Serve and the ingress on a loaded machine, and fails at three rounds."""
     async def one(client: httpx.AsyncClient, delay_s: float) -> float:
         await asyncio.sleep(delay_s)
         started = time.perf_counter()
@@ -124,4 +125,4 @@ def test_queries_arriving_one_by_one_do_not_queue_behind_a_slow_first_tier(base_
             return list(await asyncio.gather(*(one(client, 0.015 * i) for i in range(24))))
 
     latencies = asyncio.run(run())
-    assert max(latencies) < 2 * SLOW_MODEL_S, [round(s, 2) for s in latencies]
+    assert max(latencies) < 2.5 * SLOW_MODEL_S, [round(s, 2) for s in latencies]

@@ -162,7 +162,10 @@ async def test_accepted_answers_do_not_wait_for_escalations(base_url: str) -> No
     accepted = [t for tier, t in results if tier == "small"]
     escalated = [t for tier, t in results if tier == "large"]
     assert len(accepted) == 4 and len(escalated) == 4
-    assert max(accepted) < SLOW_LLM_S <= min(escalated)
+    assert min(escalated) >= SLOW_LLM_S
+    assert min(escalated) - max(accepted) > SLOW_LLM_S / 2, (
+        "the accepted answers came back before the large model's, not with them (a gap, not a time: a loaded "
+        "machine slows both)")
 
 
 def test_small_pool_failing_goes_to_large(base_url: str) -> None:
@@ -399,6 +402,8 @@ def test_signed_request_ids_carry_their_tenant_and_store_no_owner(base_url: str,
 
 def test_over_the_tenant_rate_limit_is_429_with_retry_after(base_url: str) -> None:
     busy, other = {"Authorization": "Bearer key-busy"}, {"Authorization": "Bearer key-a"}
+    if time.time() % 60 > 55:  # all in one one-minute window
+        time.sleep(61 - time.time() % 60)
     statuses = [httpx.post(f"{base_url}/guarded/v1/completions", json={"prompt": f"easy {i}"}, headers=busy)
                 for i in range(5)]
     assert [r.status_code for r in statuses][:3] == [200, 200, 200]
