@@ -609,7 +609,7 @@ async def test_job_polls_while_redis_is_frozen_fail_fast_and_leave_the_shared_th
             began = time.monotonic()
             with pytest.raises(CircuitOpenError):
                 await api.job(job_id, "acme")
-            assert time.monotonic() - began < 0.1
+            assert time.monotonic() - began < 0.5, "skipped at once, not after the 1 s timeout"
         finally:
             os.kill(pid, signal.SIGCONT)
         now[0] += 1.1
