@@ -30,12 +30,12 @@ TENANTS = [f"tenant-{i}" for i in range(10)]
 def fill(client: object, cache: SemanticCache, start: int, stop: int, rng: np.random.Generator,
          tenants: list[str] = TENANTS) -> None:
     """Random unit vectors spread over ``tenants``, written in pipelined chunks."""
+    tags = cache.tags_of([Query(tenant=tenant, prompt="any question") for tenant in tenants])  # the lookups'
     for chunk in range(start, stop, 5000):
         ids = range(chunk, min(chunk + 5000, stop))
         vectors = rng.normal(size=(len(ids), MiniLMEmbedder.dimensions)).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         pipe = client.pipeline(transaction=False)  # type: ignore[attr-defined]
-        tags = cache.tags_of([Query(tenant=tenant, prompt="any question") for tenant in tenants])  # the lookups'
         for i, vector in zip(ids, vectors, strict=True):
             pipe.hset(f"{cache.index_name}:{i}", mapping={**tags[i % len(tenants)], "question": f"q{i}", "answer": "{}",
                                                           "created": 0, "embedding": vector.tobytes()})

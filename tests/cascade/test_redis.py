@@ -74,6 +74,11 @@ def two_tier_router(**services: object) -> Router:
                   **services)  # type: ignore[arg-type]
 
 
+async def search_calls(cache: SemanticCache) -> int:
+    """How many FT.SEARCH commands the cache's Redis has run (``INFO commandstats``)."""
+    return int((await cache._client.info("commandstats")).get("cmdstat_FT.SEARCH", {}).get("calls", 0))
+
+
 def test_launcher_loads_search_and_stops_cleanly(tmp_path: Path) -> None:
     server = LocalRedis(port=free_port(), state_dir=tmp_path)
     url = server.start()
@@ -239,11 +244,11 @@ async def test_a_forced_or_own_threshold_query_stores_and_takes_only_what_any_qu
     [strict] = await router.route([ask(river, threshold=0.9999)])
     assert not strict.cache_hit and strict.tier == "large", "a small answer below the query's own threshold"
     assert (cache.stats.hits, cache.stats.misses) == (hits, misses + 1), "an answer found but refused is a miss"
-    searches = int((await cache._client.info("commandstats")).get("cmdstat_FT.SEARCH", {}).get("calls", 0))
+    searches = await search_calls(cache)
     [forced] = await router.route([ask(river, force_tier="small")])
     assert not forced.cache_hit and forced.tier == "small", "a forced tier answers itself"
     assert (cache.stats.hits, cache.stats.misses) == (hits, misses + 1), "and is not looked up"
-    assert int((await cache._client.info("commandstats"))["cmdstat_FT.SEARCH"]["calls"]) == searches
+    assert await search_calls(cache) == searches
     [forced_large] = await router.route([ask("hard: which sea is near Paris?", force_tier="large")])
     cache._sizes.clear()
     [served] = await router.route([ask("hard: which sea is near Paris?", threshold=0.9999)])
@@ -266,13 +271,13 @@ async def test_a_forced_query_beside_others_is_not_looked_up_and_its_answer_is_s
     held_first = Query(prompt="easy: how long is the Seine?", context=[PARIS], tenant="third")
     await router.route([held_first])  # a partition of its own, its answer held
     cache._sizes.clear()
-    searched = int((await cache._client.info("commandstats")).get("cmdstat_FT.SEARCH", {}).get("calls", 0))
+    searched = await search_calls(cache)
     misses = cache.stats.misses
     hit, forced = await router.route([river.model_copy(update={"id": "again"}),
                                       sea.model_copy(update={"tenant": "third"})])
     assert hit.cache_hit and not forced.cache_hit and forced.tier == "large"
     assert cache.stats.misses == misses, "the forced query is not looked up, so no miss"
-    assert int((await cache._client.info("commandstats"))["cmdstat_FT.SEARCH"]["calls"]) == searched + 1
+    assert await search_calls(cache) == searched + 1
     cache._sizes.clear()
     again, served = await router.route([held_first.model_copy(update={"id": "held again"}),
                                         sea.model_copy(update={"id": "free", "tenant": "third",
