@@ -18,8 +18,8 @@ import time
 import numpy as np
 
 from cascade.cache import CacheConfig
+from cascade.cache.wording import same_question
 from cascade.embeddings import Embedder, MiniLMEmbedder, OnnxEmbedder, StaticEmbedder
-from cascade.wording import same_question
 from pipelines.datasets import load_squad
 from pipelines.paraphrases import POSITIVE_KINDS, Pair, build_pairs, hit_rates, threshold_for
 

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-import cascade.wording
-from cascade.wording import LEFT_OVER, WORD_MAX, close, english_stop_words, same_question
+import cascade.cache.wording
+from cascade.cache.wording import LEFT_OVER, WORD_MAX, close, english_stop_words, same_question
 
 
 @pytest.mark.parametrize(("question", "other"), [
@@ -150,7 +150,7 @@ def test_the_guard_reads_a_bounded_number_of_word_pairs_whatever_the_length_of_t
         calls += 1
         return close(a, b)
 
-    monkeypatch.setattr(cascade.wording, "close", counted)
+    monkeypatch.setattr(cascade.cache.wording, "close", counted)
     typos = [w[:-1] + "x" for w in words]
     assert not same_question(" ".join(words), " ".join(reversed(typos))) and calls == 0
     few = [*typos[:LEFT_OVER], *words[LEFT_OVER:]]

@@ -1,201 +1,33 @@
-"""Tenant- and context-scoped semantic cache on RediSearch, batched (RedisVL creates the index; a lookup is
-a pipeline of FT.SEARCH commands written out, see ``search_command``, and a store one pipeline of the
-entries' hashes and their partitions' counts, see ``_write``).
-
-Similarity is on the user's question only (cosine, with the configured embedder: by default a
-static embedding distilled from MiniLM; each embedder has its own index). A near vector is not
-enough for a hit: the nearest entries within the distance threshold are checked in turn by the
-wording guard (``cascade/wording.py``), which refuses an entry whose question differs in a word
-that changes the answer ("largest" for "smallest", a "not", a number). Everything else the model saw — system
-prompt, context documents, generation parameters — is hashed into a ``scope``; tenant and scope,
-with what made the answers (the deployment's tiers, their models and prompts: ``deployment``),
-together make the ``partition`` tag a lookup filters on (one tag: a filter on two costs Redis half as
-much again per search), which must match exactly: the same question about another document, from
-another tenant, or answered by another deployment's models, never hits. A batch of queries costs one
-batched embedding and one pipelined round trip for the lookups (batches that come while a lookup is
-under way wait for it and are looked up together), and one more for the stores and their counts. A
-cold cache costs no embedding at all: each store counts its entries in a marker per partition (and
-one for the index) that outlives them, a lookup embeds only the questions whose marker is set (markers read in one round
-trip, remembered for ``marker_memo_s``), and the others are embedded when their answers are stored,
-off the request path. A partition never asked before (no marker) is not embedded even then: its
-first answer is held by its exact question (``hold_new_partitions``), found again by that question
-alone, and indexed with the partition's next stored answer.
-The counts also pick each search's strategy (``hybrid_policy``): brute force over a small
-partition's entries, the HNSW graph for a partition that is most of the index. Redis faults turn the cache off
-for that call, with a warning and a counter, and open the Redis circuit breaker, which skips the
-cache at once until its cool-down ends; they never fail a request. A question that cannot be
-embedded, or an entry that cannot be built, is a miss or an unstored answer for that query alone,
-logged and counted.
-"""
+"""Lookups and stores of the semantic cache for whole batches (the package's docstring says how)."""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import numpy as np
-import orjson
-from pydantic import BaseModel, Field
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from cascade.breaker import CircuitOpenError, RedisBreaker, RedisFaultError
+from cascade.cache.config import CacheConfig
+from cascade.cache.schema import SCHEMA_VERSION, Hold, entry_tags, holds_answers, index_schema, question_field
+from cascade.cache.search import Candidate, blank_rows, candidates, hybrid_policy, reply_bytes, search_command
+from cascade.cache.wording import english_words, same_question
 from cascade.coalesce import Coalescer
-from cascade.embeddings import Embedder, EmbedderConfig, StaticConfig, embed_each
+from cascade.embeddings import Embedder, embed_each
 from cascade.redis_clients import connect
 from cascade.schemas import Query, RoutedAnswer
 from cascade.telemetry import count_dropped
-from cascade.wording import english_words, same_question
 
 log = logging.getLogger(__name__)
-
-
-class CacheConfig(BaseModel):
-    """Semantic cache settings."""
-
-    enabled: bool = True
-    embedder: EmbedderConfig = Field(default_factory=StaticConfig)
-    distance_threshold: float = Field(default=0.4, ge=0.0, le=2.0, description=(
-        "cosine distance for a hit candidate; the wording guard then decides (bench_embedders: 0.4 keeps 81% "
-        "of paraphrases at 0.01% false hits with the static embedder)"))
-    candidates: int = Field(default=3, ge=1, le=50, description="nearest entries the wording guard checks")
-    wording_guard: bool = Field(default=True, description=(
-        "refuse an entry whose question differs in a word that changes the answer (cascade/wording.py)"))
-    ttl_s: int = Field(default=3600, ge=1)
-    min_small_confidence: float = Field(default=0.9, ge=0.0, le=1.0,
-                                        description="store small-model answers only at or above this confidence")
-    index_name: str = "cascade-cache"
-    batches_min_entries: int = Field(default=2000, ge=1, description=(
-        "a partition with at least this many entries, holding at least ``batches_min_share`` of the index, "
-        "is searched in HNSW batches; smaller ones by brute force over their entries (see hybrid_policy)"))
-    batches_min_share: float = Field(default=0.25, ge=0.0, le=1.0)
-    hnsw_m: int = Field(default=16, ge=2, le=512, description="HNSW graph edges per node")
-    hnsw_ef_construction: int = Field(default=64, ge=1, description=(
-        "HNSW candidates per insert: each stored answer is one insert, the largest Redis command of a cache "
-        "miss (bench_cache_graph: 64 costs less than half of RediSearch's default 200 per insert)"))
-    hnsw_ef_runtime: int = Field(default=40, ge=1, description=(
-        "HNSW candidates per search through the graph (BATCHES); RediSearch's default 10 loses paraphrases "
-        "that brute force finds (bench_cache_graph)"))
-    hold_new_partitions: bool = Field(default=True, description=(
-        "hold the first answer of a partition (tenant and scope) never asked before as an exact answer, not "
-        "embedded or indexed, until the partition is asked again: a scope asked once (a conversation's own turn, "
-        "a one-off system prompt) costs one hash write instead of an embedding and an index insert; the same "
-        "question again is a hit, a paraphrase of it a miss until the partition's next answer is stored, which "
-        "indexes the held ones too (Redis 7 or later: on an older server the first answer is indexed)"))
-    marker_memo_s: float = Field(default=1.0, ge=0.0, description=(
-        "how long a replica trusts the entry counts it read for a partition (tenant and scope) and the index; "
-        "an entry another replica stores in a cold partition is found after at most this long"))
-
-
-def scope_of(query: Query) -> str:
-    """Hash of everything the model saw except the user's question (its place in the conversation kept:
-    the turns before and after it are not the same conversation), and whether it came as a prompt or
-    as chat messages."""
-    messages = [m.model_dump() for m in query.messages or []]
-    last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=-1)
-    conversation = [m if i != last_user else {"role": "user", "question": True} for i, m in enumerate(messages)]
-    material = {"conversation": conversation, "prompt": query.prompt is not None, "context": query.context,
-                "params": query.params.model_dump(mode="json")}
-    return hashlib.sha256(orjson.dumps(material, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
-
-
-def tag_value(value: str) -> str:
-    """A tag value safe for a RediSearch tag filter (hex digests and tenant ids)."""
-    return hashlib.sha256(value.encode()).hexdigest()[:24]
-
-
-SCHEMA_VERSION = 3  # part of the index name: an index of an older schema is never read with this one
-
-
-def entry_tags(query: Query, deployment: str = "") -> dict[str, str]:
-    """The exact-match tags an entry carries; a lookup filters on ``partition`` (tenant and scope, in the
-    deployment whose answers these are: see ``SemanticCache.deployment``)."""
-    tenant, scope = tag_value(query.tenant), tag_value(scope_of(query))
-    return {"tenant": tenant, "scope": scope, "partition": tag_value(f"{tenant}:{scope}:{deployment}")}
-
-
-def hybrid_policy(entries: int, index_entries: int, config: CacheConfig) -> str | None:
-    """How RediSearch should search a partition of ``entries`` in an index of ``index_entries``:
-    "BATCHES" (the HNSW graph, filtered batch by batch) for a partition that is a large share of a large
-    index, else None (RediSearch's choice, which here is always brute force over the partition's
-    entries). Measured on a local Redis 8 (256-d, top 3): one partition of 30,000 entries costs 2.8 ms
-    by brute force and 0.15 ms in batches; 3,000 partitions of 10 cost 25 µs by brute force and 11.5 ms
-    in batches."""
-    if entries >= config.batches_min_entries and entries >= config.batches_min_share * max(index_entries, 1):
-        return "BATCHES"
-    return None
-
-
-def holds_answers(server_info: dict[str, Any]) -> bool:
-    """Whether a server (by its ``INFO server``) runs what holding an answer takes: ``SET … NX GET`` and
-    ``EXPIRE … NX``, Redis 7 or later. A server that does not say (INFO refused) is taken to."""
-    major = str(server_info.get("redis_version", "")).split(".", 1)[0]
-    return not major.isdecimal() or int(major) >= 7
-
-
-def blank_rows(vectors: np.ndarray) -> np.ndarray:
-    """Per row, whether it holds a NaN (a question not embedded, or one that cannot be) or only zeros (a
-    question of no word the embedder knows, such as emoji: a vector with no direction, near nothing)."""
-    return np.isnan(vectors).any(axis=1) | ~vectors.any(axis=1)
-
-
-def question_field(question: str) -> bytes:
-    """A question as the field of its held answer (UnicodeEncodeError for a lone surrogate, which no
-    request can bring: the door refuses it)."""
-    return question.encode()
-
-
-class Hold(NamedTuple):
-    """Answers to hold in one partition's held hash: its marker's key, its entry tags, and the answers'
-    JSON by question."""
-
-    marker: str
-    tags: dict[str, str]
-    answers: dict[bytes, str]
-
-
-class Candidate(NamedTuple):
-    """A near entry a search returned: its cosine distance, its question, its answer's JSON."""
-
-    distance: float
-    question: str
-    answer: bytes
-
-
-def candidates(reply: Any) -> list[Candidate]:
-    """The entries of an FT.SEARCH reply in RESP2 (a count, then key and fields per entry) or RESP3 (a
-    map with ``results``), nearest first; an entry without an answer is left out."""
-    if isinstance(reply, dict):
-        rows = [{_text(k): v for k, v in row.items()} for row in {_text(k): v for k, v in reply.items()}["results"]]
-        entries = [{_text(k): v for k, v in row.get("extra_attributes", {}).items()} for row in rows]
-    else:
-        entries = [dict(zip(map(_text, found[::2]), found[1::2], strict=True)) for found in reply[2::2]]
-    return [Candidate(float(e["vector_distance"]), _text(e.get("question", b"")), _bytes(e["answer"]))
-            for e in entries if "answer" in e and "vector_distance" in e]
-
-
-def _text(value: bytes | str) -> str:
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, str):
-        return value
-    raise TypeError(f"a reply field of type {type(value).__name__}, not text")
-
-
-def _bytes(value: bytes | str) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode()
-    raise TypeError(f"a reply field of type {type(value).__name__}, not text")
 
 
 @dataclass
@@ -239,7 +71,7 @@ class CacheLookup:
 
 @dataclass
 class SemanticCache:
-    """Lookups and stores for whole batches; see the module docstring."""
+    """Lookups and stores for whole batches; see the package's docstring (``cascade/cache/__init__.py``)."""
 
     redis_url: str
     config: CacheConfig = field(default_factory=CacheConfig)
@@ -261,18 +93,9 @@ class SemanticCache:
             english_words()  # read now, not by the first request's guard
         self.dimensions = self._embedder.dimensions
         self.index_name = f"{self.config.index_name}-{self._embedder.name}-v{SCHEMA_VERSION}"
-        self.schema = {  # the index's RediSearch schema, as RedisVL reads it
-            "index": {"name": self.index_name, "prefix": f"{self.index_name}:", "storage_type": "hash"},
-            "fields": [  # the entry's other fields (scope, question, answer, created) are stored, not indexed
-                {"name": "tenant", "type": "tag"},
-                {"name": "partition", "type": "tag"},
-                {"name": "embedding", "type": "vector", "attrs": {
-                    "dims": self.dimensions, "distance_metric": "cosine", "algorithm": "hnsw", "datatype": "float32",
-                    "m": self.config.hnsw_m, "ef_construction": self.config.hnsw_ef_construction}},
-            ],
-        }
         self._client = connect(self.redis_url)  # the index's searches and stores, and the markers
-        self._index = AsyncSearchIndex(IndexSchema.from_dict(self.schema), redis_client=self._client)
+        schema = IndexSchema.from_dict(index_schema(self.index_name, self.dimensions, self.config))
+        self._index = AsyncSearchIndex(schema, redis_client=self._client)
         self._ready = False
         self._holding = self.config.hold_new_partitions  # and the server can (``ensure_index`` reads it)
         self._sizes: dict[str, tuple[int, float]] = {}  # marker key -> (entries stored, trusted until)
@@ -487,17 +310,6 @@ class SemanticCache:
                 hits[i] = self._answer(queries[i], reply, "held, the same question")
         return hits
 
-    def search_command(self, vector: np.ndarray, partition: str, policy: str | None) -> list[str | int | bytes]:
-        """The FT.SEARCH of one question's nearest entries in its partition (the query RedisVL's
-        ``VectorQuery`` builds, written out: building one costs more than the search's own round trip
-        here). ``partition`` is a hex digest, so it needs no escaping in the tag filter."""
-        hybrid = f" HYBRID_POLICY {policy}" if policy else ""
-        knn = (f"(@partition:{{{partition}}})=>[KNN {self.config.candidates} @embedding $vector{hybrid} "
-               f"EF_RUNTIME {self.config.hnsw_ef_runtime} AS vector_distance]")
-        return ["FT.SEARCH", self.index_name, knn, "RETURN", 3, "question", "answer", "vector_distance",
-                "SORTBY", "vector_distance", "ASC", "DIALECT", 2, "LIMIT", 0, self.config.candidates,
-                "PARAMS", 2, "vector", vector.tobytes()]
-
     async def search(self, queries: Sequence[Query], vectors: np.ndarray,
                      tags: Sequence[dict[str, str] | None] | None = None,
                      policies: Sequence[str | None] | None = None, count: bool = True) -> list[RoutedAnswer | None]:
@@ -514,8 +326,9 @@ class SemanticCache:
         async def run() -> list[Any]:
             async with self._client.pipeline(transaction=False) as pipe:
                 for i, t in searchable:
-                    pipe.execute_command(*self.search_command(
-                        vectors[i], t["partition"], policies[i] if policies is not None else None))
+                    pipe.execute_command(*search_command(
+                        self.index_name, vectors[i], t["partition"], policies[i] if policies is not None else None,
+                        self.config))
                 return list(await pipe.execute())
 
         try:
@@ -721,7 +534,7 @@ class SemanticCache:
         for t, held in zip(unique, replies[::2], strict=True):
             for held_question, answer in list((held or {}).items())[:PROMOTED_MAX]:
                 try:
-                    question, answer_json = _bytes(held_question).decode(), _bytes(answer)
+                    question, answer_json = reply_bytes(held_question).decode(), reply_bytes(answer)
                 except (UnicodeDecodeError, TypeError):
                     self.stats.errors += 1
                     log.warning("semantic cache: an unreadable held answer dropped", exc_info=True)
