@@ -14,6 +14,7 @@ for command in (serving.ask, serving.serve, serving.demo, quality.calibrate, qua
     app.command()(command)
 app.add_typer(operations.redis_app, name="redis")
 app.add_typer(operations.thresholds_app, name="thresholds")
+app.add_typer(operations.cache_app, name="cache")
 
 
 def main() -> None:

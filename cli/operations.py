@@ -16,6 +16,7 @@ from services.settings import load_service_settings
 
 redis_app = typer.Typer(help="The local Redis (vector search) for the embedded default.", no_args_is_help=True)
 thresholds_app = typer.Typer(help="Online threshold control.", no_args_is_help=True)
+cache_app = typer.Typer(help="The semantic cache.", no_args_is_help=True)
 PortOption = Annotated[int | None, typer.Option("--port", help="default: redis_port from the settings (6390)")]
 
 
@@ -46,6 +47,38 @@ def redis_stop(port: PortOption = None) -> None:
 def redis_status(port: PortOption = None) -> None:
     """Whether the local Redis answers, its PID and log file."""
     out.print(orjson.dumps(_local_redis(port).status()).decode())
+
+
+@cache_app.command("forget")
+@clear_errors
+def cache_forget(tenant: Annotated[str, typer.Option(help="the tenant whose cached answers go")],
+                 config: ConfigOption = None) -> None:
+    """Forget a tenant's cached answers (entries, held answers, markers) in every index of the configured
+    cache (cache.index_name: one per embedder and schema version), as DELETE /v1/cache does for the
+    caller's own tenant."""
+    import redis
+
+    from cascade.cache import cache_indexes, purge_tenant
+    from cascade.local_redis import LocalRedis
+    from cascade.redis_clients import connect
+
+    settings = load_service_settings(config)
+    url = settings.redis_url or LocalRedis(port=settings.redis_port).url
+
+    async def forget() -> tuple[list[str], int]:
+        client = connect(url, socket_timeout=30)
+        try:
+            indexes = await cache_indexes(client, settings.cache.index_name)
+            return indexes, await purge_tenant(client, indexes, tenant)
+        finally:
+            await client.aclose()
+
+    try:
+        indexes, forgotten = asyncio.run(forget())
+    except (redis.RedisError, OSError) as error:
+        raise ValueError(f"the cache's Redis did not answer: {type(error).__name__}: {error}") from None
+    out.print(f"{forgotten} cached answers of tenant {tenant!r} forgotten, in {len(indexes)} index"
+              f"{'' if len(indexes) == 1 else 'es'}{': ' if indexes else ''}{', '.join(indexes)}")
 
 
 @thresholds_app.command("run")

@@ -160,6 +160,7 @@ class RouterIngress:
         self.rate = RateLimiter(self.settings.redis_url, self.breaker) if (
             limited and self.breaker is not None and self.settings.redis_url) else None
         self._owners: OrderedDict[str, str] = OrderedDict()
+        self._purging = asyncio.Lock()  # cache purges, one at a time
         self.request_ids = RequestIds.of(self.settings)
         self._owner_keys = self.router.feedback is not None and self.router.feedback.config.owner_keys is not False
         freeze_start_up_heap(server.gc_threshold)
@@ -420,6 +421,27 @@ class RouterIngress:
                                 source=request.source)
         stored = await log_.append([record])
         return {"accepted": True, "request_id": request.request_id, "buffered": not stored}
+
+    @api.delete("/v1/cache", responses=error_responses(401, 404, 429, 503))
+    async def forget_cache(self, authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        """Forget every cached answer of the caller's tenant (``SemanticCache.purge``): its questions are
+        answered by the models again. Counted against the tenant's request rate; one purge at a time
+        per replica (each scans Redis's key space). 404 where this server has no cache."""
+        caller = self._caller(authorization)
+        cache = self.router.cache
+        if cache is None:  # no cache to forget: not a fault of the service (503 is for an unreachable Redis)
+            raise ApiError(404, "the semantic cache is off on this server (cache.enabled or server.use_redis is "
+                                "false)", kind="not_found_error", code="cache_off")
+        await self._admit(caller.tenant)
+        async with self._purging:
+            try:
+                forgotten = await cache.purge(caller.tenant)
+            except RedisFaultError as error:
+                raise ApiError(503, "the cache store (Redis) is unreachable; answers forgotten before the fault stay "
+                                    "forgotten: try again", kind="service_unavailable",
+                               headers={"Retry-After": str(max(1, math.ceil(error.retry_after_s)))}) from None
+        log.info("tenant %s: %d cached answers forgotten", caller.tenant, forgotten)
+        return {"object": "cache.purge", "tenant": caller.tenant, "forgotten": forgotten}
 
     async def _owner(self, request_id: str, caller: str, log_: FeedbackLog) -> str | None:
         """The tenant that made ``request_id``, if known: ``caller`` if the id is signed for the caller; else

@@ -2,7 +2,7 @@
 a pipeline of FT.SEARCH commands written out, see ``search.search_command``, and a store one pipeline of
 the entries' hashes and their partitions' counts, see ``SemanticCache._write``). ``config.py`` holds its
 settings, ``schema.py`` what an entry is and how it is keyed, ``search.py`` what a search sends and reads
-back, ``semantic.py`` the cache, and ``wording.py`` its guard on a hit.
+back, ``semantic.py`` the cache, ``wording.py`` its guard on a hit, and ``purge.py`` forgets a tenant.
 
 Similarity is on the user's question only (cosine, with the configured embedder: by default a
 static embedding distilled from MiniLM; each embedder has its own index). A near vector is not
@@ -31,6 +31,7 @@ logged and counted.
 """
 
 from cascade.cache.config import CacheConfig
+from cascade.cache.purge import cache_indexes, purge_tenant
 from cascade.cache.schema import (
     SCHEMA_VERSION,
     Hold,
@@ -45,5 +46,6 @@ from cascade.cache.search import Candidate, blank_rows, candidates, hybrid_polic
 from cascade.cache.semantic import NEW_PARTITION, PROMOTED_MAX, CacheLookup, CacheStats, SemanticCache, Storing
 
 __all__ = ["NEW_PARTITION", "PROMOTED_MAX", "SCHEMA_VERSION", "CacheConfig", "CacheLookup", "CacheStats", "Candidate",
-           "Hold", "SemanticCache", "Storing", "blank_rows", "candidates", "entry_tags", "holds_answers",
-           "hybrid_policy", "index_schema", "question_field", "scope_of", "search_command", "tag_value"]
+           "Hold", "SemanticCache", "Storing", "blank_rows", "cache_indexes", "candidates", "entry_tags",
+           "holds_answers", "hybrid_policy", "index_schema", "purge_tenant", "question_field", "scope_of",
+           "search_command", "tag_value"]

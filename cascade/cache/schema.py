@@ -45,7 +45,19 @@ def tag_value(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()[:24]
 
 
-SCHEMA_VERSION = 3  # part of the index name: an index of an older schema is never read with this one
+SCHEMA_VERSION = 4  # part of the index name, and so of every key: an older schema's are never read with this one
+
+
+def marker_key(index_name: str, tags: dict[str, str]) -> str:
+    """The key that counts the entries stored in the partition of these entry tags (0: asked, none
+    indexed yet; no key: never asked), under its tenant's tag (``purge``)."""
+    return f"{index_name}:warm:{tags['tenant']}:{tags['partition']}"
+
+
+def held_key(index_name: str, tags: dict[str, str]) -> str:
+    """The hash of the answers held, by question, for the partition of these entry tags, under its
+    tenant's tag (``purge``)."""
+    return f"{index_name}:held:{tags['tenant']}:{tags['partition']}"
 
 
 def entry_tags(query: Query, deployment: str = "") -> dict[str, str]:
@@ -60,6 +72,7 @@ def holds_answers(server_info: dict[str, Any]) -> bool:
     ``EXPIRE … NX``, Redis 7 or later. A server that does not say (INFO refused) is taken to."""
     major = str(server_info.get("redis_version", "")).split(".", 1)[0]
     return not major.isdecimal() or int(major) >= 7
+
 
 def question_field(question: str) -> bytes:
     """A question as the field of its held answer (UnicodeEncodeError for a lone surrogate, which no

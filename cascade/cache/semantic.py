@@ -7,8 +7,9 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal
 
 import numpy as np
@@ -18,7 +19,18 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from cascade.breaker import CircuitOpenError, RedisBreaker, RedisFaultError
 from cascade.cache.config import CacheConfig
-from cascade.cache.schema import SCHEMA_VERSION, Hold, entry_tags, holds_answers, index_schema, question_field
+from cascade.cache.purge import cache_indexes, purge_tenant
+from cascade.cache.schema import (
+    SCHEMA_VERSION,
+    Hold,
+    entry_tags,
+    held_key,
+    holds_answers,
+    index_schema,
+    marker_key,
+    question_field,
+    tag_value,
+)
 from cascade.cache.search import Candidate, blank_rows, candidates, hybrid_policy, reply_bytes, search_command
 from cascade.cache.wording import english_words, same_question
 from cascade.coalesce import Coalescer
@@ -153,13 +165,12 @@ class SemanticCache:
         return tags
 
     def marker_key(self, tags: dict[str, str]) -> str:
-        """The key that counts the entries stored in the partition of these entry tags (0: asked, none
-        indexed yet; no key: never asked)."""
-        return f"{self.index_name}:warm:{tags['partition']}"
+        """``schema.marker_key`` in this cache's index."""
+        return marker_key(self.index_name, tags)
 
     def held_key(self, tags: dict[str, str]) -> str:
-        """The hash of the answers held, by question, for the partition of these entry tags."""
-        return f"{self.index_name}:held:{tags['partition']}"
+        """``schema.held_key`` in this cache's index."""
+        return held_key(self.index_name, tags)
 
     async def partition_sizes(self, tags: Sequence[dict[str, str] | None]) -> tuple[list[int], int]:
         """Per query (by its entry tags), the entries stored in its partition while they live (0: none
@@ -578,6 +589,20 @@ class SemanticCache:
             else:
                 late.append(hold)
         return late
+
+    async def purge(self, tenant: str) -> int:
+        """Forget the tenant's cached answers in every index of this configuration (``cascade/cache/purge.py``):
+        returns how many went. Each step is a background call through the breaker: ``RedisFaultError`` or
+        ``CircuitOpenError`` if Redis fails (what went before stays gone)."""
+        def guarded(operation: Callable[[], Awaitable[Any]]) -> Awaitable[Any]:
+            return self.breaker.call(operation, background=True)
+
+        indexes = await guarded(partial(cache_indexes, self._client, self.config.index_name))
+        try:
+            return await purge_tenant(self._client, indexes, tenant, guarded)
+        finally:
+            tag = tag_value(tenant)
+            self._sizes = {key: size for key, size in self._sizes.items() if f":warm:{tag}:" not in key}
 
     async def close(self) -> None:
         await self._index.disconnect()

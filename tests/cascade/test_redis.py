@@ -18,8 +18,8 @@ import orjson
 import pytest
 import redis
 
-from cascade.breaker import BreakerConfig, RedisBreaker
-from cascade.cache import CacheConfig, SemanticCache, entry_tags, holds_answers, hybrid_policy
+from cascade.breaker import BreakerConfig, RedisBreaker, RedisFaultError
+from cascade.cache import CacheConfig, SemanticCache, entry_tags, holds_answers, hybrid_policy, tag_value
 from cascade.embeddings import MiniLMEmbedder
 from cascade.engines.scripted import ScriptedEngine, ScriptedReply
 from cascade.factory import build_router
@@ -165,7 +165,7 @@ async def test_the_default_cache_keeps_opposite_and_cross_context_questions_apar
     hits; the opposite question, a question about another document and another tenant's miss. (Two
     questions of a new partition asked together are both indexed at once, not held.)"""
     cache = SemanticCache(local_redis.url, CacheConfig(index_name="test-default", ttl_s=60))
-    assert cache.config.embedder.kind == "static" and cache.index_name == "test-default-static-minilm-256-v3"
+    assert cache.config.embedder.kind == "static" and cache.index_name == "test-default-static-minilm-256-v4"
     router = two_tier_router(cache=cache)
     asked = "hard: what is the largest city in France?"
     [first, _] = await router.route([Query(prompt=asked, context=[PARIS]),
@@ -917,6 +917,42 @@ async def test_one_store_holds_indexes_and_takes_held_answers_and_remembers_each
                                         context=[PARIS])]))
     assert hits is not None and all(h is not None for h in hits.hits), "every answer found again, the taken one too"
     await cache.close()
+
+
+async def test_forgetting_a_tenant_removes_its_answers_in_every_index_of_the_cache_and_no_one_elses(
+        local_redis: LocalRedis, embedder: MiniLMEmbedder) -> None:
+    """``purge``: a tenant's indexed entries, in this embedder's index and in another embedder's of the same
+    configuration, its held answers and its partitions' markers go; another tenant's stay and still hit.
+    The forgotten tenant's partitions are new again: its next answer is held. Without Redis, it raises the
+    breaker's fault (the endpoint's 503)."""
+    config = CacheConfig(index_name="test-forget", ttl_s=60)
+    cache, static = SemanticCache(local_redis.url, config, embedder), SemanticCache(local_redis.url, config)
+    router, static_router = two_tier_router(cache=cache), two_tier_router(cache=static)
+
+    def ask(tenant: str, question: str, context: str = PARIS) -> Query:
+        return Query(tenant=tenant, prompt=f"hard: {question}", context=[context])
+
+    pair = ["what is the capital of France?", "which river flows through Paris?"]
+    for tenant in ("a", "b"):
+        await router.route([ask(tenant, q) for q in pair])  # one partition asked twice at once: indexed
+    await static_router.route([ask("a", q) for q in pair])
+    await router.route([ask("a", "what is the capital?", "The capital of Italy is Rome.")])  # held
+    tag = tag_value("a")
+    assert await cache._client.keys(f"test-forget-*:held:{tag}:*"), "the held answer is there to forget"
+    assert await cache.purge("a") == 5, "two entries in each index and one held answer"
+    assert await cache._client.keys(f"test-forget-*:{tag}:*") == [], "no held answer or marker left"
+    assert await cache.purge("a") == 0 and await cache.purge("nobody") == 0
+    [trail] = await router.begin([ask("a", "which sea is near Paris?")])
+    assert trail.cache_storing == "hold", "tenant a's partition is new again, in this replica's memo too"
+    gone = await router.route([ask("a", q) for q in pair] + [ask("a", "what is the capital?",
+                                                                 "The capital of Italy is Rome.")])
+    kept = await router.route([ask("b", q) for q in pair])
+    assert not any(a.cache_hit for a in gone) and all(a.cache_hit for a in kept)
+    down = SemanticCache(f"redis://127.0.0.1:{free_port()}/0", config, embedder)
+    with pytest.raises(RedisFaultError):
+        await down.purge("b")
+    for one in (cache, static, down):
+        await one.close()
 
 
 async def test_an_answer_held_after_its_partition_got_entries_is_indexed_and_a_bad_question_misses_alone(

@@ -31,12 +31,12 @@ def redis_port(tmp_path: Path) -> Iterator[dict[str, str]]:
     LocalRedis(port=port).stop()
 
 
-def test_ask_prints_the_answer_with_its_routing_and_the_cache_answers_the_same_question_again(
+def test_ask_prints_the_answer_with_its_routing_and_the_cache_answers_the_same_question_until_forgotten(
         redis_port: dict[str, str], tmp_path: Path) -> None:
     """Whatever tier answers and whatever it says: every answer is stored (min_small_confidence 0, and
     last-tier answers always are), so the same question asked again, from another process, is a cache
     hit (the first answer of a scope is held by its question: a paraphrase hits once the scope has been
-    asked twice, tests/cascade/test_redis.py)."""
+    asked twice, tests/cascade/test_redis.py); ``cascade cache forget`` then removes it."""
     config = str(write_config(tmp_path / "cascade.yaml", cache={"min_small_confidence": 0.0},
                               redis_breaker={"timeout_ms": 2000}))  # a loaded machine's stall is no Redis fault
     result = cascade("ask", "In what country is Normandy located?", "--context", CONTEXT, "--json", "--config",
@@ -50,6 +50,11 @@ def test_ask_prints_the_answer_with_its_routing_and_the_cache_answers_the_same_q
                     env=redis_port)
     assert human.returncode == 0 and "confidence" in human.stdout and "reason" in human.stdout
     assert "cache hit" in human.stdout, "the same question is answered from the semantic cache"
+    forget = cascade("cache", "forget", "--tenant", "default", "--config", config, env=redis_port)
+    assert forget.returncode == 0 and "1 cached answers of tenant 'default' forgotten" in forget.stdout, forget
+    again = cascade("ask", "In what country is Normandy located?", "--context", CONTEXT, "--config", config,
+                    env=redis_port)
+    assert again.returncode == 0 and "cache hit" not in again.stdout, "forgotten: the models answer again"
 
 
 def test_demo_json_summary(data_dir: Path, redis_port: dict[str, str], tmp_path: Path) -> None:

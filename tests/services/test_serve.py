@@ -16,6 +16,7 @@ import orjson
 import pytest
 import redis
 
+from cascade.breaker import BreakerConfig
 from cascade.cache import CacheConfig
 from cascade.thresholds import ControllerConfig, ThresholdTarget
 from services.request_ids import RequestIds
@@ -91,10 +92,17 @@ def signed(redis_url: str) -> CascadeSettings:
     return settings.model_copy(update={"server": settings.server.model_copy(update={"request_id_secret": ID_SECRET})})
 
 
+def cached(redis_url: str) -> CascadeSettings:
+    """``guarded`` with the semantic cache on, in an index of its own; its Redis calls wait 2 s (these tests
+    are not of timeouts: a loaded machine's stall is no fault)."""
+    return guarded(redis_url).model_copy(update={"cache": CacheConfig(index_name="test-serve-cache"),
+                                                 "redis_breaker": BreakerConfig(timeout_ms=2000)})
+
+
 @pytest.fixture(scope="module")
 def base_url(redis_url: str) -> Iterator[str]:
     with serve_apps({**SCENARIOS, "controlled": controlled(redis_url), "guarded": guarded(redis_url),
-                     "signed": signed(redis_url)}) as url:
+                     "signed": signed(redis_url), "cached": cached(redis_url)}) as url:
         yield url
 
 
@@ -380,6 +388,29 @@ def test_a_foreign_tenants_feedback_label_is_refused(base_url: str, app: str) ->
     assert unknown.status_code == 404
     own = httpx.post(f"{base_url}/{app}/v1/feedback", json=label, headers=a)
     assert own.status_code == 202 and own.json()["accepted"]
+
+
+def test_a_tenant_forgets_its_cached_answers_and_no_one_elses(base_url: str) -> None:
+    """``DELETE /v1/cache``: the caller's tenant's cached answers go, and its question is answered by the
+    models again; another tenant's stay. 401 without a key, 404 where the cache is off."""
+    keys = {tenant: {"Authorization": f"Bearer key-{tenant}"} for tenant in "ab"}
+
+    def hit(tenant: str) -> bool:
+        response = httpx.post(f"{base_url}/cached/v1/completions", json={"prompt": "hard: which river is it?"},
+                              headers=keys[tenant], timeout=30)
+        assert response.status_code == 200, response.text
+        return bool(response.json()["routing"]["cache_hit"])
+
+    deadline = time.monotonic() + 15
+    while not (hit("a") and hit("b")):  # each tenant's answer is stored off the request path
+        assert time.monotonic() < deadline, "both tenants' answers are cached"
+        time.sleep(0.2)
+    forget = httpx.delete(f"{base_url}/cached/v1/cache", headers=keys["a"])
+    assert forget.status_code == 200 and forget.json()["tenant"] == "a" and forget.json()["forgotten"] >= 1, forget.text
+    assert not hit("a") and hit("b")
+    assert httpx.delete(f"{base_url}/cached/v1/cache").status_code == 401
+    off = httpx.delete(f"{base_url}/guarded/v1/cache", headers=keys["a"])
+    assert off.status_code == 404 and off.json()["error"]["code"] == "cache_off"
 
 
 def test_signed_request_ids_carry_their_tenant_and_store_no_owner(base_url: str, redis_url: str) -> None:
