@@ -75,10 +75,14 @@ def cache_forget(tenant: Annotated[str, typer.Option(help="the tenant whose cach
 
     try:
         indexes, forgotten = asyncio.run(forget())
+    except redis.ResponseError as error:
+        raise ValueError(f"the cache's Redis refused the purge: {error}") from None
     except (redis.RedisError, OSError) as error:
         raise ValueError(f"the cache's Redis did not answer: {type(error).__name__}: {error}") from None
-    out.print(f"{forgotten} cached answers of tenant {tenant!r} forgotten, in {len(indexes)} index"
-              f"{'' if len(indexes) == 1 else 'es'}{': ' if indexes else ''}{', '.join(indexes)}")
+    answers = "answer" if forgotten == 1 else "answers"
+    where = f"{len(indexes)} index" + ("" if len(indexes) == 1 else "es")
+    where += f": {', '.join(indexes)}" if indexes else ""
+    out.print(f"{forgotten} cached {answers} of tenant {tenant!r} forgotten, in {where}", markup=False)
 
 
 @thresholds_app.command("run")

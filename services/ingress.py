@@ -425,8 +425,8 @@ class RouterIngress:
     @api.delete("/v1/cache", responses=error_responses(401, 404, 429, 503))
     async def forget_cache(self, authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
         """Forget every cached answer of the caller's tenant (``SemanticCache.purge``): its questions are
-        answered by the models again. Counted against the tenant's request rate; one purge at a time
-        per replica (each scans Redis's key space). 404 where this server has no cache."""
+        answered by the models again. Counted against the tenant's request rate where one is set; one purge at
+        a time per replica (each scans Redis's key space). 404 where this server has no cache."""
         caller = self._caller(authorization)
         cache = self.router.cache
         if cache is None:  # no cache to forget: not a fault of the service (503 is for an unreachable Redis)
@@ -440,6 +440,10 @@ class RouterIngress:
                 raise ApiError(503, "the cache store (Redis) is unreachable; answers forgotten before the fault stay "
                                     "forgotten: try again", kind="service_unavailable",
                                headers={"Retry-After": str(max(1, math.ceil(error.retry_after_s)))}) from None
+            except Exception:
+                log.exception("tenant %s: cache purge failed", caller.tenant)
+                raise ApiError(500, "internal error while forgetting the cache (logged); answers forgotten before "
+                                    "it stay forgotten", kind="server_error", code="internal_error") from None
         log.info("tenant %s: %d cached answers forgotten", caller.tenant, forgotten)
         return {"object": "cache.purge", "tenant": caller.tenant, "forgotten": forgotten}
 

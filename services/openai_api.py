@@ -71,7 +71,7 @@ _STATUS = {
     400: "an empty question, max_tokens over the limit, or a value the server does not support",
     401: "missing or unknown API key",
     403: "the tenant's plan does not allow this",
-    404: "unknown model, or no such file, batch, job or request id for this tenant",
+    404: "unknown model, or no such file, batch, job or request id for this tenant, or no cache on this server",
     409: "the batch is already finished",
     413: "request body, upload, file lines or prompt over this server's limits (the limit is in the message)",
     422: "a field is missing, malformed or out of range (param names it)",

@@ -1,7 +1,11 @@
 """Forgetting a tenant: its cached answers (indexed and held) and its partitions' markers, in every cache
 index of one configuration, each step a short Redis call (``guard`` runs each one, e.g. through the
-Redis circuit breaker). It costs a search and a delete per ``PAGE`` of the tenant's entries, and one
-SCAN pass over the whole key space per index, for its held answers and markers.
+Redis circuit breaker). It costs a search and a delete per ``PAGE`` of the tenant's entries (small: a
+delete takes each entry out of the HNSW graph on Redis's one thread, before any other command), and
+one SCAN pass over the whole key space per index, for its held answers and markers.
+
+``cache_indexes`` takes every index named ``{index_name}-…-v{N}``: another configuration whose
+``index_name`` starts with this one's and a dash, sharing the Redis, is purged too (name them apart).
 
 What a purge leaves: an answer stored while it runs (a request in flight), an older schema's held
 answers (their keys do not carry the tenant; they expire ``ttl_s`` after their first answer), and the
@@ -21,7 +25,8 @@ from redis.exceptions import ResponseError
 from cascade.cache.schema import held_key, marker_key, tag_value
 from cascade.cache.search import reply_text
 
-PAGE = 1000  # keys per search, scan step and delete
+PAGE = 100  # entries per search and delete
+SCAN_COUNT = 1000  # keys per SCAN step
 Guard = Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]
 
 
@@ -59,7 +64,7 @@ async def _entries(client: Redis, index: str, tenant_tag: str) -> list[str]:
 
 async def _scan(client: Redis, cursor: int, pattern: str) -> tuple[int, list[str]]:
     """One SCAN step over keys matching ``pattern``."""
-    cursor, keys = await client.scan(cursor, match=pattern, count=PAGE)
+    cursor, keys = await client.scan(cursor, match=pattern, count=SCAN_COUNT)
     return int(cursor), [reply_text(key) for key in keys]
 
 
@@ -79,18 +84,18 @@ async def purge_tenant(client: Redis, indexes: list[str], tenant: str, guard: Gu
     tag = tag_value(tenant)
     forgotten = 0
     for index in indexes:
-        while keys := await guard(partial(_entries, client, index, tag)):
-            deleted = await guard(partial(client.unlink, *keys))
-            forgotten += int(deleted)
-            if not deleted:  # expired between the search and the delete: none left to find
-                break
-        held, marker = (key_of(index, {"tenant": tag, "partition": ""}) for key_of in (held_key, marker_key))
+        page: list[str] = []
+        while (keys := await guard(partial(_entries, client, index, tag))) and keys != page:
+            forgotten += int(await guard(partial(client.unlink, *keys)))
+            page = keys  # the same page again: its keys expired and are not out of the index yet
+        held_prefix = held_key(index, {"tenant": tag, "partition": ""})
+        marker_prefix = marker_key(index, {"tenant": tag, "partition": ""})
         pattern = f"{glob_escaped(index)}:*:{tag}:*"  # its held hashes and markers, one pass over the keys
         cursor = None
         while cursor != 0:
             cursor, found = await guard(partial(_scan, client, cursor or 0, pattern))
-            if held_hashes := [key for key in found if key.startswith(held)]:
+            if held_hashes := [key for key in found if key.startswith(held_prefix)]:
                 forgotten += await guard(partial(_drop_held, client, held_hashes))
-            if markers := [key for key in found if key.startswith(marker)]:
+            if markers := [key for key in found if key.startswith(marker_prefix)]:
                 await guard(partial(client.unlink, *markers))
     return forgotten

@@ -78,4 +78,4 @@ def reply_bytes(value: bytes | str) -> bytes:
         return value
     if isinstance(value, str):
         return value.encode()
-    raise TypeError(f"a reply field of type {type(value).__name__}, not text")
+    raise TypeError(f"a reply field of type {type(value).__name__}, not bytes or text")

@@ -54,6 +54,7 @@ class CacheStats:
 
 NEW_PARTITION = -1  # a partition's entry count when it was never asked (no marker)
 PROMOTED_MAX = 64  # held answers of one partition indexed when it is asked again (the rest are dropped)
+PURGE_STEP_TIMEOUT_S = 10.0  # each Redis call of a purge (a search, a delete of ``purge.PAGE`` entries, a SCAN step)
 Storing = Literal["hold", "index", "index_held"]  # how a query's answer is stored (``CacheLookup.storing``)
 Asked = tuple[Sequence[Query], np.ndarray | None, Sequence[bool] | None]  # a lookup's queries, known rows, asking
 
@@ -592,10 +593,16 @@ class SemanticCache:
 
     async def purge(self, tenant: str) -> int:
         """Forget the tenant's cached answers in every index of this configuration (``cascade/cache/purge.py``):
-        returns how many went. Each step is a background call through the breaker: ``RedisFaultError`` or
-        ``CircuitOpenError`` if Redis fails (what went before stays gone)."""
+        returns how many went. Refused at once (``CircuitOpenError``) while the request path's circuit is open;
+        each step is then a call through a breaker of its own (``PURGE_STEP_TIMEOUT_S``), so that a slow purge
+        never opens the circuit every tenant's requests go through: ``RedisFaultError`` if Redis fails (what
+        went before stays gone)."""
+        self.breaker.check()
+        purging = RedisBreaker(self.breaker.config.model_copy(update={
+            "background_timeout_ms": PURGE_STEP_TIMEOUT_S * 1000}))
+
         def guarded(operation: Callable[[], Awaitable[Any]]) -> Awaitable[Any]:
-            return self.breaker.call(operation, background=True)
+            return purging.call(operation, background=True)
 
         indexes = await guarded(partial(cache_indexes, self._client, self.config.index_name))
         try:

@@ -923,8 +923,8 @@ async def test_forgetting_a_tenant_removes_its_answers_in_every_index_of_the_cac
         local_redis: LocalRedis, embedder: MiniLMEmbedder) -> None:
     """``purge``: a tenant's indexed entries, in this embedder's index and in another embedder's of the same
     configuration, its held answers and its partitions' markers go; another tenant's stay and still hit.
-    The forgotten tenant's partitions are new again: its next answer is held. Without Redis, it raises the
-    breaker's fault (the endpoint's 503)."""
+    The forgotten tenant's partitions are new again: its next answer is held. Without Redis, it raises a
+    breaker's fault (the endpoint's 503), not the request path's breaker's."""
     config = CacheConfig(index_name="test-forget", ttl_s=60)
     cache, static = SemanticCache(local_redis.url, config, embedder), SemanticCache(local_redis.url, config)
     router, static_router = two_tier_router(cache=cache), two_tier_router(cache=static)
@@ -951,6 +951,7 @@ async def test_forgetting_a_tenant_removes_its_answers_in_every_index_of_the_cac
     down = SemanticCache(f"redis://127.0.0.1:{free_port()}/0", config, embedder)
     with pytest.raises(RedisFaultError):
         await down.purge("b")
+    assert down.breaker.state == "closed", "a purge's fault leaves the circuit of every tenant's requests closed"
     for one in (cache, static, down):
         await one.close()
 

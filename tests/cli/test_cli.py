@@ -51,7 +51,7 @@ def test_ask_prints_the_answer_with_its_routing_and_the_cache_answers_the_same_q
     assert human.returncode == 0 and "confidence" in human.stdout and "reason" in human.stdout
     assert "cache hit" in human.stdout, "the same question is answered from the semantic cache"
     forget = cascade("cache", "forget", "--tenant", "default", "--config", config, env=redis_port)
-    assert forget.returncode == 0 and "1 cached answers of tenant 'default' forgotten" in forget.stdout, forget
+    assert forget.returncode == 0 and "1 cached answer of tenant 'default' forgotten" in forget.stdout, forget
     again = cascade("ask", "In what country is Normandy located?", "--context", CONTEXT, "--config", config,
                     env=redis_port)
     assert again.returncode == 0 and "cache hit" not in again.stdout, "forgotten: the models answer again"
