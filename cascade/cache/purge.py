@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from cascade.cache.schema import held_key, marker_key, tag_value
-from cascade.cache.search import reply_text
+from cascade.cache.search import reply_text, text_keys
 
 PAGE = 100  # entries per search and delete
 SCAN_COUNT = 1000  # keys per SCAN step
@@ -57,8 +57,7 @@ async def _entries(client: Redis, index: str, tenant_tag: str) -> list[str]:
             return []
         raise
     if isinstance(reply, dict):  # RESP3
-        results = {reply_text(k): v for k, v in reply.items()}["results"]
-        return [reply_text({reply_text(k): v for k, v in row.items()}["id"]) for row in results]
+        return [reply_text(text_keys(row)["id"]) for row in text_keys(reply)["results"]]
     return [reply_text(key) for key in reply[1:]]
 
 

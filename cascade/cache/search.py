@@ -54,13 +54,17 @@ def candidates(reply: Any) -> list[Candidate]:
     """The entries of an FT.SEARCH reply in RESP2 (a count, then key and fields per entry) or RESP3 (a
     map with ``results``), nearest first; an entry without an answer is left out."""
     if isinstance(reply, dict):
-        results = {reply_text(k): v for k, v in reply.items()}["results"]
-        rows = [{reply_text(k): v for k, v in row.items()} for row in results]
-        entries = [{reply_text(k): v for k, v in row.get("extra_attributes", {}).items()} for row in rows]
+        rows = [text_keys(row) for row in text_keys(reply)["results"]]
+        entries = [text_keys(row.get("extra_attributes", {})) for row in rows]
     else:
         entries = [dict(zip(map(reply_text, found[::2]), found[1::2], strict=True)) for found in reply[2::2]]
     return [Candidate(float(e["vector_distance"]), reply_text(e.get("question", b"")), reply_bytes(e["answer"]))
             for e in entries if "answer" in e and "vector_distance" in e]
+
+
+def text_keys(mapping: dict[Any, Any]) -> dict[str, Any]:
+    """A RESP3 map of a reply with its keys as text."""
+    return {reply_text(key): value for key, value in mapping.items()}
 
 
 def reply_text(value: bytes | str) -> str:

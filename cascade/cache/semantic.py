@@ -608,8 +608,8 @@ class SemanticCache:
         try:
             return await purge_tenant(self._client, indexes, tenant, guarded)
         finally:
-            tag = tag_value(tenant)
-            self._sizes = {key: size for key, size in self._sizes.items() if f":warm:{tag}:" not in key}
+            forgotten = marker_key(self.index_name, {"tenant": tag_value(tenant), "partition": ""})
+            self._sizes = {key: size for key, size in self._sizes.items() if not key.startswith(forgotten)}
 
     async def close(self) -> None:
         await self._index.disconnect()
